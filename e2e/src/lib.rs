@@ -1,0 +1,1 @@
+//! Whole-pipeline tests and tools (filled by the e2e issue).

@@ -1,0 +1,869 @@
+//! Configuration: the process environment ([`Settings`]) and the channel JSON
+//! file ([`Channel`]), read once at start into typed, validated structs.
+//!
+//! Nothing here reads the environment by itself: callers pass a lookup
+//! function (`std::env::var` in `main`, a map in tests), so tests never touch
+//! the process environment.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::{AccountSid, ChannelId, E164};
+
+/// The exit status for a bad configuration (`EX_CONFIG` is 78; smsgate's
+/// contract uses 64, `EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// A way to read a variable: `|k| std::env::var(k).ok()` in main.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// One problem in the configuration, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, or `environment`.
+    pub source: String,
+    /// The channel id (or its index in the file when it has no usable id).
+    pub channel: Option<String>,
+    /// The key, dotted (`config.rate_limit.per_minute`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.source)?;
+        if let Some(c) = &self.channel {
+            write!(f, "channel {c}: ")?;
+        }
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found, so an operator fixes them in one go.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration")?;
+        for p in &self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(source: &str, channel: Option<&str>, key: &str, message: impl Into<String>) -> Self {
+        Self(vec![Problem {
+            source: source.to_owned(),
+            channel: channel.map(str::to_owned),
+            key: key.to_owned(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Process-wide settings from the environment (DESIGN.md "Other environment").
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub nats_url: String,
+    pub nats_prefix: String,
+    pub log_format: LogFormat,
+    pub ingress_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: Option<SecretString>,
+    pub worker_addr: SocketAddr,
+    pub sender_addr: SocketAddr,
+    /// `SMSGATE_PUBLIC_BASE_URL`: the URL Twilio calls, e.g. the tunnel's.
+    pub public_base_url: Option<String>,
+    /// `SMSGATE_DUPLICATE_WINDOW_SECS` [600]: JetStream's publish dedupe window.
+    pub duplicate_window: Duration,
+    /// `SMSGATE_HISTORY_PER_PEER` [1000]: entries kept per conversation.
+    pub history_per_peer: i64,
+    /// `SMSGATE_HISTORY_MAX_AGE_DAYS` [90].
+    pub history_max_age: Duration,
+}
+
+impl Settings {
+    pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
+        let get = |k: &str, d: &str| env(k).filter(|v| !v.trim().is_empty()).unwrap_or_else(|| d.to_owned());
+        let addr = |k: &str, d: &str| -> Result<SocketAddr, ConfigError> {
+            let v = get(k, d);
+            v.parse().map_err(|e| ConfigError::one("environment", None, k, format!("{v:?} is not host:port ({e})")))
+        };
+        let num = |k: &str, d: u64| -> Result<u64, ConfigError> {
+            match env(k).filter(|v| !v.trim().is_empty()) {
+                None => Ok(d),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError::one("environment", None, k, format!("{v:?} is not a whole number"))),
+            }
+        };
+        let log_format = match get("SMSGATE_LOG_FORMAT", "json").as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                return Err(ConfigError::one(
+                    "environment",
+                    None,
+                    "SMSGATE_LOG_FORMAT",
+                    format!("{other:?} is neither \"json\" nor \"pretty\""),
+                ));
+            }
+        };
+        let nats_prefix = get("SMSGATE_NATS_PREFIX", "smsgate");
+        if !nats_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(ConfigError::one(
+                "environment",
+                None,
+                "SMSGATE_NATS_PREFIX",
+                "must be letters, digits, '_' or '-'",
+            ));
+        }
+        let public_base_url = env("SMSGATE_PUBLIC_BASE_URL").filter(|v| !v.trim().is_empty());
+        if let Some(u) = &public_base_url {
+            check_base_url(u).map_err(|m| ConfigError::one("environment", None, "SMSGATE_PUBLIC_BASE_URL", m))?;
+        }
+        Ok(Self {
+            nats_url: get("SMSGATE_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_prefix,
+            log_format,
+            ingress_addr: addr("SMSGATE_INGRESS_ADDR", "0.0.0.0:8000")?,
+            admin_addr: addr("SMSGATE_ADMIN_ADDR", "127.0.0.1:8001")?,
+            admin_token: env("SMSGATE_ADMIN_TOKEN").filter(|v| !v.is_empty()).map(SecretString::from),
+            worker_addr: addr("SMSGATE_WORKER_ADDR", "127.0.0.1:8002")?,
+            sender_addr: addr("SMSGATE_SENDER_ADDR", "127.0.0.1:8003")?,
+            public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
+            duplicate_window: Duration::from_secs(num("SMSGATE_DUPLICATE_WINDOW_SECS", 600)?.max(1)),
+            history_per_peer: i64::try_from(num("SMSGATE_HISTORY_PER_PEER", 1000)?.max(1)).unwrap_or(i64::MAX),
+            history_max_age: Duration::from_secs(num("SMSGATE_HISTORY_MAX_AGE_DAYS", 90)?.max(1) * 86_400),
+        })
+    }
+
+    /// Defaults for tests: every listener on port 0 of loopback.
+    pub fn for_tests(nats_url: &str, prefix: &str) -> Self {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            nats_url: nats_url.to_owned(),
+            nats_prefix: prefix.to_owned(),
+            log_format: LogFormat::Json,
+            ingress_addr: any,
+            admin_addr: any,
+            admin_token: None,
+            worker_addr: any,
+            sender_addr: any,
+            public_base_url: None,
+            duplicate_window: Duration::from_secs(600),
+            history_per_peer: 1000,
+            history_max_age: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// Per-sender rate limit of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    #[serde(default = "default_per_minute")]
+    pub per_minute: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_per_minute() -> u32 {
+    10
+}
+fn default_burst() -> u32 {
+    5
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { per_minute: default_per_minute(), burst: default_burst() }
+    }
+}
+
+/// How replies leave: through Twilio, or into the log (local runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    #[default]
+    Twilio,
+    Log,
+}
+
+/// The chat pipeline that answers a channel's messages.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ChatConfig {
+    /// Any OpenAI-compatible chat completions server.
+    Openai {
+        base_url: String,
+        model: String,
+        #[serde(default)]
+        api_key: Option<SecretString>,
+        #[serde(default)]
+        system_prompt: Option<String>,
+        #[serde(default = "default_history_turns")]
+        history_turns: usize,
+        #[serde(default = "default_chat_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_max_tokens")]
+        max_tokens: u32,
+        #[serde(default)]
+        temperature: Option<f32>,
+    },
+    /// The operator's own agent, called with a Standard Webhooks signature.
+    Webhook {
+        url: String,
+        #[serde(default)]
+        secret: Option<SecretString>,
+        #[serde(default = "default_chat_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_history_turns")]
+        history_turns: usize,
+    },
+    /// The same reply to everything.
+    Static { reply: String },
+    /// The message body sent back.
+    #[default]
+    Echo,
+}
+
+fn default_history_turns() -> usize {
+    10
+}
+fn default_chat_timeout_ms() -> u64 {
+    20_000
+}
+fn default_max_tokens() -> u32 {
+    300
+}
+
+impl ChatConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Openai { .. } => "openai",
+            Self::Webhook { .. } => "webhook",
+            Self::Static { .. } => "static",
+            Self::Echo => "echo",
+        }
+    }
+}
+
+pub const DEFAULT_HELP_TEXT: &str =
+    "This number is answered by an automated assistant. Reply STOP to opt out, START to opt back in.";
+pub const DEFAULT_FALLBACK_TEXT: &str = "Sorry, we can't answer right now. Please try again in a little while.";
+pub const DEFAULT_RATE_LIMIT_TEXT: &str =
+    "You're sending messages faster than we can answer. Please wait a minute and try again.";
+pub const DEFAULT_SMS_MAX_LEN: usize = 480;
+/// Twilio's hard limit on one message's body.
+pub const TWILIO_MAX_BODY: usize = 1600;
+
+/// One SMS channel: a Twilio number (or messaging service) and how it answers.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: ChannelId,
+    pub manifest_id: String,
+    pub enabled: bool,
+    pub account_sid: AccountSid,
+    pub auth_token: SecretString,
+    pub from_number: Option<E164>,
+    pub messaging_service_sid: Option<String>,
+    pub sms_max_len: usize,
+    pub path_token: SecretString,
+    pub api_base: String,
+    /// The channel's own public base URL, else `SMSGATE_PUBLIC_BASE_URL`.
+    pub public_base_url: Option<String>,
+    pub rate_limit: RateLimit,
+    /// Sends per second per sending number; 0 means unpaced.
+    pub mps: f64,
+    pub max_parts: usize,
+    pub allow_from: Vec<E164>,
+    pub block_from: Vec<E164>,
+    pub help_text: String,
+    pub fallback_text: String,
+    pub rate_limit_text: String,
+    pub chat: ChatConfig,
+    pub delivery: Delivery,
+    pub insecure_skip_signature: bool,
+}
+
+pub const WEBHOOK_PATH: &str = "/api/channels/sms/twilio/webhook/";
+pub const STATUS_PATH: &str = "/api/channels/sms/twilio/status/";
+
+impl Channel {
+    /// The URL to paste into Twilio's console (None without a public base URL).
+    pub fn webhook_url(&self) -> Option<String> {
+        self.public_base_url.as_ref().map(|b| format!("{b}{WEBHOOK_PATH}{}", self.path_token.expose_secret()))
+    }
+
+    /// The URL the sender sets as `StatusCallback`.
+    pub fn status_url(&self) -> Option<String> {
+        self.public_base_url.as_ref().map(|b| format!("{b}{STATUS_PATH}{}", self.path_token.expose_secret()))
+    }
+
+    /// Whether `from` may talk to this channel (allow and block lists).
+    pub fn admits(&self, from: &E164) -> bool {
+        !self.block_from.contains(from) && (self.allow_from.is_empty() || self.allow_from.contains(from))
+    }
+}
+
+/// The channel file as written, before defaults and validation.
+#[derive(Deserialize)]
+struct RawChannel {
+    channel_id: String,
+    #[serde(default = "default_manifest")]
+    manifest_id: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    config: RawChannelConfig,
+}
+
+fn default_manifest() -> String {
+    "sms".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct RawChannelConfig {
+    twilio_account_sid: String,
+    twilio_auth_token: SecretString,
+    #[serde(default)]
+    twilio_from_number: Option<String>,
+    #[serde(default)]
+    twilio_messaging_service_sid: Option<String>,
+    #[serde(default)]
+    sms_max_len: Option<usize>,
+    webhook_path_token: SecretString,
+    #[serde(default)]
+    twilio_api_base: Option<String>,
+    #[serde(default)]
+    public_base_url: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    mps: Option<f64>,
+    #[serde(default)]
+    max_parts: Option<usize>,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    block_from: Vec<String>,
+    #[serde(default)]
+    help_text: Option<String>,
+    #[serde(default)]
+    fallback_text: Option<String>,
+    #[serde(default)]
+    rate_limit_text: Option<String>,
+    /// Parsed separately so that its errors name `config.chat`.
+    #[serde(default)]
+    chat: Option<Value>,
+    #[serde(default)]
+    delivery: Option<Delivery>,
+    #[serde(default)]
+    insecure_skip_signature: bool,
+}
+
+/// Loads the channels: from the file named by `SMSGATE_CHANNELS`, or one
+/// channel `default` from the `TWILIO_*` variables.
+pub fn load_channels(env: Lookup<'_>, settings: &Settings) -> Result<Vec<Channel>, ConfigError> {
+    match env("SMSGATE_CHANNELS").filter(|v| !v.trim().is_empty()) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::one(&path, None, "SMSGATE_CHANNELS", format!("cannot read the file: {e}")))?;
+            parse_channels(&text, &path, env, settings.public_base_url.as_deref())
+        }
+        None => channels_from_twilio_env(env, settings.public_base_url.as_deref()),
+    }
+}
+
+fn channels_from_twilio_env(env: Lookup<'_>, public_base_url: Option<&str>) -> Result<Vec<Channel>, ConfigError> {
+    let vars = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PHONE_NUMBER", "SMS_WEBHOOK_PATH_TOKEN"];
+    let missing: Vec<Problem> = vars
+        .iter()
+        .filter(|k| env(k).is_none_or(|v| v.trim().is_empty()))
+        .map(|k| Problem {
+            source: "environment".to_owned(),
+            channel: Some("default".to_owned()),
+            key: (*k).to_owned(),
+            message: "is not set (set it, or name a channel file in SMSGATE_CHANNELS)".to_owned(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(ConfigError(missing));
+    }
+    let v = |k: &str| Value::String(env(k).unwrap_or_default());
+    let json = serde_json::json!({
+        "channel_id": "default",
+        "config": {
+            "twilio_account_sid": v("TWILIO_ACCOUNT_SID"),
+            "twilio_auth_token": v("TWILIO_AUTH_TOKEN"),
+            "twilio_from_number": v("TWILIO_PHONE_NUMBER"),
+            "webhook_path_token": v("SMS_WEBHOOK_PATH_TOKEN"),
+        }
+    });
+    validate_all(vec![json], "environment", public_base_url)
+}
+
+/// Parses a channel file's text (any of the three shapes), expands `${VAR}`,
+/// applies defaults and validates. Reports every problem found.
+pub fn parse_channels(
+    text: &str,
+    source: &str,
+    env: Lookup<'_>,
+    public_base_url: Option<&str>,
+) -> Result<Vec<Channel>, ConfigError> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| ConfigError::one(source, None, "(file)", format!("not valid JSON: {e}")))?;
+    let list = match root {
+        Value::Array(items) => items,
+        Value::Object(mut map) if map.contains_key("channels") && !map.contains_key("channel_id") => {
+            match map.remove("channels") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(ConfigError::one(source, None, "channels", "must be a list of channel objects")),
+            }
+        }
+        obj @ Value::Object(_) => vec![obj],
+        _ => {
+            return Err(ConfigError::one(
+                source,
+                None,
+                "(file)",
+                "must be a channel object, a list of them, or {\"channels\": [...]}",
+            ));
+        }
+    };
+    if list.is_empty() {
+        return Err(ConfigError::one(source, None, "channels", "no channel is defined"));
+    }
+    let mut problems = Vec::new();
+    let mut expanded = Vec::with_capacity(list.len());
+    for (i, mut item) in list.into_iter().enumerate() {
+        let name = channel_label(&item, i);
+        expand_vars(&mut item, "", env, &mut |key, message| {
+            problems.push(Problem { source: source.to_owned(), channel: Some(name.clone()), key, message })
+        });
+        expanded.push(item);
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError(problems));
+    }
+    validate_all(expanded, source, public_base_url)
+}
+
+fn channel_label(item: &Value, index: usize) -> String {
+    item.get("channel_id").and_then(Value::as_str).map_or_else(|| format!("#{index}"), str::to_owned)
+}
+
+/// Replaces `${VAR}` in every string of `value`; reports missing variables.
+fn expand_vars(value: &mut Value, path: &str, env: Lookup<'_>, report: &mut dyn FnMut(String, String)) {
+    match value {
+        Value::String(s) if s.contains("${") => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let Some(end) = after.find('}') else {
+                    report(path.to_owned(), "has an unterminated ${".to_owned());
+                    return;
+                };
+                let var = &after[..end];
+                match env(var) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        report(path.to_owned(), format!("refers to ${{{var}}}, which is not set in the environment"))
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand_vars(v, &format!("{path}[{i}]"), env, report);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                expand_vars(v, &p, env, report);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn validate_all(items: Vec<Value>, source: &str, public_base_url: Option<&str>) -> Result<Vec<Channel>, ConfigError> {
+    let mut problems = Vec::new();
+    let mut channels = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let label = channel_label(&item, i);
+        let mut report = |key: &str, message: String| {
+            problems.push(Problem {
+                source: source.to_owned(),
+                channel: Some(label.clone()),
+                key: key.to_owned(),
+                message,
+            })
+        };
+        match serde_json::from_value::<RawChannel>(item) {
+            Ok(raw) => {
+                if let Some(c) = validate_one(raw, public_base_url, &mut report) {
+                    channels.push(c);
+                }
+            }
+            Err(e) => report(serde_key(&e.to_string()), e.to_string()),
+        }
+    }
+    let mut ids = HashSet::new();
+    let mut tokens = HashSet::new();
+    for c in &channels {
+        if !ids.insert(c.id.clone()) {
+            problems.push(Problem {
+                source: source.to_owned(),
+                channel: Some(c.id.to_string()),
+                key: "channel_id".to_owned(),
+                message: "is used by more than one channel".to_owned(),
+            });
+        }
+        if !tokens.insert(c.path_token.expose_secret().to_owned()) {
+            problems.push(Problem {
+                source: source.to_owned(),
+                channel: Some(c.id.to_string()),
+                key: "config.webhook_path_token".to_owned(),
+                message: "is the same as another channel's".to_owned(),
+            });
+        }
+    }
+    if problems.is_empty() { Ok(channels) } else { Err(ConfigError(problems)) }
+}
+
+/// serde's messages name the field in backquotes; use it as the key.
+fn serde_key(message: &str) -> &str {
+    message.split('`').nth(1).unwrap_or("(channel)")
+}
+
+fn check_base_url(u: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{u:?} must be http:// or https://"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("{u:?} must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn FnMut(&str, String)) -> Option<Channel> {
+    let mut ok = true;
+    let mut fail = |key: &str, message: String| {
+        ok = false;
+        report(key, message);
+    };
+    let c = raw.config;
+    let id = ChannelId::parse(&raw.channel_id).map_err(|e| fail("channel_id", e.reason)).ok();
+    let account_sid =
+        AccountSid::parse(c.twilio_account_sid.trim()).map_err(|e| fail("config.twilio_account_sid", e.reason)).ok();
+    if c.twilio_auth_token.expose_secret().trim().is_empty() {
+        fail("config.twilio_auth_token", "is empty".to_owned());
+    }
+    let from_number = match c.twilio_from_number.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(n) => E164::parse(n).map_err(|e| fail("config.twilio_from_number", e.reason)).ok(),
+        None => None,
+    };
+    let messaging_service_sid = c.twilio_messaging_service_sid.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    if let Some(ms) = &messaging_service_sid {
+        let valid = ms.len() == 34 && ms.starts_with("MG") && ms[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            fail("config.twilio_messaging_service_sid", "must be 'MG' followed by 32 hex digits".to_owned());
+        }
+    }
+    if from_number.is_none() && messaging_service_sid.is_none() {
+        fail("config.twilio_from_number", "is required (or set twilio_messaging_service_sid)".to_owned());
+    }
+    let token = c.webhook_path_token.expose_secret();
+    if token.chars().count() < 32 {
+        fail(
+            "config.webhook_path_token",
+            format!(
+                "must be at least 32 characters, has {} (make one with `smsgate gen-token`)",
+                token.chars().count()
+            ),
+        );
+    } else if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        fail("config.webhook_path_token", "must be letters, digits, '_' or '-' (it is part of a URL path)".to_owned());
+    }
+    let sms_max_len = c.sms_max_len.unwrap_or(DEFAULT_SMS_MAX_LEN);
+    if !(1..=TWILIO_MAX_BODY).contains(&sms_max_len) {
+        fail("config.sms_max_len", format!("must be 1 to {TWILIO_MAX_BODY}, is {sms_max_len}"));
+    }
+    let max_parts = c.max_parts.unwrap_or(4);
+    if !(1..=10).contains(&max_parts) {
+        fail("config.max_parts", format!("must be 1 to 10, is {max_parts}"));
+    }
+    let mps = c.mps.unwrap_or(1.0);
+    if !mps.is_finite() || mps < 0.0 {
+        fail("config.mps", format!("must be 0 (unpaced) or a positive number, is {mps}"));
+    }
+    let rate_limit = c.rate_limit.unwrap_or_default();
+    if rate_limit.per_minute == 0 || rate_limit.burst == 0 {
+        fail("config.rate_limit", "per_minute and burst must be at least 1".to_owned());
+    }
+    let api_base = c.twilio_api_base.unwrap_or_else(|| "https://api.twilio.com".to_owned());
+    if let Err(m) = check_base_url(&api_base) {
+        fail("config.twilio_api_base", m);
+    }
+    let public_base_url = match c.public_base_url.filter(|s| !s.trim().is_empty()) {
+        Some(u) => {
+            if let Err(m) = check_base_url(&u) {
+                fail("config.public_base_url", m);
+            }
+            Some(u.trim_end_matches('/').to_owned())
+        }
+        None => default_base.map(str::to_owned),
+    };
+    let mut numbers = |key: &str, list: Vec<String>| -> Vec<E164> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, n)| E164::parse(n.trim()).map_err(|e| fail(&format!("{key}[{i}]"), e.reason)).ok())
+            .collect()
+    };
+    let allow_from = numbers("config.allow_from", c.allow_from);
+    let block_from = numbers("config.block_from", c.block_from);
+    let chat = match c.chat {
+        None | Some(Value::Null) => ChatConfig::default(),
+        Some(v) => match serde_json::from_value::<ChatConfig>(v) {
+            Ok(chat) => chat,
+            Err(e) => {
+                fail("config.chat", e.to_string());
+                ChatConfig::default()
+            }
+        },
+    };
+    match &chat {
+        ChatConfig::Openai { base_url, model, .. } => {
+            if let Err(m) = check_base_url(base_url) {
+                fail("config.chat.base_url", m);
+            }
+            if model.trim().is_empty() {
+                fail("config.chat.model", "is empty".to_owned());
+            }
+        }
+        ChatConfig::Webhook { url, .. } => {
+            if let Err(m) = check_base_url(url) {
+                fail("config.chat.url", m);
+            }
+        }
+        ChatConfig::Static { reply } if reply.trim().is_empty() => fail("config.chat.reply", "is empty".to_owned()),
+        _ => {}
+    }
+    if !ok {
+        return None;
+    }
+    Some(Channel {
+        id: id?,
+        manifest_id: raw.manifest_id,
+        enabled: raw.enabled,
+        account_sid: account_sid?,
+        auth_token: c.twilio_auth_token,
+        from_number,
+        messaging_service_sid,
+        sms_max_len,
+        path_token: c.webhook_path_token,
+        api_base: api_base.trim_end_matches('/').to_owned(),
+        public_base_url,
+        rate_limit,
+        mps,
+        max_parts,
+        allow_from,
+        block_from,
+        help_text: c.help_text.unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
+        fallback_text: c.fallback_text.unwrap_or_else(|| DEFAULT_FALLBACK_TEXT.to_owned()),
+        rate_limit_text: c.rate_limit_text.unwrap_or_else(|| DEFAULT_RATE_LIMIT_TEXT.to_owned()),
+        chat,
+        delivery: c.delivery.unwrap_or_default(),
+        insecure_skip_signature: c.insecure_skip_signature,
+    })
+}
+
+/// A fresh random path token (48 URL-safe characters), for `gen-token`.
+pub fn generate_token() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..48).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+    const TOKEN: &str = "abcdefghijklmnopqrstuvwxyz0123456789";
+
+    fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn channel_json(id: &str, token: &str) -> String {
+        format!(
+            r#"{{"channel_id": "{id}", "manifest_id": "sms", "enabled": true, "config": {{
+                "twilio_account_sid": "{SID}", "twilio_auth_token": "${{TWILIO_AUTH_TOKEN}}",
+                "twilio_from_number": "+15551234567", "sms_max_len": 480,
+                "webhook_path_token": "{token}" }} }}"#
+        )
+    }
+
+    fn parse(text: &str) -> Result<Vec<Channel>, ConfigError> {
+        let env = env_of(&[("TWILIO_AUTH_TOKEN", "secret-token-value")]);
+        parse_channels(text, "channels.json", &|k| env.get(k).cloned(), Some("https://sms.example.com"))
+    }
+
+    #[test]
+    fn loads_all_three_shapes() {
+        let one = channel_json("a", TOKEN);
+        assert_eq!(parse(&one).unwrap().len(), 1);
+        assert_eq!(parse(&format!("[{one}]")).unwrap().len(), 1);
+        assert_eq!(parse(&format!(r#"{{"channels": [{one}]}}"#)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn applies_defaults_and_expands_variables() {
+        let c = parse(&channel_json("a", TOKEN)).unwrap().remove(0);
+        assert_eq!(c.auth_token.expose_secret(), "secret-token-value");
+        assert_eq!(c.rate_limit, RateLimit { per_minute: 10, burst: 5 });
+        assert_eq!(c.max_parts, 4);
+        assert!((c.mps - 1.0).abs() < f64::EPSILON);
+        assert_eq!(c.api_base, "https://api.twilio.com");
+        assert_eq!(c.delivery, Delivery::Twilio);
+        assert_eq!(c.chat.kind(), "echo");
+        assert!(!c.insecure_skip_signature);
+        assert_eq!(
+            c.webhook_url().unwrap(),
+            format!("https://sms.example.com/api/channels/sms/twilio/webhook/{TOKEN}")
+        );
+    }
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let c = parse(&channel_json("a", TOKEN)).unwrap().remove(0);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("secret-token-value"));
+        assert!(!dbg.contains(TOKEN));
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_the_key() {
+        let err = parse_channels(&channel_json("a", TOKEN), "c.json", &|_| None, None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("c.json"), "{text}");
+        assert!(text.contains("channel a"), "{text}");
+        assert!(text.contains("config.twilio_auth_token"), "{text}");
+        assert!(text.contains("TWILIO_AUTH_TOKEN"), "{text}");
+    }
+
+    #[test]
+    fn short_token_bad_sid_and_bad_numbers_are_all_reported() {
+        let text = r#"{"channel_id": "x", "config": {"twilio_account_sid": "AC12", "twilio_auth_token": "t",
+               "twilio_from_number": "5551234567", "webhook_path_token": "short",
+               "allow_from": ["+15551230000", "nope"]}}"#;
+        let err = parse(text).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"config.twilio_account_sid"), "{keys:?}");
+        assert!(keys.contains(&"config.webhook_path_token"), "{keys:?}");
+        assert!(keys.contains(&"config.twilio_from_number"), "{keys:?}");
+        assert!(keys.contains(&"config.allow_from[1]"), "{keys:?}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_tokens_are_refused() {
+        let text = format!("[{}, {}]", channel_json("a", TOKEN), channel_json("a", TOKEN));
+        let err = parse(&text).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"channel_id"), "{keys:?}");
+        assert!(keys.contains(&"config.webhook_path_token"), "{keys:?}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let err = parse(r#"{"channel_id": "a", "config": {"twilio_auth_token": "x", "webhook_path_token": "y"}}"#)
+            .unwrap_err();
+        assert!(err.0[0].key.contains("twilio_account_sid"), "{err}");
+        assert_eq!(err.0[0].channel.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn chat_kinds_parse_with_defaults() {
+        let text = channel_json("a", TOKEN).replace(
+            r#""sms_max_len": 480,"#,
+            r#""chat": {"kind": "openai", "base_url": "http://localhost:11434/v1", "model": "llama3"},"#,
+        );
+        let c = parse(&text).unwrap().remove(0);
+        match c.chat {
+            ChatConfig::Openai { history_turns, timeout_ms, max_tokens, .. } => {
+                assert_eq!((history_turns, timeout_ms, max_tokens), (10, 20_000, 300));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = channel_json("a", TOKEN).replace(r#""sms_max_len": 480,"#, r#""chat": {"kind": "gpt"},"#);
+        assert!(parse(&bad).unwrap_err().to_string().contains("chat"));
+    }
+
+    #[test]
+    fn falls_back_to_twilio_variables() {
+        let env = env_of(&[
+            ("TWILIO_ACCOUNT_SID", SID),
+            ("TWILIO_AUTH_TOKEN", "tok"),
+            ("TWILIO_PHONE_NUMBER", "+15551234567"),
+            ("SMS_WEBHOOK_PATH_TOKEN", TOKEN),
+        ]);
+        let lookup = |k: &str| env.get(k).cloned();
+        let settings = Settings::from_lookup(&lookup).unwrap();
+        let channels = load_channels(&lookup, &settings).unwrap();
+        assert_eq!(channels[0].id.as_str(), "default");
+        let none = load_channels(&|_| None, &settings).unwrap_err();
+        assert_eq!(none.0.len(), 4);
+    }
+
+    #[test]
+    fn settings_defaults_match_the_contract() {
+        let s = Settings::from_lookup(&|_| None).unwrap();
+        assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(s.nats_prefix, "smsgate");
+        assert_eq!(s.ingress_addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(s.admin_addr.to_string(), "127.0.0.1:8001");
+        assert_eq!(s.worker_addr.to_string(), "127.0.0.1:8002");
+        assert_eq!(s.sender_addr.to_string(), "127.0.0.1:8003");
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(Settings::from_lookup(&|k| (k == "SMSGATE_LOG_FORMAT").then(|| "xml".to_owned())).is_err());
+    }
+
+    #[test]
+    fn generated_tokens_are_long_enough() {
+        let t = generate_token();
+        assert_eq!(t.len(), 48);
+        assert_ne!(t, generate_token());
+    }
+}

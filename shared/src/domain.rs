@@ -1,0 +1,208 @@
+//! Domain newtypes: a `String` never reaches code that needs a valid number,
+//! SID or channel id. Each has a private field and a parsing constructor.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a value could not be parsed into a domain type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct ParseError {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+fn parse_error(what: &'static str, reason: impl Into<String>) -> ParseError {
+    ParseError { what, reason: reason.into() }
+}
+
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                Self::parse(s)
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A phone number in E.164 form: `+`, a non-zero digit, 7 to 15 digits in all.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct E164(String);
+string_newtype!(E164);
+
+impl E164 {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let digits = s
+            .strip_prefix('+')
+            .ok_or_else(|| parse_error("E.164 number", format!("{:?} must start with '+'", mask(s))))?;
+        let ok =
+            (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(parse_error(
+                "E.164 number",
+                format!("{:?} must be '+' and 7 to 15 digits, not starting with 0", mask(s)),
+            ))
+        }
+    }
+
+    /// The number with its middle hidden, for logs: `+1415***4567`.
+    pub fn masked(&self) -> String {
+        mask(&self.0)
+    }
+
+    /// The digits without `+`, usable as a NATS subject token.
+    pub fn subject_token(&self) -> &str {
+        &self.0[1..]
+    }
+
+    /// Inverse of [`E164::subject_token`].
+    pub fn from_subject_token(token: &str) -> Result<Self, ParseError> {
+        Self::parse(&format!("+{token}"))
+    }
+}
+
+impl fmt::Debug for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "E164({})", self.masked())
+    }
+}
+
+/// Masks a phone-number-like string for logs: keeps the first 5 and last 4
+/// characters of anything longer than 9, hides all of a shorter one.
+pub fn mask(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() > 9 {
+        let head: String = chars[..5].iter().collect();
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("{head}***{tail}")
+    } else {
+        "***".to_owned()
+    }
+}
+
+/// A Twilio message SID (`SM…`/`MM…`, 34 characters). Also accepted: any
+/// 2-64 character token of letters, digits, `_` and `-`, so that tests and
+/// other channels' ids work, but never anything that would break a NATS
+/// subject or header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageSid(String);
+string_newtype!(MessageSid);
+
+impl MessageSid {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if is_token(s, 2, 64) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(parse_error("MessageSid", format!("{s:.70?} is not 2-64 letters, digits, '_' or '-'")))
+        }
+    }
+}
+
+/// A channel id from the config: 1-64 letters, digits, `_` or `-` (it is a
+/// NATS subject token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(String);
+string_newtype!(ChannelId);
+
+impl ChannelId {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if is_token(s, 1, 64) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(parse_error("channel_id", format!("{s:.70?} must be 1-64 letters, digits, '_' or '-'")))
+        }
+    }
+}
+
+/// A Twilio Account SID: `AC` and 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountSid(String);
+string_newtype!(AccountSid);
+
+impl AccountSid {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let ok = s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(parse_error("AccountSid", format!("{s:.40?} must be 'AC' followed by 32 hex digits")))
+        }
+    }
+}
+
+fn is_token(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_e164_and_rejects_local_forms() {
+        assert!(E164::parse("+14155550100").is_ok());
+        assert!(E164::parse("14155550100").is_err());
+        assert!(E164::parse("+0415555").is_err());
+        assert!(E164::parse("+1415555010a").is_err());
+        assert!(E164::parse("+1234567890123456").is_err());
+    }
+
+    #[test]
+    fn masks_the_middle_of_a_number() {
+        assert_eq!(E164::parse("+14155554567").unwrap().masked(), "+1415***4567");
+        assert_eq!(mask("12345"), "***");
+        assert!(!format!("{:?}", E164::parse("+14155554567").unwrap()).contains("555"));
+    }
+
+    #[test]
+    fn subject_token_round_trips() {
+        let n = E164::parse("+14155554567").unwrap();
+        assert_eq!(E164::from_subject_token(n.subject_token()).unwrap(), n);
+    }
+
+    #[test]
+    fn message_sid_refuses_subject_breaking_characters() {
+        assert!(MessageSid::parse("SM0123456789abcdef0123456789abcdef").is_ok());
+        assert!(MessageSid::parse("SM.1").is_err());
+        assert!(MessageSid::parse("SM 1").is_err());
+        assert!(MessageSid::parse("").is_err());
+    }
+
+    #[test]
+    fn account_sid_needs_ac_and_32_hex() {
+        assert!(AccountSid::parse("AC0123456789abcdef0123456789ABCDEF").is_ok());
+        assert!(AccountSid::parse("AC0123").is_err());
+        assert!(AccountSid::parse("SK0123456789abcdef0123456789abcdef").is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! The JSON payloads on the bus. Every one carries `"v": 1`; a payload of an
+//! unknown version is refused by [`decode`] with an error that the consumer
+//! dead-letters, never a panic.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use time::OffsetDateTime;
+
+use crate::domain::{ChannelId, E164, MessageSid};
+
+/// The payload version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// Why a payload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not JSON or lacks fields: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("payload version {0} is not supported (this build reads version {VERSION})")]
+    UnknownVersion(u64),
+}
+
+/// Reads a payload, checking its version first.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: Option<u64>,
+    }
+    let head: Versioned = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+    match head.v {
+        Some(v) if v == u64::from(VERSION) => serde_json::from_slice(bytes).map_err(DecodeError::Malformed),
+        Some(v) => Err(DecodeError::UnknownVersion(v)),
+        None => Err(DecodeError::UnknownVersion(0)),
+    }
+}
+
+/// Writes a payload. Serialising these plain structs cannot fail.
+pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_else(|e| unreachable!("payloads always serialise: {e}")))
+}
+
+fn v1() -> u32 {
+    VERSION
+}
+
+/// One media attachment of an inbound MMS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    pub url: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// An inbound webhook as ingress received it (`P.inbound.<channel_id>`,
+/// `Nats-Msg-Id` = MessageSid).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inbound {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub channel_id: ChannelId,
+    pub message_sid: MessageSid,
+    pub account_sid: String,
+    /// As Twilio sent it; the worker parses it as E.164.
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    #[serde(default)]
+    pub media: Vec<Media>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// Every parameter Twilio posted, in order, known or not.
+    #[serde(default)]
+    pub params: Vec<(String, String)>,
+}
+
+/// Where an outbound message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The chat pipeline's answer.
+    Chat,
+    /// The channel's help text (HELP/INFO).
+    Help,
+    /// The one notice per window to a rate-limited sender.
+    RateLimitNotice,
+    /// The fallback text after the chat backend failed.
+    Fallback,
+    /// Sent through the admin API.
+    Api,
+}
+
+/// A message to send (`P.outbound.<channel_id>`, `Nats-Msg-Id` = `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbound {
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// `reply.<inbound MessageSid>` or the API caller's idempotency key.
+    pub id: String,
+    pub channel_id: ChannelId,
+    pub to: E164,
+    pub body: String,
+    #[serde(default)]
+    pub media_urls: Vec<String>,
+    #[serde(default)]
+    pub in_reply_to: Option<MessageSid>,
+    pub origin: Origin,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Outbound {
+    /// The `Nats-Msg-Id` of the reply to an inbound message: at most one
+    /// reply per MessageSid, however often it is produced.
+    pub fn reply_id(inbound: &MessageSid) -> String {
+        format!("reply.{inbound}")
+    }
+}
+
+/// A Twilio status callback (`P.status.<channel_id>`, `Nats-Msg-Id` =
+/// `<MessageSid>.<MessageStatus>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub channel_id: ChannelId,
+    pub message_sid: MessageSid,
+    pub status: String,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    #[serde(default)]
+    pub params: Vec<(String, String)>,
+}
+
+/// How far a message has got; a status never moves a piece backwards.
+/// Twilio's callbacks can arrive out of order (TWILIO.md section 2).
+pub fn status_rank(status: &str) -> u8 {
+    match status {
+        "accepted" | "scheduled" => 1,
+        "queued" => 2,
+        "sending" => 3,
+        "sent" => 4,
+        "failed" | "undelivered" | "canceled" => 5,
+        "delivered" | "partially_delivered" => 6,
+        "read" => 7,
+        _ => 0,
+    }
+}
+
+/// Why a message got no answer from the chat pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteReason {
+    Duplicate,
+    RateLimited,
+    OptedOut,
+    OptOutKeyword,
+    OptInKeyword,
+    HelpKeyword,
+    Blocked,
+    ChatError,
+    NoReply,
+    SendFailed,
+    Delivered,
+    Logged,
+}
+
+/// One piece of an outbound message as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    pub index: usize,
+    pub body: String,
+    pub segments: u32,
+    pub encoding: String,
+    /// Twilio's SID (`SM…`), or None for `delivery: "log"`.
+    #[serde(default)]
+    pub sid: Option<String>,
+}
+
+/// What happened, as kept in a conversation's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryEvent {
+    Inbound {
+        message_sid: MessageSid,
+        body: String,
+        #[serde(default)]
+        media: Vec<Media>,
+    },
+    Outbound {
+        id: String,
+        body: String,
+        #[serde(default)]
+        in_reply_to: Option<MessageSid>,
+        origin: Origin,
+        pieces: Vec<Piece>,
+        /// `twilio` or `log`.
+        delivery: String,
+    },
+    Status {
+        /// Twilio's SID of the piece.
+        sid: String,
+        status: String,
+        #[serde(default)]
+        error_code: Option<String>,
+    },
+    Note {
+        reason: NoteReason,
+        #[serde(default)]
+        message_sid: Option<MessageSid>,
+        #[serde(default)]
+        outbound_id: Option<String>,
+        detail: String,
+    },
+}
+
+/// An entry of `P.history.<channel_id>.<e164>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub channel_id: ChannelId,
+    pub peer: E164,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(flatten)]
+    pub event: HistoryEvent,
+}
+
+impl HistoryEntry {
+    pub fn now(channel_id: ChannelId, peer: E164, event: HistoryEvent) -> Self {
+        Self { v: VERSION, channel_id, peer, at: OffsetDateTime::now_utc(), event }
+    }
+}
+
+/// What could not be processed (`P.dead.<stage>.<channel_id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub stage: String,
+    pub channel_id: String,
+    pub reason: String,
+    /// Twilio's error code, when Twilio refused.
+    #[serde(default)]
+    pub code: Option<i64>,
+    /// Where the original was published, to replay it there.
+    pub subject: String,
+    /// The original `Nats-Msg-Id`, if any.
+    #[serde(default)]
+    pub msg_id: Option<String>,
+    /// The original payload (UTF-8, lossy for anything that was not).
+    pub payload: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_versions_are_refused_not_panicked_on() {
+        assert!(matches!(decode::<Inbound>(br#"{"v": 2}"#), Err(DecodeError::UnknownVersion(2))));
+        assert!(matches!(decode::<Inbound>(br#"{}"#), Err(DecodeError::UnknownVersion(0))));
+        assert!(matches!(decode::<Inbound>(b"\xff"), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn history_entries_round_trip_with_a_kind_tag() {
+        let e = HistoryEntry::now(
+            ChannelId::parse("c").unwrap(),
+            E164::parse("+14155550100").unwrap(),
+            HistoryEvent::Note {
+                reason: NoteReason::RateLimited,
+                message_sid: Some(MessageSid::parse("SM1").unwrap()),
+                outbound_id: None,
+                detail: "over 10/min".to_owned(),
+            },
+        );
+        let bytes = encode(&e);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains(r#""kind":"note""#), "{text}");
+        assert!(text.contains(r#""reason":"rate_limited""#), "{text}");
+        assert_eq!(decode::<HistoryEntry>(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn later_statuses_outrank_earlier_ones() {
+        assert!(status_rank("delivered") > status_rank("sent"));
+        assert!(status_rank("sent") > status_rank("queued"));
+        assert!(status_rank("undelivered") > status_rank("sent"));
+    }
+}

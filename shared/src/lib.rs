@@ -1,0 +1,31 @@
+//! smsgate's shared library: what every service agrees on.
+//!
+//! # Layout
+//!
+//! - [`config`]: the environment ([`config::Settings`]) and the channel file
+//!   ([`config::Channel`]), validated at start (exit 64 on a bad one).
+//! - [`domain`]: newtypes that only hold valid values: [`domain::E164`],
+//!   [`domain::MessageSid`], [`domain::ChannelId`], [`domain::AccountSid`].
+//! - [`envelope`]: the versioned JSON payloads on the bus: an
+//!   [`envelope::Inbound`] (ingress → worker), an [`envelope::Outbound`]
+//!   (worker or admin API → sender), a [`envelope::StatusUpdate`] (ingress →
+//!   sender), [`envelope::HistoryEntry`] and [`envelope::DeadLetter`].
+//! - [`topology`]: stream, bucket and subject names under the prefix, and
+//!   [`topology::Topology::ensure`], the one place that creates them.
+//! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
+//! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
+//! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
+//! - [`ops`]: `/api/health` and `/metrics` for the worker and the sender.
+//! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
+
+pub mod config;
+pub mod domain;
+pub mod envelope;
+pub mod ops;
+pub mod shutdown;
+pub mod signature;
+pub mod telemetry;
+pub mod topology;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,1 @@
+//! Stubs of an OpenAI-compatible chat server and an agent webhook (filled by the worker work).

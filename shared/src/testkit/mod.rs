@@ -1,0 +1,63 @@
+//! The test kit (feature `testkit`): real parts for tests.
+//!
+//! - [`nats::NatsServer`]: a real `nats-server -js` on a free port with a
+//!   temporary store, stopped and removed on drop.
+//! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format.
+//! - [`chat`]: a stub of an OpenAI-compatible chat server and of an agent webhook.
+
+pub mod chat;
+pub mod nats;
+pub mod twilio;
+
+use std::time::Duration;
+
+use crate::config::{Channel, parse_channels};
+
+/// A valid Account SID for tests.
+pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+/// The auth token of [`channel`].
+pub const AUTH_TOKEN: &str = "test-auth-token-0123456789";
+/// The path token of [`channel`] (≥ 32 characters).
+pub const PATH_TOKEN: &str = "test-path-token-abcdefghijklmnopqrstuvwxyz";
+/// The sending number of [`channel`].
+pub const FROM_NUMBER: &str = "+15550001111";
+
+/// A channel for tests: id `test`, public base `http://127.0.0.1:8000` unless
+/// `extra` overrides it. `extra` is merged into `config` (JSON object text
+/// without braces, e.g. `"\"mps\": 0"`, or empty).
+pub fn channel(extra: &str) -> Channel {
+    channel_with_id("test", PATH_TOKEN, extra)
+}
+
+/// Like [`channel`] with another id and path token.
+pub fn channel_with_id(id: &str, path_token: &str, extra: &str) -> Channel {
+    let comma = if extra.trim().is_empty() { "" } else { "," };
+    let text = format!(
+        r#"{{"channel_id": "{id}", "config": {{
+            "twilio_account_sid": "{ACCOUNT_SID}", "twilio_auth_token": "{AUTH_TOKEN}",
+            "twilio_from_number": "{FROM_NUMBER}", "webhook_path_token": "{path_token}",
+            "public_base_url": "http://127.0.0.1:8000"{comma} {extra} }} }}"#
+    );
+    match parse_channels(&text, "testkit", &|_| None, None) {
+        Ok(mut v) => v.remove(0),
+        Err(e) => panic!("test channel config is invalid: {e}"),
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

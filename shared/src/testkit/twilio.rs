@@ -1,0 +1,1 @@
+//! Stub of Twilio's Messages API (filled by the sender work).

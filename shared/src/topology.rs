@@ -1,0 +1,301 @@
+//! The JetStream topology of DESIGN.md, in one place: stream and bucket
+//! names, subjects, and [`Topology::ensure`], which creates all of them
+//! idempotently.
+//!
+//! Key-value buckets are created as their backing `KV_<bucket>` streams and
+//! then opened with `get_key_value`, because `create_key_value` needs
+//! nats-server 2.10 and smsgate must run on Debian's 2.9.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+use crate::domain::{ChannelId, E164};
+
+/// How long processed MessageSids are remembered (≥ 24 h by contract).
+pub const SEEN_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// How long a piece's Twilio SID is remembered (≥ 48 h by contract).
+pub const SENT_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// How long dead letters are kept.
+pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
+
+/// Names and subjects under one prefix (`SMSGATE_NATS_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    upper: String,
+    pub duplicate_window: Duration,
+    pub history_per_peer: i64,
+    pub history_max_age: Duration,
+}
+
+/// The processing stage a dead letter comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Worker,
+    Sender,
+    Status,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Worker => "worker",
+            Stage::Sender => "sender",
+            Stage::Status => "status",
+        }
+    }
+}
+
+/// Everything [`Topology::ensure`] opened, ready to use.
+#[derive(Clone)]
+pub struct Bus {
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub seen: kv::Store,
+    pub optout: kv::Store,
+    pub sent: kv::Store,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            upper: prefix.to_uppercase(),
+            duplicate_window: Duration::from_secs(600),
+            history_per_peer: 1000,
+            history_max_age: Duration::from_secs(90 * 86_400),
+        }
+    }
+
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        Self {
+            duplicate_window: s.duplicate_window,
+            history_per_peer: s.history_per_peer,
+            history_max_age: s.history_max_age,
+            ..Self::new(&s.nats_prefix)
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn inbound_stream(&self) -> String {
+        format!("{}_INBOUND", self.upper)
+    }
+    pub fn outbound_stream(&self) -> String {
+        format!("{}_OUTBOUND", self.upper)
+    }
+    pub fn status_stream(&self) -> String {
+        format!("{}_STATUS", self.upper)
+    }
+    pub fn history_stream(&self) -> String {
+        format!("{}_HISTORY", self.upper)
+    }
+    pub fn dead_stream(&self) -> String {
+        format!("{}_DEAD", self.upper)
+    }
+    pub fn seen_bucket(&self) -> String {
+        format!("{}_seen", self.upper)
+    }
+    pub fn optout_bucket(&self) -> String {
+        format!("{}_optout", self.upper)
+    }
+    pub fn sent_bucket(&self) -> String {
+        format!("{}_sent", self.upper)
+    }
+
+    pub fn inbound_subject(&self, channel: &ChannelId) -> String {
+        format!("{}.inbound.{channel}", self.prefix)
+    }
+    pub fn outbound_subject(&self, channel: &ChannelId) -> String {
+        format!("{}.outbound.{channel}", self.prefix)
+    }
+    pub fn status_subject(&self, channel: &ChannelId) -> String {
+        format!("{}.status.{channel}", self.prefix)
+    }
+    /// `P.history.<channel_id>.<e164 digits>`: one subject per conversation,
+    /// so a conversation is read without scanning the others.
+    pub fn history_subject(&self, channel: &ChannelId, peer: &E164) -> String {
+        format!("{}.history.{channel}.{}", self.prefix, peer.subject_token())
+    }
+    /// All conversations (`channel` = None) or one channel's.
+    pub fn history_filter(&self, channel: Option<&ChannelId>) -> String {
+        match channel {
+            Some(c) => format!("{}.history.{c}.*", self.prefix),
+            None => format!("{}.history.>", self.prefix),
+        }
+    }
+    /// Splits a history subject back into channel and peer.
+    pub fn parse_history_subject(&self, subject: &str) -> Option<(ChannelId, E164)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".history.")?;
+        let (channel, peer) = rest.split_once('.')?;
+        Some((ChannelId::parse(channel).ok()?, E164::from_subject_token(peer).ok()?))
+    }
+    pub fn dead_subject(&self, stage: Stage, channel: &ChannelId) -> String {
+        format!("{}.dead.{}.{channel}", self.prefix, stage.as_str())
+    }
+
+    fn stream_configs(&self) -> Vec<stream::Config> {
+        let work_queue = |name: String, what: &str| stream::Config {
+            name,
+            subjects: vec![format!("{}.{what}.>", self.prefix)],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            duplicate_window: self.duplicate_window,
+            description: Some(format!("smsgate {what} work queue")),
+            ..Default::default()
+        };
+        vec![
+            work_queue(self.inbound_stream(), "inbound"),
+            work_queue(self.outbound_stream(), "outbound"),
+            work_queue(self.status_stream(), "status"),
+            stream::Config {
+                name: self.history_stream(),
+                subjects: vec![format!("{}.history.>", self.prefix)],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                max_messages_per_subject: self.history_per_peer,
+                max_age: self.history_max_age,
+                duplicate_window: Duration::from_secs(120),
+                allow_direct: true,
+                description: Some("smsgate conversation history".to_owned()),
+                ..Default::default()
+            },
+            stream::Config {
+                name: self.dead_stream(),
+                subjects: vec![format!("{}.dead.>", self.prefix)],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                max_age: DEAD_MAX_AGE,
+                duplicate_window: Duration::from_secs(120),
+                allow_direct: true,
+                description: Some("smsgate dead letters".to_owned()),
+                ..Default::default()
+            },
+        ]
+    }
+
+    fn kv_config(bucket: &str, max_age: Duration) -> stream::Config {
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            // The KV layer relies on these exactly as `create_key_value` sets them.
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            storage: StorageType::File,
+            // A bucket's duplicate window must not exceed its max age.
+            duplicate_window: if max_age.is_zero() {
+                Duration::from_secs(120)
+            } else {
+                max_age.min(Duration::from_secs(120))
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Creates every stream and bucket that is missing (existing ones are
+    /// left as they are) and opens the buckets.
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<Bus, TopologyError> {
+        for config in self.stream_configs() {
+            let name = config.name.clone();
+            js.get_or_create_stream(config).await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+        }
+        let mut stores = Vec::new();
+        for (bucket, ttl) in
+            [(self.seen_bucket(), SEEN_TTL), (self.optout_bucket(), Duration::ZERO), (self.sent_bucket(), SENT_TTL)]
+        {
+            js.get_or_create_stream(Self::kv_config(&bucket, ttl))
+                .await
+                .map_err(|e| TopologyError::Stream { name: format!("KV_{bucket}"), source: Box::new(e) })?;
+            let store = js
+                .get_key_value(bucket.clone())
+                .await
+                .map_err(|e| TopologyError::Bucket { name: bucket, source: Box::new(e) })?;
+            stores.push(store);
+        }
+        let mut stores = stores.into_iter();
+        let mut next = || stores.next().ok_or(TopologyError::Internal);
+        Ok(Bus { js: js.clone(), topology: self.clone(), seen: next()?, optout: next()?, sent: next()? })
+    }
+
+    /// Whether every stream exists (for readiness checks).
+    pub async fn present(&self, js: &jetstream::Context) -> bool {
+        let mut names: Vec<String> = self.stream_configs().into_iter().map(|c| c.name).collect();
+        names.extend([self.seen_bucket(), self.optout_bucket(), self.sent_bucket()].map(|b| format!("KV_{b}")));
+        for name in names {
+            if js.get_stream(&name).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot create or open stream {name}")]
+    Stream {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot open key-value bucket {name}")]
+    Bucket {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("internal: bucket list out of step")]
+    Internal,
+}
+
+/// Connects to NATS for `service`, retrying forever in the background: a
+/// service starts (and answers health checks) while NATS is still down.
+pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let service_name = service.to_owned();
+    async_nats::ConnectOptions::new()
+        .name(format!("smsgate-{service}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let service = service_name.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!(service, outcome = "connected", "NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(service, outcome = "disconnected", "NATS disconnected")
+                    }
+                    other => tracing::info!(service, event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_take_the_prefix_upper_cased_and_subjects_as_is() {
+        let t = Topology::new("smsgate");
+        assert_eq!(t.inbound_stream(), "SMSGATE_INBOUND");
+        assert_eq!(t.seen_bucket(), "SMSGATE_seen");
+        let c = ChannelId::parse("sms_prod").unwrap();
+        let n = E164::parse("+14155550100").unwrap();
+        assert_eq!(t.inbound_subject(&c), "smsgate.inbound.sms_prod");
+        assert_eq!(t.history_subject(&c, &n), "smsgate.history.sms_prod.14155550100");
+        assert_eq!(t.parse_history_subject("smsgate.history.sms_prod.14155550100"), Some((c.clone(), n)));
+        assert_eq!(t.dead_subject(Stage::Sender, &c), "smsgate.dead.sender.sms_prod");
+    }
+}
