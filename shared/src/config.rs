@@ -706,6 +706,34 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
     })
 }
 
+/// Everything a service reads at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub channels: Vec<Channel>,
+}
+
+impl Config {
+    pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
+        let settings = Settings::from_lookup(env)?;
+        let channels = load_channels(env, &settings)?;
+        Ok(Self { settings, channels })
+    }
+
+    /// For `main`: reads the process environment; on a bad configuration
+    /// prints every problem and exits with status 64.
+    pub fn from_env_or_exit(service: &str) -> Self {
+        match Self::from_lookup(&|k| std::env::var(k).ok()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(service, outcome = "bad_config", error = %e, "invalid configuration");
+                eprintln!("smsgate-{service}: {e}");
+                std::process::exit(EXIT_BAD_CONFIG);
+            }
+        }
+    }
+}
+
 /// A fresh random path token (48 URL-safe characters), for `gen-token`.
 pub fn generate_token() -> String {
     use rand::Rng;

@@ -113,6 +113,16 @@ impl Outbound {
     pub fn reply_id(inbound: &MessageSid) -> String {
         format!("reply.{inbound}")
     }
+
+    /// Whether `id` can be an outbound id (it becomes a `Nats-Msg-Id` and
+    /// part of a key-value key): 1-128 letters, digits, `_`, `-`, `.`, not
+    /// starting or ending with `.`.
+    pub fn valid_id(id: &str) -> bool {
+        (1..=128).contains(&id.len())
+            && !id.starts_with('.')
+            && !id.ends_with('.')
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    }
 }
 
 /// A Twilio status callback (`P.status.<channel_id>`, `Nats-Msg-Id` =

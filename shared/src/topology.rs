@@ -140,6 +140,19 @@ impl Topology {
         format!("{}.dead.{}.{channel}", self.prefix, stage.as_str())
     }
 
+    /// Key in the `seen` bucket for an inbound MessageSid.
+    pub fn seen_key(sid: &crate::domain::MessageSid) -> String {
+        sid.to_string()
+    }
+    /// Key in the `optout` bucket for a number on a channel.
+    pub fn optout_key(channel: &ChannelId, peer: &E164) -> String {
+        format!("{channel}.{}", peer.subject_token())
+    }
+    /// Key in the `sent` bucket for piece `index` (0-based) of outbound `id`.
+    pub fn sent_key(outbound_id: &str, index: usize) -> String {
+        format!("{outbound_id}.{index}")
+    }
+
     fn stream_configs(&self) -> Vec<stream::Config> {
         let work_queue = |name: String, what: &str| stream::Config {
             name,

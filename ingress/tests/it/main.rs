@@ -1,0 +1,1 @@
+//! ingress against a real nats-server.
