@@ -3,15 +3,19 @@
 
 use std::sync::Arc;
 
+use async_nats::jetstream;
 use axum::Router;
 use secrecy::SecretString;
 use smsgate_shared::config::Channel;
-use smsgate_shared::topology::Bus;
+use smsgate_shared::topology::Topology;
 
-/// What the admin routes need.
+/// What the admin routes need. The JetStream context works before NATS is
+/// reachable (calls then fail and should answer 503); open key-value buckets
+/// lazily with `js.get_key_value(topology.optout_bucket())` when needed.
 #[derive(Clone)]
 pub struct AdminState {
-    pub bus: Bus,
+    pub js: jetstream::Context,
+    pub topology: Topology,
     pub channels: Arc<Vec<Channel>>,
     pub token: Option<SecretString>,
 }

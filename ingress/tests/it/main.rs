@@ -1,1 +1,3 @@
 //! ingress against a real nats-server.
+
+mod admin;

@@ -1,0 +1,1 @@
+//! Admin API tests (filled by the operator-surface work).
