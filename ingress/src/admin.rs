@@ -25,3 +25,12 @@ pub fn router(state: AdminState) -> Router {
     let _ = state;
     Router::new()
 }
+
+/// Refuses an admin listener reachable beyond loopback without a token.
+pub fn check_bind(addr: std::net::SocketAddr, token: Option<&SecretString>) -> Result<(), String> {
+    if addr.ip().is_loopback() || token.is_some() {
+        Ok(())
+    } else {
+        Err(format!("SMSGATE_ADMIN_ADDR is {addr}, beyond loopback, and SMSGATE_ADMIN_TOKEN is not set"))
+    }
+}

@@ -1,0 +1,197 @@
+//! smsgate's ingress: Twilio's webhooks in, JetStream out, in milliseconds.
+//!
+//! # Layout
+//!
+//! - [`App`] (this file): binds the public and admin listeners, connects
+//!   NATS, makes sure the topology exists (retrying in the background while
+//!   NATS is down), and serves until the shutdown token is cancelled.
+//! - [`webhook`]: the two Twilio routes. A request goes: path token →
+//!   channel ([`webhook::Channels::find`], constant time) → content type →
+//!   body size → `X-Twilio-Signature` over the channel's public URL →
+//!   required fields → publish to `P_INBOUND` / `P_STATUS` with
+//!   `Nats-Msg-Id`, waiting for the stream's ack (bounded) → `200 <Response/>`.
+//!   Every rejection is a [`webhook::Rejection`] with its status code and a
+//!   logged reason.
+//! - [`admin`]: the private admin API (`/api/v1/...`).
+//!
+//! The handler does nothing else on the hot path: no chat call, no history
+//! read. Everything after the ack is the worker's and the sender's.
+
+pub mod admin;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use smsgate_shared::config::Config;
+use smsgate_shared::topology::{self, Topology};
+use smsgate_shared::{ops, telemetry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long ingress waits for JetStream's ack before answering 503. Twilio
+/// waits 15 s; we answer long before that.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS")]
+    Nats(#[source] async_nats::ConnectError),
+    #[error("refusing to start: {0}")]
+    Unsafe(String),
+    #[error("server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared by every handler.
+pub struct Shared {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub channels: webhook::Channels,
+    /// Set once every stream exists.
+    pub topology_ready: AtomicBool,
+    pub publish_timeout: Duration,
+}
+
+pub struct App {
+    public: TcpListener,
+    admin: TcpListener,
+    shared: Arc<Shared>,
+    admin_state: admin::AdminState,
+}
+
+impl App {
+    /// Binds both listeners and connects NATS. Never reads the environment:
+    /// everything comes in `config`.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let Config { settings, channels } = config;
+        admin::check_bind(settings.admin_addr, settings.admin_token.as_ref()).map_err(Error::Unsafe)?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+        };
+        let public = bind(settings.ingress_addr).await?;
+        let admin_listener = bind(settings.admin_addr).await?;
+
+        for c in &channels {
+            if c.insecure_skip_signature {
+                tracing::warn!(channel_id = %c.id, "insecure_skip_signature is on: this channel accepts unsigned webhooks");
+            }
+            if c.public_base_url.is_none() {
+                tracing::warn!(
+                    channel_id = %c.id,
+                    "no public_base_url: signatures are checked against the URL built from Host/X-Forwarded-* headers"
+                );
+            }
+        }
+
+        let client = topology::connect(&settings.nats_url, "ingress").await.map_err(Error::Nats)?;
+        let js = jetstream::new(client.clone());
+        let topology = Topology::from_settings(&settings);
+        let channels = Arc::new(channels);
+        let shared = Arc::new(Shared {
+            client,
+            js: js.clone(),
+            topology: topology.clone(),
+            channels: webhook::Channels::new(&channels),
+            topology_ready: AtomicBool::new(false),
+            publish_timeout: PUBLISH_TIMEOUT,
+        });
+        let admin_state = admin::AdminState { js, topology, channels, token: settings.admin_token.clone() };
+        Ok(Self { public, admin: admin_listener, shared, admin_state })
+    }
+
+    /// The public listener's address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.public.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, finishes
+    /// the requests in flight and flushes what NATS still holds.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Self { public, admin, shared, admin_state } = self;
+        tokio::spawn(ensure_topology(shared.clone(), shutdown.clone()));
+        tracing::info!(
+            addr = %public.local_addr().map_err(Error::Serve)?,
+            admin_addr = %admin.local_addr().map_err(Error::Serve)?,
+            channels = shared.channels.len(),
+            "ingress listening"
+        );
+        let public_app = public_router(shared.clone());
+        let admin_app = admin::router(admin_state);
+        let public_server =
+            axum::serve(public, public_app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+        let admin_server =
+            axum::serve(admin, admin_app).with_graceful_shutdown(shutdown.cancelled_owned()).into_future();
+        let (a, b) = tokio::join!(public_server, admin_server);
+        let _ = shared.client.flush().await;
+        a.and(b).map_err(Error::Serve)
+    }
+}
+
+/// The public routes.
+pub fn public_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(&format!("{}{{path_token}}", smsgate_shared::config::WEBHOOK_PATH), post(webhook::inbound))
+        .route(&format!("{}{{path_token}}", smsgate_shared::config::STATUS_PATH), post(webhook::status))
+        .route("/api/health", get(ops::health))
+        .route("/api/ready", get(ready))
+        .with_state(shared)
+        .merge(Router::new().route("/metrics", get(ops::metrics)).with_state(telemetry::metrics_handle()))
+}
+
+/// Ready: NATS connected and every stream present.
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
+    if connected && shared.topology.present(&shared.js).await {
+        (StatusCode::OK, "{\"status\":\"ready\"}")
+    } else if connected {
+        (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"streams missing\"}")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"nats disconnected\"}")
+    }
+}
+
+/// Creates the topology, retrying while NATS is unreachable.
+async fn ensure_topology(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match shared.topology.ensure(&shared.js).await {
+            Ok(_) => {
+                shared.topology_ready.store(true, Ordering::Release);
+                tracing::info!(outcome = "ready", "JetStream topology in place");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot create the JetStream topology yet"
+                );
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

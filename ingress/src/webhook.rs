@@ -1,0 +1,455 @@
+//! The two Twilio routes: inbound messages and status callbacks.
+//!
+//! Both run the same checks in the same order (DESIGN.md invariant 4): path
+//! token (404) → content type (415) → body size (413) → signature (403) →
+//! required fields (400) → publish and wait for the ack (503 when NATS does
+//! not answer in time) → 200.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::message::PublishMessage;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use smsgate_shared::config::Channel;
+use smsgate_shared::domain::MessageSid;
+use smsgate_shared::envelope::{self, Inbound, Media, StatusUpdate};
+use smsgate_shared::signature;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+use crate::Shared;
+
+/// Twilio's bodies are a few KiB; anything past this is not Twilio.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The empty TwiML answer: acknowledge without replying inline (the reply
+/// goes out through the REST API). Never text/plain: Twilio would send that
+/// back to the person as an SMS.
+pub const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
+
+/// The channels, found by path token in constant time.
+pub struct Channels {
+    entries: Vec<(Arc<Channel>, [u8; 32])>,
+}
+
+impl Channels {
+    pub fn new(channels: &[Channel]) -> Self {
+        let entries =
+            channels.iter().map(|c| (Arc::new(c.clone()), token_digest(c.path_token.expose_secret()))).collect();
+        Self { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Compares the token's digest with every channel's, always all of them,
+    /// so neither the answer's timing nor a partial match tells anything.
+    pub fn find(&self, token: &str) -> Option<Arc<Channel>> {
+        let digest = token_digest(token);
+        let mut found = None;
+        for (channel, d) in &self.entries {
+            if bool::from(d.ct_eq(&digest)) {
+                found = Some(channel.clone());
+            }
+        }
+        found
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A refused request: the status code Twilio sees and the reason we log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    const fn new(status: StatusCode, reason: &'static str) -> Self {
+        Self { status, reason }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.reason).into_response()
+    }
+}
+
+const UNKNOWN_TOKEN: Rejection = Rejection::new(StatusCode::NOT_FOUND, "unknown path token");
+const CHANNEL_DISABLED: Rejection = Rejection::new(StatusCode::NOT_FOUND, "channel disabled");
+const NOT_A_FORM: Rejection =
+    Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type is not application/x-www-form-urlencoded");
+const TOO_LARGE: Rejection = Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB");
+const BODY_UNREADABLE: Rejection = Rejection::new(StatusCode::BAD_REQUEST, "body could not be read");
+const NO_SIGNATURE: Rejection = Rejection::new(StatusCode::FORBIDDEN, "X-Twilio-Signature missing");
+const BAD_SIGNATURE: Rejection = Rejection::new(StatusCode::FORBIDDEN, "X-Twilio-Signature does not match");
+const NO_URL: Rejection =
+    Rejection::new(StatusCode::FORBIDDEN, "no public_base_url and no Host header to sign against");
+const WRONG_ACCOUNT: Rejection = Rejection::new(StatusCode::BAD_REQUEST, "AccountSid is not the channel's");
+const NATS_DOWN: Rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "NATS unavailable");
+const ACK_TIMEOUT: Rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "JetStream did not ack in time");
+const PUBLISH_FAILED: Rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "JetStream refused the publish");
+
+fn missing(field: &'static str) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, field)
+}
+
+/// Which of the two routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Inbound,
+    Status,
+}
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Inbound => "webhook",
+            Route::Status => "status",
+        }
+    }
+}
+
+/// `POST /api/channels/sms/twilio/webhook/{path_token}`.
+pub async fn inbound(
+    State(shared): State<Arc<Shared>>,
+    Path(token): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(Route::Inbound, &shared, &token, &uri, &headers, body).await
+}
+
+/// `POST /api/channels/sms/twilio/status/{path_token}`.
+pub async fn status(
+    State(shared): State<Arc<Shared>>,
+    Path(token): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(Route::Status, &shared, &token, &uri, &headers, body).await
+}
+
+async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let channel = shared.channels.find(token);
+    let channel_id = channel.as_ref().map_or("", |c| c.id.as_str()).to_owned();
+    let result = match channel {
+        None => Err(UNKNOWN_TOKEN),
+        Some(channel) => accept(route, shared, &channel, uri, headers, body).await,
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(accepted) => {
+            metrics::counter!("smsgate_ingress_requests_total", "route" => route.as_str(), "outcome" => "accepted")
+                .increment(1);
+            tracing::debug!(
+                route = route.as_str(),
+                channel_id,
+                message_sid = %accepted.message_sid,
+                duplicate = accepted.duplicate,
+                latency_ms,
+                outcome = "accepted",
+                "webhook published"
+            );
+            match route {
+                Route::Inbound => ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response(),
+                Route::Status => StatusCode::OK.into_response(),
+            }
+        }
+        Err(rejection) => {
+            let outcome = outcome_label(rejection.status);
+            metrics::counter!("smsgate_ingress_requests_total", "route" => route.as_str(), "outcome" => outcome)
+                .increment(1);
+            if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(
+                    route = route.as_str(),
+                    channel_id,
+                    status = rejection.status.as_u16(),
+                    reason = rejection.reason,
+                    latency_ms,
+                    outcome,
+                    "webhook not accepted"
+                );
+            } else {
+                tracing::info!(
+                    route = route.as_str(),
+                    channel_id,
+                    status = rejection.status.as_u16(),
+                    reason = rejection.reason,
+                    latency_ms,
+                    outcome,
+                    "webhook rejected"
+                );
+            }
+            rejection.into_response()
+        }
+    }
+}
+
+fn outcome_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        403 => "forbidden",
+        404 => "not_found",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        503 => "unavailable",
+        _ => "error",
+    }
+}
+
+struct Accepted {
+    message_sid: MessageSid,
+    duplicate: bool,
+}
+
+async fn accept(
+    route: Route,
+    shared: &Shared,
+    channel: &Channel,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, Rejection> {
+    if !channel.enabled {
+        return Err(CHANNEL_DISABLED);
+    }
+    if !is_form(headers) {
+        return Err(NOT_A_FORM);
+    }
+    let body = read_body(headers, body).await?;
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+
+    if !channel.insecure_skip_signature {
+        let signature = headers
+            .get(signature::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .ok_or(NO_SIGNATURE)?;
+        let url = signed_url(channel, uri, headers).ok_or(NO_URL)?;
+        if !signature::validate(channel.auth_token.expose_secret(), &url, &params, signature) {
+            return Err(BAD_SIGNATURE);
+        }
+    }
+
+    let fields = Fields(&params);
+    let message_sid = MessageSid::parse(fields.get("MessageSid").ok_or(missing("MessageSid missing"))?)
+        .map_err(|_| missing("MessageSid malformed"))?;
+    if fields.get("AccountSid") != Some(channel.account_sid.as_str()) {
+        return Err(WRONG_ACCOUNT);
+    }
+    let now = OffsetDateTime::now_utc();
+    let (subject, msg_id, payload) = match route {
+        Route::Inbound => {
+            let from = fields.get("From").ok_or(missing("From missing"))?.to_owned();
+            let to = fields.get("To").ok_or(missing("To missing"))?.to_owned();
+            let inbound = Inbound {
+                v: envelope::VERSION,
+                channel_id: channel.id.clone(),
+                message_sid: message_sid.clone(),
+                account_sid: channel.account_sid.to_string(),
+                from,
+                to,
+                body: fields.get("Body").unwrap_or_default().to_owned(),
+                media: fields.media(),
+                received_at: now,
+                params: Vec::new(),
+            };
+            let inbound = Inbound { params, ..inbound };
+            (shared.topology.inbound_subject(&channel.id), message_sid.to_string(), envelope::encode(&inbound))
+        }
+        Route::Status => {
+            let status = fields.get("MessageStatus").ok_or(missing("MessageStatus missing"))?.to_owned();
+            if !status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || status.is_empty() {
+                return Err(missing("MessageStatus malformed"));
+            }
+            let update = StatusUpdate {
+                v: envelope::VERSION,
+                channel_id: channel.id.clone(),
+                message_sid: message_sid.clone(),
+                error_code: fields.get("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned),
+                to: fields.get("To").map(str::to_owned),
+                received_at: now,
+                params: Vec::new(),
+                status: status.clone(),
+            };
+            let update = StatusUpdate { params, ..update };
+            (shared.topology.status_subject(&channel.id), format!("{message_sid}.{status}"), envelope::encode(&update))
+        }
+    };
+    let duplicate = publish(shared, subject, &msg_id, payload).await?;
+    Ok(Accepted { message_sid, duplicate })
+}
+
+/// Publishes and waits for the stream's ack, within `publish_timeout`.
+/// Returns whether JetStream saw the id before (a repeated webhook).
+async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes) -> Result<bool, Rejection> {
+    // Fail fast while disconnected: Twilio gets its 503 at once and nothing
+    // sits in the client's buffer to be published behind our back.
+    if shared.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(NATS_DOWN);
+    }
+    let started = Instant::now();
+    let attempt = async {
+        let ack = shared
+            .js
+            .send_publish(subject, PublishMessage::build().payload(payload).message_id(msg_id))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = &e as &dyn std::error::Error, "publish failed");
+                PUBLISH_FAILED
+            })?;
+        ack.await.map_err(|e| {
+            tracing::warn!(error = &e as &dyn std::error::Error, "publish not acknowledged");
+            PUBLISH_FAILED
+        })
+    };
+    let ack = tokio::time::timeout(shared.publish_timeout, attempt).await.map_err(|_| ACK_TIMEOUT)??;
+    metrics::histogram!("smsgate_ingress_publish_seconds").record(started.elapsed().as_secs_f64());
+    Ok(ack.duplicate)
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(TOO_LARGE);
+    }
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        // to_bytes fails for an over-limit body or a broken stream.
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            TOO_LARGE
+        } else {
+            BODY_UNREADABLE
+        }
+    })
+}
+
+/// The URL Twilio signed: the channel's public base URL + path + query, or,
+/// without one, the URL rebuilt from the proxy headers and Host.
+fn signed_url(channel: &Channel, uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if let Some(base) = &channel.public_base_url {
+        return Some(format!("{base}{path_and_query}"));
+    }
+    let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let proto = header_str("x-forwarded-proto").and_then(|p| p.split(',').next()).unwrap_or("http").trim();
+    let host = header_str("x-forwarded-host").or_else(|| header_str("host"))?;
+    Some(format!("{proto}://{host}{path_and_query}"))
+}
+
+/// Form fields by name (the first value of a repeated key).
+struct Fields<'a>(&'a [(String, String)]);
+
+impl<'a> Fields<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// MediaUrl{N} / MediaContentType{N}, N from 0 to NumMedia - 1 (at most 10).
+    fn media(&self) -> Vec<Media> {
+        let count = self.get("NumMedia").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0).min(10);
+        (0..count)
+            .filter_map(|i| {
+                let url = self.get(&format!("MediaUrl{i}"))?;
+                Some(Media {
+                    url: url.to_owned(),
+                    content_type: self.get(&format!("MediaContentType{i}")).map(str::to_owned),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smsgate_shared::testkit;
+
+    #[test]
+    fn finds_a_channel_by_token_and_nothing_by_a_near_miss() {
+        let channels = Channels::new(&[testkit::channel("")]);
+        assert!(channels.find(testkit::PATH_TOKEN).is_some());
+        let near = &testkit::PATH_TOKEN[..testkit::PATH_TOKEN.len() - 1];
+        assert!(channels.find(near).is_none());
+        assert!(channels.find("").is_none());
+    }
+
+    #[test]
+    fn signed_url_prefers_the_configured_base() {
+        let channel = testkit::channel("");
+        let uri: Uri = "/api/channels/sms/twilio/webhook/x?a=1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "evil.example".parse().unwrap());
+        assert_eq!(
+            signed_url(&channel, &uri, &headers).unwrap(),
+            "http://127.0.0.1:8000/api/channels/sms/twilio/webhook/x?a=1"
+        );
+    }
+
+    #[test]
+    fn signed_url_falls_back_to_forwarded_headers() {
+        let mut channel = testkit::channel("");
+        channel.public_base_url = None;
+        let uri: Uri = "/p".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "internal:8000".parse().unwrap());
+        assert_eq!(signed_url(&channel, &uri, &headers).unwrap(), "http://internal:8000/p");
+        headers.insert("x-forwarded-proto", "https".parse().unwrap());
+        headers.insert("x-forwarded-host", "sms.example.com".parse().unwrap());
+        assert_eq!(signed_url(&channel, &uri, &headers).unwrap(), "https://sms.example.com/p");
+    }
+
+    #[test]
+    fn form_content_type_accepts_a_charset() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
+        assert!(is_form(&h));
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(!is_form(&h));
+        assert!(!is_form(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn media_are_read_up_to_num_media() {
+        let params: Vec<(String, String)> = [
+            ("NumMedia", "2"),
+            ("MediaUrl0", "https://a/0"),
+            ("MediaContentType0", "image/jpeg"),
+            ("MediaUrl1", "https://a/1"),
+            ("MediaUrl2", "https://a/2"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let media = Fields(&params).media();
+        assert_eq!(media.len(), 2);
+        assert_eq!(media[0].content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(media[1].content_type, None);
+    }
+}
