@@ -1,0 +1,3 @@
+//! smsgate sender (being built).
+
+pub mod sms;

@@ -1,0 +1,1 @@
+//! The sender against a real nats-server and a Twilio stub.
