@@ -1,0 +1,207 @@
+//! The admin API client and the answers the CLI reads from it. The types
+//! take only the fields the tables need and ignore the rest, so the API can
+//! grow without breaking older CLIs; `--json` prints the answer untouched.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::error::CliError;
+
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: Option<SecretString>,
+}
+
+impl Admin {
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, CliError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| CliError::Failed(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.trim().is_empty()).map(SecretString::from),
+        })
+    }
+
+    /// Calls the admin API; answers other than 2xx become [`CliError::Api`].
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t.expose_secret());
+        }
+        if let Some(b) = body {
+            request = request.json(b);
+        }
+        let response = request.send().await.map_err(|source| CliError::Unreachable {
+            what: "the admin API",
+            url: self.base.clone(),
+            hint: " (is ingress running? set SMSGATE_ADMIN_URL or --admin-url)",
+            source,
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| CliError::Failed(format!("the admin API's answer could not be read: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .map_err(|e| CliError::Failed(format!("the admin API's answer is not JSON ({e}): {text:.200}")));
+        }
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            code: String,
+            detail: String,
+        }
+        let (code, detail) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => (e.code, e.detail),
+            Err(_) => ("http_error".to_owned(), text.chars().take(300).collect()),
+        };
+        let hint = match status {
+            StatusCode::UNAUTHORIZED if self.token.is_none() => " (set SMSGATE_ADMIN_TOKEN or --token)",
+            StatusCode::UNAUTHORIZED => " (check SMSGATE_ADMIN_TOKEN: it must equal the ingress's)",
+            StatusCode::SERVICE_UNAVAILABLE => " (ingress cannot reach NATS)",
+            _ => "",
+        };
+        Err(CliError::Api { status: status.as_u16(), code, detail, hint })
+    }
+}
+
+/// Reads an answer into the type a table needs.
+pub fn parse<T: DeserializeOwned>(value: Value) -> Result<T, CliError> {
+    serde_json::from_value(value).map_err(|e| CliError::Failed(format!("unexpected answer from the admin API: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Accepted {
+    pub id: String,
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationSummary>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConversationSummary {
+    pub channel_id: String,
+    pub peer: String,
+    pub count: u64,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Conversation {
+    pub channel_id: String,
+    pub peer: String,
+    pub total: u64,
+    #[serde(default)]
+    pub messages: u64,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Entry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Inbound {
+        body: String,
+        #[serde(default)]
+        media: Vec<Value>,
+    },
+    Outbound {
+        body: String,
+        #[serde(default)]
+        state: String,
+        #[serde(default)]
+        pieces: Vec<Piece>,
+    },
+    Status,
+    Note {
+        reason: String,
+        #[serde(default)]
+        detail: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Piece {
+    #[serde(default)]
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelsView {
+    pub nats: NatsHealth,
+    pub channels: Vec<ChannelView>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NatsHealth {
+    pub connected: bool,
+    pub streams_present: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelView {
+    pub channel_id: String,
+    pub enabled: bool,
+    pub from_number: Option<String>,
+    pub messaging_service_sid: Option<String>,
+    pub chat: String,
+    pub delivery: String,
+    pub dead_letters: Option<u64>,
+    pub health: String,
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeadList {
+    pub entries: Vec<DeadEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeadEntry {
+    pub seq: u64,
+    pub stage: String,
+    pub channel_id: String,
+    pub reason: String,
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Replayed {
+    pub seq: u64,
+    pub subject: String,
+    pub msg_id: String,
+    #[serde(default)]
+    pub duplicate: bool,
+}

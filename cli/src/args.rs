@@ -1,0 +1,110 @@
+//! The command line. Names and flags follow DESIGN.md "CLI (contract)".
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "smsgate", version, about = "The smsgate operator's tool", max_term_width = 100)]
+pub struct Cli {
+    /// Where the admin API listens.
+    #[arg(long, global = true, env = "SMSGATE_ADMIN_URL", default_value = "http://127.0.0.1:8001")]
+    pub admin_url: String,
+    /// The admin API's bearer token.
+    #[arg(long, global = true, env = "SMSGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table (the admin API's answer as it came).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a message through a channel (the sender delivers it).
+    Send {
+        #[arg(long)]
+        channel: String,
+        /// The recipient, E.164 (+14155550100).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        body: String,
+        /// A media URL to attach (MMS); repeat for more.
+        #[arg(long = "media-url")]
+        media_urls: Vec<String>,
+        /// Sending twice with the same key sends once (within the duplicate window).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List conversations, most recent first.
+    Conversations {
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Show one conversation, oldest first, with delivery states.
+    Conversation {
+        #[arg(long)]
+        channel: String,
+        /// The other party's number, E.164.
+        peer: String,
+        /// Show at most this many of the latest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Sign a webhook exactly as Twilio would and post it to ingress.
+    Simulate {
+        /// The channel (may be left out when only one is configured).
+        #[arg(long)]
+        channel: Option<String>,
+        /// The texting phone, E.164.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        body: String,
+        /// Where to post: a base (http://127.0.0.1:8000) or the full webhook URL.
+        /// Default: http://127.0.0.1:<port of SMSGATE_INGRESS_ADDR> and the webhook path.
+        #[arg(long)]
+        url: Option<String>,
+        /// The channel's number to text (default: the channel's from number).
+        #[arg(long)]
+        to: Option<String>,
+        /// Use this MessageSid instead of a random one (to try a redelivery).
+        #[arg(long)]
+        message_sid: Option<String>,
+        /// A media URL, as an MMS would carry; repeat for more.
+        #[arg(long = "media-url")]
+        media_urls: Vec<String>,
+    },
+    /// Validate a channel file (default: SMSGATE_CHANNELS, else the TWILIO_* variables).
+    CheckConfig { file: Option<PathBuf> },
+    /// Print a fresh random token (webhook path token, admin token).
+    GenToken,
+    /// Print the webhook URL to paste into Twilio's console.
+    WebhookUrl {
+        /// The channel (may be left out when only one is configured).
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// List channels with their health, from the running ingress.
+    Channels,
+    /// Dead letters: what could not be processed.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Publish a dead letter's original again and remove it from the list.
+    Replay { seq: u64 },
+}

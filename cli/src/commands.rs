@@ -1,0 +1,404 @@
+//! One function per command. Offline commands read the configuration the
+//! services read (`SMSGATE_CHANNELS` or the `TWILIO_*` variables); the others
+//! go through the admin API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::Method;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use smsgate_shared::config::{self, Channel, Config, Delivery, WEBHOOK_PATH};
+use smsgate_shared::domain::{ChannelId, E164, MessageSid};
+use smsgate_shared::signature;
+use time::UtcOffset;
+
+use crate::api::{self, Admin};
+use crate::args::{Cli, Command, DeadCommand};
+use crate::error::CliError;
+use crate::render;
+
+pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
+    let json = cli.json;
+    let admin = || Admin::new(&cli.admin_url, cli.token.clone());
+    match cli.command {
+        Command::GenToken => {
+            println!("{}", config::generate_token());
+            Ok(())
+        }
+        Command::CheckConfig { file } => check_config(file.as_deref(), json),
+        Command::WebhookUrl { channel } => webhook_url(channel.as_deref(), json),
+        Command::Simulate { channel, from, body, url, to, message_sid, media_urls } => {
+            let s = Simulation { channel, from, body, url, to, message_sid, media_urls };
+            simulate(s, json).await
+        }
+        Command::Send { channel, to, body, media_urls, idempotency_key } => {
+            let mut request = json!({"channel_id": channel, "to": to, "body": body, "media_urls": media_urls});
+            if let Some(k) = idempotency_key {
+                request["idempotency_key"] = Value::String(k);
+            }
+            let answer = admin()?.call(Method::POST, "/api/v1/messages", Some(&request)).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let accepted: api::Accepted = api::parse(answer)?;
+            if accepted.duplicate {
+                println!("already accepted as {} (sent once, not again)", accepted.id);
+            } else {
+                println!("accepted: {}", accepted.id);
+            }
+            Ok(())
+        }
+        Command::Conversations { channel } => {
+            let path = match channel {
+                Some(c) => format!("/api/v1/conversations?channel_id={}", channel_id(&c)?),
+                None => "/api/v1/conversations".to_owned(),
+            };
+            let answer = admin()?.call(Method::GET, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let list: api::ConversationList = api::parse(answer)?;
+            if list.conversations.is_empty() {
+                println!("No conversations yet.");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .conversations
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.channel_id.clone(),
+                        c.peer.clone(),
+                        c.count.to_string(),
+                        c.last_at.map_or_else(|| "—".to_owned(), |t| render::date_time(t, offset)),
+                    ]
+                })
+                .collect();
+            print!("{}", render::table(&["CHANNEL", "PEER", "ENTRIES", "LAST"], &rows));
+            Ok(())
+        }
+        Command::Conversation { channel, peer, limit } => {
+            let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;
+            // '+' must be escaped in a URL path segment to survive every proxy.
+            let path =
+                format!("/api/v1/conversations/{}/%2B{}?limit={limit}", channel_id(&channel)?, peer.subject_token());
+            let answer = admin()?.call(Method::GET, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let conversation: api::Conversation = api::parse(answer)?;
+            print!("{}", render::conversation(&conversation, offset));
+            Ok(())
+        }
+        Command::Channels => {
+            let answer = admin()?.call(Method::GET, "/api/v1/channels", None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let view: api::ChannelsView = api::parse(answer)?;
+            println!(
+                "NATS: {}, streams: {}\n",
+                if view.nats.connected { "connected" } else { "NOT CONNECTED" },
+                if view.nats.streams_present { "present" } else { "MISSING" }
+            );
+            let rows: Vec<Vec<String>> = view
+                .channels
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.channel_id.clone(),
+                        if c.enabled { "yes" } else { "no" }.to_owned(),
+                        c.from_number.clone().or_else(|| c.messaging_service_sid.clone()).unwrap_or_default(),
+                        c.chat.clone(),
+                        c.delivery.clone(),
+                        c.dead_letters.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                        c.health.clone(),
+                    ]
+                })
+                .collect();
+            print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "DEAD", "HEALTH"], &rows));
+            for c in &view.channels {
+                for p in &c.problems {
+                    println!("  {}: {p}", c.channel_id);
+                }
+            }
+            Ok(())
+        }
+        Command::Dead { command: DeadCommand::List { channel, limit } } => {
+            let mut path = format!("/api/v1/dead?limit={limit}");
+            if let Some(c) = channel {
+                path.push_str(&format!("&channel_id={}", channel_id(&c)?));
+            }
+            let answer = admin()?.call(Method::GET, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let list: api::DeadList = api::parse(answer)?;
+            if list.entries.is_empty() {
+                println!("No dead letters.");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .entries
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.seq.to_string(),
+                        render::date_time(d.at, offset),
+                        d.stage.clone(),
+                        d.channel_id.clone(),
+                        d.code.map(|c| c.to_string()).unwrap_or_default(),
+                        render::truncate(&d.reason, 70),
+                    ]
+                })
+                .collect();
+            print!("{}", render::table(&["SEQ", "AT", "STAGE", "CHANNEL", "CODE", "REASON"], &rows));
+            Ok(())
+        }
+        Command::Dead { command: DeadCommand::Replay { seq } } => {
+            let answer = admin()?.call(Method::POST, &format!("/api/v1/dead/{seq}/replay"), None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let r: api::Replayed = api::parse(answer)?;
+            let again = if r.duplicate { " (it had been replayed already; not published twice)" } else { "" };
+            println!("replayed dead letter {} to {} as {}{again}", r.seq, r.subject, r.msg_id);
+            Ok(())
+        }
+    }
+}
+
+fn print_json(value: &Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn channel_id(s: &str) -> Result<ChannelId, CliError> {
+    ChannelId::parse(s).map_err(|e| CliError::Usage(format!("--channel: {}", e.reason)))
+}
+
+/// The configuration as the services would load it; `file` replaces
+/// `SMSGATE_CHANNELS`.
+fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
+    let file = file.map(|f| f.to_string_lossy().into_owned());
+    Config::from_lookup(&|k| match (k, &file) {
+        ("SMSGATE_CHANNELS", Some(f)) => Some(f.clone()),
+        _ => std::env::var(k).ok(),
+    })
+}
+
+fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Channel, CliError> {
+    let known = || channels.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ");
+    match id {
+        Some(id) => channels
+            .iter()
+            .find(|c| c.id.as_str() == id)
+            .ok_or_else(|| CliError::Usage(format!("no channel {id:?} in the configuration (channels: {})", known()))),
+        None if channels.len() == 1 => Ok(&channels[0]),
+        None => Err(CliError::Usage(format!("several channels are configured; pick one with --channel ({})", known()))),
+    }
+}
+
+fn delivery_name(d: Delivery) -> &'static str {
+    match d {
+        Delivery::Twilio => "twilio",
+        Delivery::Log => "log",
+    }
+}
+
+fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
+    let config = match load_config(file) {
+        Ok(c) => c,
+        Err(e) => {
+            if json {
+                let problems: Vec<Value> =
+                    e.0.iter()
+                        .map(|p| json!({"source": p.source, "channel": p.channel, "key": p.key, "message": p.message}))
+                        .collect();
+                print_json(&json!({"ok": false, "problems": problems}))?;
+            }
+            return Err(e.into());
+        }
+    };
+    let channels = &config.channels;
+    if json {
+        let list: Vec<Value> = channels
+            .iter()
+            .map(|c| {
+                json!({
+                    "channel_id": c.id.as_str(),
+                    "enabled": c.enabled,
+                    "from_number": c.from_number.as_ref().map(E164::as_str),
+                    "messaging_service_sid": c.messaging_service_sid,
+                    "chat": c.chat.kind(),
+                    "delivery": delivery_name(c.delivery),
+                    "webhook_url": c.webhook_url(),
+                    "status_url": c.status_url(),
+                    "insecure_skip_signature": c.insecure_skip_signature,
+                })
+            })
+            .collect();
+        return print_json(&json!({"ok": true, "channels": list}));
+    }
+    let plural = if channels.len() == 1 { "" } else { "s" };
+    println!("configuration OK: {} channel{plural}\n", channels.len());
+    let rows: Vec<Vec<String>> = channels
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                if c.enabled { "yes" } else { "no" }.to_owned(),
+                c.from_number
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .or_else(|| c.messaging_service_sid.clone())
+                    .unwrap_or_default(),
+                c.chat.kind().to_owned(),
+                delivery_name(c.delivery).to_owned(),
+                c.webhook_url().unwrap_or_else(|| "(no public base URL: set SMSGATE_PUBLIC_BASE_URL)".to_owned()),
+            ]
+        })
+        .collect();
+    print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
+    for c in channels.iter().filter(|c| c.insecure_skip_signature) {
+        println!("warning: channel {}: insecure_skip_signature is on; anyone who knows the URL can post", c.id);
+    }
+    Ok(())
+}
+
+fn webhook_url(channel: Option<&str>, json: bool) -> Result<(), CliError> {
+    let config = load_config(None)?;
+    let c = pick_channel(&config.channels, channel)?;
+    let (Some(webhook), Some(status)) = (c.webhook_url(), c.status_url()) else {
+        return Err(CliError::BadConfig(format!(
+            "channel {}: no public base URL: set SMSGATE_PUBLIC_BASE_URL (your tunnel's https:// address) or the \
+             channel's public_base_url",
+            c.id
+        )));
+    };
+    if json {
+        return print_json(&json!({"channel_id": c.id.as_str(), "webhook_url": webhook, "status_url": status}));
+    }
+    println!("{webhook}");
+    Ok(())
+}
+
+struct Simulation {
+    channel: Option<String>,
+    from: String,
+    body: String,
+    url: Option<String>,
+    to: Option<String>,
+    message_sid: Option<String>,
+    media_urls: Vec<String>,
+}
+
+/// A MessageSid as Twilio makes them: `SM` and 32 hex digits.
+fn random_message_sid() -> String {
+    let mut rng = rand::rng();
+    let mut sid = String::from("SM");
+    for _ in 0..32 {
+        sid.push(char::from(b"0123456789abcdef"[rng.random_range(0..16)]));
+    }
+    sid
+}
+
+async fn simulate(s: Simulation, json: bool) -> Result<(), CliError> {
+    let config = load_config(None)?;
+    let c = pick_channel(&config.channels, s.channel.as_deref())?;
+    let from = E164::parse(s.from.trim()).map_err(|e| CliError::Usage(format!("--from: {}", e.reason)))?;
+    let to = match (&s.to, &c.from_number) {
+        (Some(t), _) => E164::parse(t.trim()).map_err(|e| CliError::Usage(format!("--to: {}", e.reason)))?,
+        (None, Some(n)) => n.clone(),
+        (None, None) => {
+            return Err(CliError::Usage(format!(
+                "channel {} sends through a messaging service: name the number texted with --to",
+                c.id
+            )));
+        }
+    };
+    let sid = match s.message_sid {
+        Some(m) => {
+            MessageSid::parse(&m).map_err(|e| CliError::Usage(format!("--message-sid: {}", e.reason)))?.to_string()
+        }
+        None => random_message_sid(),
+    };
+    let path = format!("{WEBHOOK_PATH}{}", c.path_token.expose_secret());
+    let post_url = match s.url.as_deref().map(|u| u.trim().trim_end_matches('/')) {
+        Some(u) if u.contains("/api/") => u.to_owned(),
+        Some(base) => format!("{base}{path}"),
+        None => {
+            let port = config.settings.ingress_addr.port();
+            format!("http://127.0.0.1:{port}{path}")
+        }
+    };
+    // Twilio signs the URL it was told to call, i.e. the public one; ingress
+    // checks against the same. Without a public base URL ingress rebuilds
+    // the URL from Host, i.e. the one we post to.
+    let signed_url = c.webhook_url().unwrap_or_else(|| post_url.clone());
+    let mut params: Vec<(String, String)> = vec![
+        ("ToCountry".into(), "US".into()),
+        ("SmsMessageSid".into(), sid.clone()),
+        ("NumMedia".into(), s.media_urls.len().to_string()),
+        ("SmsSid".into(), sid.clone()),
+        ("SmsStatus".into(), "received".into()),
+        ("Body".into(), s.body.clone()),
+        ("To".into(), to.to_string()),
+        ("NumSegments".into(), "1".into()),
+        ("MessageSid".into(), sid.clone()),
+        ("AccountSid".into(), c.account_sid.to_string()),
+        ("From".into(), from.to_string()),
+        ("ApiVersion".into(), "2010-04-01".into()),
+    ];
+    if let Some(ms) = &c.messaging_service_sid {
+        params.push(("MessagingServiceSid".into(), ms.clone()));
+    }
+    for (i, u) in s.media_urls.iter().enumerate() {
+        params.push((format!("MediaUrl{i}"), u.clone()));
+        params.push((format!("MediaContentType{i}"), "image/jpeg".into()));
+    }
+    let signature = signature::sign(c.auth_token.expose_secret(), &signed_url, &params);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot build the HTTP client: {e}")))?;
+    let response = http
+        .post(&post_url)
+        .header(signature::HEADER, signature)
+        .header("I-Twilio-Idempotency-Token", format!("smsgate-simulate-{sid}"))
+        .form(&params)
+        .send()
+        .await
+        .map_err(|source| CliError::Unreachable {
+            what: "ingress",
+            url: post_url.replace(c.path_token.expose_secret(), "…"),
+            hint: " (is ingress running? pass --url)",
+            source,
+        })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if json {
+        print_json(&json!({"message_sid": sid, "status": status.as_u16(), "body": text}))?;
+    } else {
+        println!("MessageSid {sid}: {from} → {to} on channel {}", c.id);
+        println!("ingress answered {status}");
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        let hint = match status.as_u16() {
+            403 => {
+                ": the signature was refused; ingress must know the same public URL (SMSGATE_PUBLIC_BASE_URL) and auth token"
+            }
+            404 => ": unknown path token; is this ingress using the same channel file?",
+            _ => "",
+        };
+        Err(CliError::Failed(format!("ingress refused the webhook with {status}{hint}")))
+    }
+}

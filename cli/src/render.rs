@@ -1,0 +1,188 @@
+//! Plain-text output: aligned tables and the conversation view.
+
+use std::fmt::Write as _;
+
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::api::{Conversation, Event};
+
+/// Columns padded to their widest cell; the last column is not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+            text.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Shortens `s` to `max` characters, marking the cut with `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    let one_line = s.replace(['\n', '\r'], " ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// `2026-11-21 10:30` in the operator's time zone.
+pub fn date_time(t: OffsetDateTime, offset: UtcOffset) -> String {
+    t.to_offset(offset).format(format_description!("[year]-[month]-[day] [hour]:[minute]")).unwrap_or_default()
+}
+
+fn clock(t: OffsetDateTime, offset: UtcOffset) -> String {
+    t.to_offset(offset).format(format_description!("[hour]:[minute]")).unwrap_or_default()
+}
+
+fn day(t: OffsetDateTime, offset: UtcOffset) -> String {
+    t.to_offset(offset)
+        .format(format_description!("[weekday repr:short] [day] [month repr:short] [year]"))
+        .unwrap_or_default()
+}
+
+/// The conversation like a two-way SMS tool shows it:
+///
+/// ```text
+/// Conversation with +14155550100 (channel local)
+/// Started 2026-11-21 10:30 · 2 messages
+///
+/// ── Sat 21 Nov 2026 ──
+/// [10:30] ← Them: hello
+/// [10:30] → You: hello  (logged)
+/// ```
+pub fn conversation(c: &Conversation, offset: UtcOffset) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Conversation with {} (channel {})", c.peer, c.channel_id);
+    let started = c.started_at.map_or_else(|| "—".to_owned(), |t| date_time(t, offset));
+    let plural = if c.messages == 1 { "" } else { "s" };
+    let _ = write!(out, "Started {started} · {} message{plural}", c.messages);
+    let shown = c.entries.iter().filter(|e| !matches!(e.event, Event::Status)).count() as u64;
+    if (c.entries.len() as u64) < c.total {
+        let _ = write!(out, " · showing the latest {shown} entries of {}", c.total);
+    }
+    out.push('\n');
+    if c.entries.is_empty() {
+        out.push_str("\n(no messages yet)\n");
+        return out;
+    }
+    let mut current_day = String::new();
+    for entry in &c.entries {
+        let today = day(entry.at, offset);
+        if matches!(entry.event, Event::Status | Event::Other) {
+            // Statuses are folded into their message's state.
+            continue;
+        }
+        if today != current_day {
+            let _ = writeln!(out, "\n── {today} ──");
+            current_day = today;
+        }
+        let time = clock(entry.at, offset);
+        match &entry.event {
+            Event::Inbound { body, media } => {
+                let mut text = body.clone();
+                if !media.is_empty() {
+                    let _ = write!(text, "{}[{} attachment(s)]", if text.is_empty() { "" } else { " " }, media.len());
+                }
+                push_message(&mut out, &format!("[{time}] ← Them: "), &text, "");
+            }
+            Event::Outbound { body, state, pieces } => {
+                let mut suffix = if state.is_empty() { String::new() } else { format!("  ({state}") };
+                if let Some(code) = pieces.iter().find_map(|p| p.error_code.as_deref()) {
+                    let _ = write!(suffix, ", error {code}");
+                }
+                if !suffix.is_empty() {
+                    suffix.push(')');
+                }
+                push_message(&mut out, &format!("[{time}] → You: "), body, &suffix);
+            }
+            Event::Note { reason, detail } => {
+                let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+                let _ = writeln!(out, "[{time}]   · {}{detail}", reason.replace('_', " "));
+            }
+            Event::Status | Event::Other => {}
+        }
+    }
+    out
+}
+
+/// A message, its continuation lines aligned under the first one's text.
+fn push_message(out: &mut String, prefix: &str, body: &str, suffix: &str) {
+    let indent = " ".repeat(prefix.chars().count());
+    let mut lines = body.lines();
+    let first = lines.next().unwrap_or("");
+    out.push_str(prefix);
+    out.push_str(first);
+    for line in lines {
+        out.push('\n');
+        out.push_str(&indent);
+        out.push_str(line);
+    }
+    out.push_str(suffix);
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let t = table(&["A", "LONG HEADER"], &[vec!["wide cell".to_owned(), "x".to_owned()]]);
+        assert_eq!(t, "A          LONG HEADER\nwide cell  x\n");
+    }
+
+    #[test]
+    fn truncation_marks_the_cut() {
+        assert_eq!(truncate("hello world", 6), "hello…");
+        assert_eq!(truncate("a\nb", 5), "a b");
+    }
+
+    #[test]
+    fn the_view_shows_both_sides_with_the_delivery_state() {
+        let c: Conversation = serde_json::from_value(serde_json::json!({
+            "channel_id": "local", "peer": "+14155550100", "total": 3, "messages": 2,
+            "started_at": "2026-11-21T10:30:00Z",
+            "entries": [
+                {"seq": 1, "at": "2026-11-21T10:30:00Z", "kind": "inbound", "message_sid": "SM1", "body": "hi\nthere", "media": []},
+                {"seq": 2, "at": "2026-11-21T10:31:00Z", "kind": "outbound", "id": "reply.SM1", "body": "hello",
+                 "origin": "chat", "delivery": "twilio", "state": "delivered", "pieces": [{"index": 0, "state": "delivered"}]},
+                {"seq": 3, "at": "2026-11-21T10:31:05Z", "kind": "status", "sid": "SMx", "status": "delivered"}
+            ]
+        }))
+        .unwrap();
+        let text = conversation(&c, UtcOffset::UTC);
+        assert!(
+            text.starts_with("Conversation with +14155550100 (channel local)\nStarted 2026-11-21 10:30 · 2 messages\n"),
+            "{text}"
+        );
+        assert!(text.contains("── Sat 21 Nov 2026 ──"), "{text}");
+        assert!(text.contains("[10:30] ← Them: hi\n                there\n"), "{text}");
+        assert!(text.contains("[10:31] → You: hello  (delivered)\n"), "{text}");
+        assert!(!text.contains("status"), "{text}");
+    }
+}

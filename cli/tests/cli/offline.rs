@@ -1,0 +1,146 @@
+//! Commands that work without a running stack.
+
+use std::io::Write as _;
+
+use crate::{example_channels, smsgate, stderr, stdout};
+
+const PATH_TOKEN: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+
+fn example_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TWILIO_AUTH_TOKEN", "local-auth-token"),
+        ("SMS_WEBHOOK_PATH_TOKEN", PATH_TOKEN),
+        ("SMSGATE_PUBLIC_BASE_URL", "https://sms.example.com"),
+    ]
+}
+
+#[test]
+fn gen_token_prints_a_fresh_usable_token() {
+    let a = smsgate(&["gen-token"], &[]);
+    let b = smsgate(&["gen-token"], &[]);
+    assert_eq!(a.status.code(), Some(0));
+    let token = stdout(&a).trim().to_owned();
+    assert_eq!(token.len(), 48, "{token}");
+    assert!(token.bytes().all(|c| c.is_ascii_alphanumeric()), "{token}");
+    assert_ne!(token, stdout(&b).trim());
+}
+
+#[test]
+fn check_config_accepts_the_example_file_and_prints_each_webhook_url() {
+    let out = smsgate(&["check-config", &example_channels()], &example_env());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("configuration OK: 1 channel"), "{text}");
+    assert!(text.contains(&format!("https://sms.example.com/api/channels/sms/twilio/webhook/{PATH_TOKEN}")), "{text}");
+    assert!(text.contains("local") && text.contains("echo") && text.contains("log"), "{text}");
+    assert!(!text.contains("local-auth-token"), "the auth token must never be printed: {text}");
+}
+
+#[test]
+fn check_config_reads_smsgate_channels_when_no_file_is_given() {
+    let mut env = example_env();
+    let file = example_channels();
+    env.push(("SMSGATE_CHANNELS", &file));
+    let out = smsgate(&["check-config", "--json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["channels"][0]["channel_id"], "local");
+    assert_eq!(v["channels"][0]["chat"], "echo");
+    assert_eq!(v["channels"][0]["delivery"], "log");
+}
+
+#[test]
+fn check_config_names_every_problem_with_its_key_and_exits_64() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        r#"[{{"channel_id": "broken", "config": {{"twilio_account_sid": "AC12", "twilio_auth_token": "t",
+              "twilio_from_number": "5551234567", "webhook_path_token": "short",
+              "chat": {{"kind": "gpt"}} }} }}]"#
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap().to_owned();
+    let out = smsgate(&["check-config", &path], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let text = stderr(&out);
+    for key in ["config.twilio_account_sid", "config.twilio_from_number", "config.webhook_path_token", "config.chat"] {
+        assert!(text.contains(key), "{key} missing from: {text}");
+    }
+    assert!(text.contains("channel broken"), "{text}");
+    assert!(text.contains(&path), "the file is named: {text}");
+
+    let json = smsgate(&["check-config", "--json", &path], &[]);
+    assert_eq!(json.status.code(), Some(64));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["problems"].as_array().unwrap().iter().any(|p| p["key"] == "config.webhook_path_token"), "{v}");
+}
+
+#[test]
+fn check_config_reports_missing_variables_and_unreadable_files() {
+    let out = smsgate(&["check-config", &example_channels()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let text = stderr(&out);
+    assert!(text.contains("TWILIO_AUTH_TOKEN") && text.contains("SMS_WEBHOOK_PATH_TOKEN"), "{text}");
+
+    let out = smsgate(&["check-config", "/nonexistent/channels.json"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("cannot read the file"), "{}", stderr(&out));
+}
+
+#[test]
+fn without_a_channel_file_the_twilio_variables_make_one_channel() {
+    let env = [
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_AUTH_TOKEN", "tok"),
+        ("TWILIO_PHONE_NUMBER", "+15551234567"),
+        ("SMS_WEBHOOK_PATH_TOKEN", PATH_TOKEN),
+        ("SMSGATE_PUBLIC_BASE_URL", "https://sms.example.com/"),
+    ];
+    let out = smsgate(&["webhook-url", "--channel", "default"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("https://sms.example.com/api/channels/sms/twilio/webhook/{PATH_TOKEN}"));
+}
+
+#[test]
+fn webhook_url_needs_a_public_base_url() {
+    let file = example_channels();
+    let mut env = example_env();
+    env.push(("SMSGATE_CHANNELS", &file));
+    let out = smsgate(&["webhook-url", "--channel", "local"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).trim().ends_with(PATH_TOKEN));
+
+    env.retain(|(k, _)| *k != "SMSGATE_PUBLIC_BASE_URL");
+    let out = smsgate(&["webhook-url", "--channel", "local"], &env);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("SMSGATE_PUBLIC_BASE_URL"), "{}", stderr(&out));
+
+    let out = smsgate(&["webhook-url", "--channel", "nope"], &example_env_with(&file));
+    assert_eq!(out.status.code(), Some(2), "an unknown channel is a usage error: {}", stderr(&out));
+}
+
+fn example_env_with(file: &str) -> Vec<(&str, &str)> {
+    let mut env = example_env();
+    env.push(("SMSGATE_CHANNELS", file));
+    env
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(smsgate(&["no-such-command"], &[]).status.code(), Some(2));
+    assert_eq!(smsgate(&["send", "--channel", "x"], &[]).status.code(), Some(2));
+    assert_eq!(smsgate(&["dead", "replay", "not-a-number"], &[]).status.code(), Some(2));
+    let out = smsgate(&["conversation", "--channel", "local", "5551234"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreachable_admin_api_is_a_failed_operation() {
+    let port = smsgate_shared::testkit::nats::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = smsgate(&["conversations"], &[("SMSGATE_ADMIN_URL", &url)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach the admin API"), "{}", stderr(&out));
+}
