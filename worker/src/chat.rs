@@ -1,0 +1,419 @@
+//! The chat pipeline: one [`ChatBackend`] per channel, built from its
+//! [`ChatConfig`], all sharing one `reqwest::Client`.
+//!
+//! A backend answers a [`ChatRequest`] with `Some(reply)`, with `None` (no
+//! reply now: a webhook agent may answer later through the admin API), or
+//! with a [`ChatError`] whose [`ChatError::kind`] tells the consumer whether
+//! to retry (through JetStream redelivery) or to give up at once.
+
+use std::time::Duration;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use smsgate_shared::config::ChatConfig;
+use smsgate_shared::envelope::{Inbound, Media};
+use time::OffsetDateTime;
+
+/// Who said a turn of the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One earlier message of the conversation, oldest first in a request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Turn {
+    pub role: Role,
+    pub body: String,
+    #[serde(skip)]
+    pub media: Vec<Media>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What a backend is asked: the current message and the turns before it.
+#[derive(Debug, Clone)]
+pub struct ChatRequest<'a> {
+    pub inbound: &'a Inbound,
+    pub history: &'a [Turn],
+}
+
+/// Whether a failed call is worth another try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connect errors, timeouts, 5xx, 429: retry later, honouring `retry_after`.
+    Transient { retry_after: Option<Duration> },
+    /// Any other 4xx, an answer we cannot read: retrying will not help.
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat backend unreachable or too slow")]
+    Transport(#[source] reqwest::Error),
+    #[error("chat backend answered HTTP {status}")]
+    Status { status: StatusCode, retry_after: Option<Duration> },
+    #[error("chat backend answer could not be read: {0}")]
+    BadAnswer(String),
+}
+
+impl ChatError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            // A request that could not be built is our bug: retrying will not fix it.
+            Self::Transport(e) if e.is_builder() => ErrorKind::Permanent,
+            Self::Transport(_) => ErrorKind::Transient { retry_after: None },
+            Self::Status { status, retry_after }
+                if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
+            {
+                ErrorKind::Transient { retry_after: *retry_after }
+            }
+            Self::Status { .. } | Self::BadAnswer(_) => ErrorKind::Permanent,
+        }
+    }
+}
+
+/// A channel's chat pipeline.
+#[derive(Debug, Clone)]
+pub enum ChatBackend {
+    Openai {
+        http: reqwest::Client,
+        url: String,
+        model: String,
+        api_key: Option<SecretString>,
+        system_prompt: Option<String>,
+        history_turns: usize,
+        timeout: Duration,
+        max_tokens: u32,
+        temperature: Option<f32>,
+    },
+    Webhook {
+        http: reqwest::Client,
+        url: String,
+        secret: Option<SecretString>,
+        history_turns: usize,
+        timeout: Duration,
+    },
+    Static {
+        reply: String,
+    },
+    Echo,
+}
+
+impl ChatBackend {
+    pub fn new(config: &ChatConfig, http: &reqwest::Client) -> Self {
+        match config.clone() {
+            ChatConfig::Openai {
+                base_url,
+                model,
+                api_key,
+                system_prompt,
+                history_turns,
+                timeout_ms,
+                max_tokens,
+                temperature,
+            } => Self::Openai {
+                http: http.clone(),
+                url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+                model,
+                api_key,
+                system_prompt: system_prompt.filter(|p| !p.trim().is_empty()),
+                history_turns,
+                timeout: Duration::from_millis(timeout_ms),
+                max_tokens,
+                temperature,
+            },
+            ChatConfig::Webhook { url, secret, timeout_ms, history_turns } => Self::Webhook {
+                http: http.clone(),
+                url,
+                secret,
+                history_turns,
+                timeout: Duration::from_millis(timeout_ms),
+            },
+            ChatConfig::Static { reply } => Self::Static { reply },
+            ChatConfig::Echo => Self::Echo,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Openai { .. } => "openai",
+            Self::Webhook { .. } => "webhook",
+            Self::Static { .. } => "static",
+            Self::Echo => "echo",
+        }
+    }
+
+    /// How many earlier turns this backend wants (0: no history read at all).
+    pub fn history_turns(&self) -> usize {
+        match self {
+            Self::Openai { history_turns, .. } | Self::Webhook { history_turns, .. } => *history_turns,
+            Self::Static { .. } | Self::Echo => 0,
+        }
+    }
+
+    /// Asks for the reply to `req.inbound`.
+    pub async fn reply(&self, req: &ChatRequest<'_>) -> Result<Option<String>, ChatError> {
+        match self {
+            Self::Static { reply } => Ok(Some(reply.clone())),
+            Self::Echo => {
+                let body = req.inbound.body.trim();
+                Ok((!body.is_empty()).then(|| body.to_owned()))
+            }
+            Self::Openai { http, url, model, api_key, system_prompt, timeout, max_tokens, temperature, .. } => {
+                let body = openai_body(model, system_prompt.as_deref(), *max_tokens, *temperature, req);
+                let mut request = http.post(url).timeout(*timeout).json(&body);
+                if let Some(key) = api_key {
+                    request = request.bearer_auth(key.expose_secret());
+                }
+                let response = request.send().await.map_err(ChatError::Transport)?;
+                let response = check_status(response)?;
+                let answer: Value = response.json().await.map_err(|e| {
+                    if e.is_timeout() { ChatError::Transport(e) } else { ChatError::BadAnswer(e.to_string()) }
+                })?;
+                openai_reply(&answer)
+            }
+            Self::Webhook { http, url, secret, timeout, .. } => {
+                let payload = serde_json::to_vec(&webhook_body(req))
+                    .map_err(|e| ChatError::BadAnswer(format!("cannot encode the request: {e}")))?;
+                let id = req.inbound.message_sid.as_str();
+                let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+                let mut request = http
+                    .post(url)
+                    .timeout(*timeout)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header("webhook-id", id)
+                    .header("webhook-timestamp", timestamp.to_string());
+                if let Some(secret) = secret {
+                    request = request.header("webhook-signature", sign_webhook(secret, id, timestamp, &payload));
+                }
+                let response = request.body(payload).send().await.map_err(ChatError::Transport)?;
+                let response = check_status(response)?;
+                if response.status() == StatusCode::NO_CONTENT {
+                    return Ok(None);
+                }
+                let bytes = response.bytes().await.map_err(ChatError::Transport)?;
+                webhook_reply(&bytes)
+            }
+        }
+    }
+}
+
+fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Err(ChatError::Status { status, retry_after })
+}
+
+fn is_image(media: &Media) -> bool {
+    media.content_type.as_deref().is_some_and(|t| t.trim().to_ascii_lowercase().starts_with("image/"))
+}
+
+/// A user message: plain text, or text and image parts when there are images.
+/// Non-image media are named in the text so the model knows they exist.
+fn user_content(body: &str, media: &[Media]) -> Value {
+    let mut text = body.to_owned();
+    for m in media.iter().filter(|m| !is_image(m)) {
+        let kind = m.content_type.as_deref().unwrap_or("file");
+        text.push_str(&format!("\n[attachment {kind}: {}]", m.url));
+    }
+    let images: Vec<&Media> = media.iter().filter(|m| is_image(m)).collect();
+    if images.is_empty() {
+        return Value::String(text);
+    }
+    let mut parts = vec![json!({"type": "text", "text": text})];
+    parts.extend(images.iter().map(|m| json!({"type": "image_url", "image_url": {"url": m.url}})));
+    Value::Array(parts)
+}
+
+fn openai_body(
+    model: &str,
+    system_prompt: Option<&str>,
+    max_tokens: u32,
+    temperature: Option<f32>,
+    req: &ChatRequest<'_>,
+) -> Value {
+    let mut messages = Vec::with_capacity(req.history.len() + 2);
+    if let Some(prompt) = system_prompt {
+        messages.push(json!({"role": "system", "content": prompt}));
+    }
+    for turn in req.history {
+        let content = match turn.role {
+            Role::User => user_content(&turn.body, &turn.media),
+            Role::Assistant => Value::String(turn.body.clone()),
+        };
+        messages.push(json!({"role": turn.role, "content": content}));
+    }
+    messages.push(json!({"role": "user", "content": user_content(&req.inbound.body, &req.inbound.media)}));
+    let mut body = json!({"model": model, "messages": messages, "max_tokens": max_tokens});
+    if let (Some(t), Some(obj)) = (temperature, body.as_object_mut()) {
+        obj.insert("temperature".to_owned(), json!(t));
+    }
+    body
+}
+
+/// `choices[0].message.content`; an empty or missing content is "no reply".
+fn openai_reply(answer: &Value) -> Result<Option<String>, ChatError> {
+    let message = answer
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("message"))
+        .ok_or_else(|| ChatError::BadAnswer("no choices[0].message".to_owned()))?;
+    match message.get("content") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Some(Value::String(_) | Value::Null) | None => Ok(None),
+        Some(other) => Err(ChatError::BadAnswer(format!("content is not text: {other:.80}"))),
+    }
+}
+
+fn webhook_body(req: &ChatRequest<'_>) -> Value {
+    let i = req.inbound;
+    json!({
+        "channel_id": i.channel_id,
+        "from": i.from,
+        "to": i.to,
+        "body": i.body,
+        "media": i.media,
+        "message_sid": i.message_sid,
+        "history": req.history,
+    })
+}
+
+/// `{"reply": "..."}` is a reply; `{"reply": null}`, no `reply` or an empty
+/// body is none.
+fn webhook_reply(bytes: &[u8]) -> Result<Option<String>, ChatError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let answer: Value = serde_json::from_slice(bytes).map_err(|e| ChatError::BadAnswer(e.to_string()))?;
+    match answer.get("reply") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Some(Value::String(_) | Value::Null) | None if answer.is_object() => Ok(None),
+        _ => Err(ChatError::BadAnswer(format!("expected {{\"reply\": string|null}}, got {answer:.80}"))),
+    }
+}
+
+/// The Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key,
+/// "{id}.{timestamp}.{body}")), the key being the base64 after `whsec_`
+/// (else the secret's raw bytes).
+pub fn sign_webhook(secret: &SecretString, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let secret = secret.expose_secret();
+    let key = secret.strip_prefix("whsec_").and_then(|b| STANDARD.decode(b).ok()).unwrap_or_else(|| secret.into());
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use smsgate_shared::domain::{ChannelId, MessageSid};
+
+    use super::*;
+
+    fn inbound(body: &str, media: Vec<Media>) -> Inbound {
+        Inbound {
+            v: 1,
+            channel_id: ChannelId::parse("c").unwrap(),
+            message_sid: MessageSid::parse("SM1").unwrap(),
+            account_sid: "AC1".into(),
+            from: "+14155550100".into(),
+            to: "+15550001111".into(),
+            body: body.into(),
+            media,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+            params: vec![],
+        }
+    }
+
+    #[test]
+    fn openai_request_has_system_prompt_history_and_image_parts() {
+        let media = vec![
+            Media { url: "https://m/1".into(), content_type: Some("image/jpeg".into()) },
+            Media { url: "https://m/2".into(), content_type: Some("audio/amr".into()) },
+        ];
+        let i = inbound("look", media);
+        let history = vec![
+            Turn { role: Role::User, body: "hi".into(), media: vec![], at: OffsetDateTime::UNIX_EPOCH },
+            Turn { role: Role::Assistant, body: "hello".into(), media: vec![], at: OffsetDateTime::UNIX_EPOCH },
+        ];
+        let body = openai_body("m", Some("be brief"), 50, Some(0.5), &ChatRequest { inbound: &i, history: &history });
+        let msgs = body["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 4);
+        assert_eq!(msgs[0], json!({"role": "system", "content": "be brief"}));
+        assert_eq!(msgs[1], json!({"role": "user", "content": "hi"}));
+        assert_eq!(msgs[2], json!({"role": "assistant", "content": "hello"}));
+        let parts = msgs[3]["content"].as_array().unwrap();
+        assert!(parts[0]["text"].as_str().unwrap().contains("[attachment audio/amr: https://m/2]"));
+        assert_eq!(parts[1], json!({"type": "image_url", "image_url": {"url": "https://m/1"}}));
+        assert_eq!(parts.len(), 2);
+        assert_eq!(body["max_tokens"], 50);
+        assert_eq!(body["temperature"], 0.5);
+    }
+
+    #[test]
+    fn openai_answer_is_read_from_the_first_choice() {
+        let ok = json!({"choices": [{"message": {"role": "assistant", "content": " Hi! "}}]});
+        assert_eq!(openai_reply(&ok).unwrap().as_deref(), Some("Hi!"));
+        assert_eq!(openai_reply(&json!({"choices": [{"message": {"content": null}}]})).unwrap(), None);
+        assert_eq!(openai_reply(&json!({"error": "x"})).unwrap_err().kind(), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn webhook_answers_reply_null_and_garbage() {
+        assert_eq!(webhook_reply(br#"{"reply": "yes"}"#).unwrap().as_deref(), Some("yes"));
+        assert_eq!(webhook_reply(br#"{"reply": null}"#).unwrap(), None);
+        assert_eq!(webhook_reply(b"").unwrap(), None);
+        assert!(webhook_reply(b"<html>").is_err());
+        assert!(webhook_reply(br#"{"reply": 3}"#).is_err());
+    }
+
+    #[test]
+    fn transient_and_permanent_statuses_are_told_apart() {
+        let status = |s: u16| ChatError::Status { status: StatusCode::from_u16(s).unwrap(), retry_after: None };
+        assert_eq!(status(500).kind(), ErrorKind::Transient { retry_after: None });
+        assert_eq!(status(503).kind(), ErrorKind::Transient { retry_after: None });
+        assert_eq!(status(429).kind(), ErrorKind::Transient { retry_after: None });
+        assert_eq!(status(400).kind(), ErrorKind::Permanent);
+        assert_eq!(status(401).kind(), ErrorKind::Permanent);
+        assert_eq!(ChatError::BadAnswer("x".into()).kind(), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn standard_webhooks_signature_matches_the_reference_vector() {
+        // The test vector of the Standard Webhooks reference libraries.
+        let secret = SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let sig = sign_webhook(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[tokio::test]
+    async fn static_and_echo_need_no_network() {
+        let http = reqwest::Client::new();
+        let i = inbound("  ping ", vec![]);
+        let req = ChatRequest { inbound: &i, history: &[] };
+        let echo = ChatBackend::new(&ChatConfig::Echo, &http);
+        assert_eq!(echo.reply(&req).await.unwrap().as_deref(), Some("ping"));
+        let fixed = ChatBackend::new(&ChatConfig::Static { reply: "thanks".into() }, &http);
+        assert_eq!(fixed.reply(&req).await.unwrap().as_deref(), Some("thanks"));
+        assert_eq!(fixed.history_turns(), 0);
+    }
+}

@@ -1,0 +1,226 @@
+//! smsgate's worker: a durable pull consumer on `P_INBOUND` that turns each
+//! inbound SMS into at most one reply on `P_OUTBOUND`, recording everything
+//! in `P_HISTORY`.
+//!
+//! # Layout
+//!
+//! A message's path: [`lanes`] pulls it from the durable consumer `worker`
+//! and routes it by sender to a lane → [`process`] decides: [`seen`] claims
+//! the MessageSid (dedupe beyond the stream window, crash-safe progress),
+//! [`history`] records the inbound and reads recent turns, [`keywords`]
+//! (STOP/START/HELP), the opt-out bucket, allow/block lists, [`limiter`]
+//! (per-sender rate limit) → [`chat`] asks the channel's pipeline (openai,
+//! webhook, static, echo) → the reply is stored in `P_seen`, published to
+//! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, marked done, and the inbound
+//! is acked. Failures go to `P_DEAD` with the fallback text sent.
+//!
+//! [`App`] is the one seam for `main` and the tests: it binds the ops
+//! listener (`/api/health`, `/metrics`), connects NATS, ensures the topology,
+//! and runs until its cancellation token is cancelled.
+
+pub mod chat;
+pub mod history;
+pub mod keywords;
+pub mod lanes;
+pub mod limiter;
+pub mod process;
+pub mod seen;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use smsgate_shared::config::Config;
+use smsgate_shared::ops::OpsServer;
+use smsgate_shared::topology::{self, Topology};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::process::Processor;
+
+/// The durable consumer's name on `P_INBOUND`.
+pub const CONSUMER: &str = "worker";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind the ops listener")]
+    Bind(#[source] std::io::Error),
+    #[error("cannot connect to NATS")]
+    Connect(#[source] async_nats::ConnectError),
+    #[error("cannot set up the JetStream topology")]
+    Topology(#[source] topology::TopologyError),
+    #[error("cannot create the inbound consumer")]
+    Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+    #[error("cannot publish the {what}")]
+    Publish {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot read or write the seen bucket")]
+    Seen(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot read or write the opt-out bucket")]
+    OptOut(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot read the conversation history")]
+    HistoryRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("unexpected JetStream message: {0}")]
+    Protocol(String),
+}
+
+/// Knobs of the worker that are not part of the public configuration: the
+/// defaults are what production runs; tests shorten the delays.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Lanes (tasks) processing in parallel; one sender always uses one lane.
+    pub lanes: usize,
+    /// Messages queued per lane before the dispatcher waits.
+    pub lane_depth: usize,
+    /// The consumer's `max_ack_pending`: messages in flight at most.
+    pub max_ack_pending: i64,
+    /// The consumer's `ack_wait` (kept alive with `Progress` during chat calls).
+    pub ack_wait: Duration,
+    /// Delay before attempt 2, 3, ... after a transient chat failure; the
+    /// attempt after the last one gets the fallback text.
+    pub retry_delays: Vec<Duration>,
+    /// Delay before retrying after NATS itself failed mid-way.
+    pub error_delay: Duration,
+    /// How long in-flight messages may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Test hook for crash tests: sleep after a reply is published, before
+    /// it is marked done and the inbound acked.
+    pub pause_after_publish: Option<Duration>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            lanes: 16,
+            lane_depth: 16,
+            max_ack_pending: 512,
+            ack_wait: Duration::from_secs(30),
+            retry_delays: [2, 10, 30, 60, 120].map(Duration::from_secs).to_vec(),
+            error_delay: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(25),
+            pause_after_publish: None,
+        }
+    }
+}
+
+impl Tuning {
+    /// Attempts at the chat call before the fallback.
+    pub fn max_attempts(&self) -> i64 {
+        i64::try_from(self.retry_delays.len()).unwrap_or(i64::MAX).saturating_add(1)
+    }
+
+    /// The delay after failed attempt `delivered` (1-based), with ±20 %
+    /// jitter, at least what the backend asked for (capped at 5 minutes).
+    pub fn retry_delay(&self, delivered: i64, retry_after: Option<Duration>) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
+        let base = self.retry_delays.get(index).or(self.retry_delays.last()).copied().unwrap_or(Duration::from_secs(1));
+        let jitter = rand::random_range(0.8..1.2);
+        let delay = base.mul_f64(jitter);
+        match retry_after {
+            Some(asked) => delay.max(asked.min(Duration::from_secs(300))),
+            None => delay,
+        }
+    }
+}
+
+pub struct App {
+    ops: OpsServer,
+    local_addr: SocketAddr,
+    processor: Arc<Processor>,
+    consumer: consumer::PullConsumer,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        Self::build_with(config, Tuning::default()).await
+    }
+
+    pub async fn build_with(config: Config, tuning: Tuning) -> Result<Self, Error> {
+        let ops = OpsServer::bind(config.settings.worker_addr).await.map_err(Error::Bind)?;
+        let local_addr = ops.local_addr().map_err(Error::Bind)?;
+        let client = topology::connect(&config.settings.nats_url, "worker").await.map_err(Error::Connect)?;
+        let js = jetstream::new(client);
+        let topology = Topology::from_settings(&config.settings);
+        let bus = topology.ensure(&js).await.map_err(Error::Topology)?;
+
+        let stream = js.get_stream(topology.inbound_stream()).await.map_err(|e| Error::Consumer(Box::new(e)))?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    description: Some("smsgate worker: inbound SMS → chat → reply".to_owned()),
+                    filter_subject: format!("{}.inbound.>", topology.prefix()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: tuning.ack_wait,
+                    // The worker gives up (fallback + dead letter) after
+                    // max_attempts failed chat calls; the slack lets a message
+                    // whose worker was killed mid-way come back and finish.
+                    max_deliver: tuning.max_attempts().saturating_add(5),
+                    max_ack_pending: tuning.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::Consumer(Box::new(e)))?;
+
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("smsgate-worker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::Http)?;
+        let mut channels = HashMap::new();
+        for channel in config.channels.into_iter() {
+            if !channel.enabled {
+                warn!(channel_id = %channel.id, "channel is disabled; its messages go to dead-letter");
+                continue;
+            }
+            info!(channel_id = %channel.id, chat = channel.chat.kind(), "channel ready");
+            let chat = chat::ChatBackend::new(&channel.chat, &http);
+            channels.insert(channel.id.clone(), process::Lane { channel, chat });
+        }
+        let limiter =
+            limiter::Limiter::new(&channels.values().map(|l: &process::Lane| l.channel.clone()).collect::<Vec<_>>());
+        let processor = Arc::new(Processor {
+            js: bus.js.clone(),
+            history: history::History::new(bus.js.clone(), topology.clone()),
+            topology,
+            channels,
+            seen: seen::Seen::new(bus.seen),
+            optout: bus.optout,
+            limiter,
+            tuning,
+        });
+        Ok(Self { ops, local_addr, processor, consumer })
+    }
+
+    /// The ops listener's address (port 0 in tests gets a real one).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops pulling, finishes or
+    /// naks what is in flight and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        info!(addr = %self.local_addr, outcome = "started", "worker running");
+        let ops_stop = CancellationToken::new();
+        let ops = tokio::spawn(self.ops.serve(ops_stop.clone()));
+        lanes::run(self.processor, self.consumer, shutdown).await;
+        ops_stop.cancel();
+        match ops.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Bind(e)),
+            Err(e) => {
+                warn!(error = %e, "ops listener task failed");
+                Ok(())
+            }
+        }
+    }
+}

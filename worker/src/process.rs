@@ -1,0 +1,437 @@
+//! One inbound message, start to finish: the decisions of the worker in the
+//! order that keeps invariants 1 and 2 of DESIGN.md together.
+//!
+//! 1. decode (a bad payload, an unknown channel or sender → dead letter);
+//! 2. claim the MessageSid in `P_seen` (a second copy → note `duplicate`;
+//!    a redelivery of a message whose reply was already decided → publish
+//!    that same reply again, no chat call);
+//! 3. record the inbound in history (once, even across redeliveries);
+//! 4. STOP/START keywords, opted-out senders, allow/block lists, HELP, the
+//!    rate limit: each recorded as a note, none reaches the chat pipeline;
+//! 5. the chat call (with `Progress` acks while it runs); a transient
+//!    failure is retried through redelivery, the last one or a permanent one
+//!    gives the fallback text and a dead letter;
+//! 6. the reply is stored in `P_seen`, then published with `Nats-Msg-Id:
+//!    reply.<sid>`, then the entry is marked done, then the inbound is acked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, kv};
+use serde_json::json;
+use smsgate_shared::config::Channel;
+use smsgate_shared::domain::{ChannelId, E164, MessageSid};
+use smsgate_shared::envelope::{self, DeadLetter, DecodeError, Inbound, NoteReason, Origin, Outbound};
+use smsgate_shared::topology::{Stage, Topology};
+use time::OffsetDateTime;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::chat::{ChatBackend, ChatRequest, ErrorKind};
+use crate::history::History;
+use crate::keywords::{self, Keyword};
+use crate::limiter::{Limiter, Verdict};
+use crate::seen::{Claim, Record, Seen, State, StoredReply};
+use crate::{Error, Tuning};
+
+/// What to do with the inbound message once processing stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Finished (answered, skipped or dead-lettered): ack it.
+    Ack,
+    /// Try again after this delay: nak it.
+    Retry(Duration),
+}
+
+/// How a message ended, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Replied,
+    NoReply,
+    Duplicate,
+    Redelivered,
+    OptOutKeyword,
+    OptInKeyword,
+    OptedOut,
+    Blocked,
+    Help,
+    RateLimited,
+    Retry,
+    Fallback,
+    DeadLetter,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replied => "replied",
+            Self::NoReply => "no_reply",
+            Self::Duplicate => "duplicate",
+            Self::Redelivered => "redelivered",
+            Self::OptOutKeyword => "opt_out_keyword",
+            Self::OptInKeyword => "opt_in_keyword",
+            Self::OptedOut => "opted_out",
+            Self::Blocked => "blocked",
+            Self::Help => "help",
+            Self::RateLimited => "rate_limited",
+            Self::Retry => "retry",
+            Self::Fallback => "fallback",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// A channel as the worker needs it.
+pub struct Lane {
+    pub channel: Channel,
+    pub chat: ChatBackend,
+}
+
+/// Everything processing needs, shared by all lanes.
+pub struct Processor {
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub channels: HashMap<ChannelId, Lane>,
+    pub seen: Seen,
+    pub optout: kv::Store,
+    pub history: History,
+    pub limiter: Limiter,
+    pub tuning: Tuning,
+}
+
+/// One delivery of an inbound message, decoded once by the dispatcher.
+pub struct Job {
+    pub msg: jetstream::Message,
+    pub inbound: Result<Inbound, DecodeError>,
+}
+
+impl Job {
+    /// The sender, when known: messages of one sender keep their order.
+    pub fn sender_key(&self) -> Option<(ChannelId, String)> {
+        self.inbound.as_ref().ok().map(|i| (i.channel_id.clone(), i.from.clone()))
+    }
+
+    pub fn sid(&self) -> Option<&MessageSid> {
+        self.inbound.as_ref().ok().map(|i| &i.message_sid)
+    }
+}
+
+impl Processor {
+    /// Processes one delivery and returns what to do with it. Errors are
+    /// infrastructure failures (NATS unreachable): the caller naks and the
+    /// message comes back.
+    pub async fn process(self: &Arc<Self>, job: &Job) -> Result<(Disposition, Outcome), Error> {
+        let info = job.msg.info().map_err(|e| Error::Protocol(e.to_string()))?;
+        let (seq, delivered) = (info.stream_sequence, info.delivered);
+        let inbound = match &job.inbound {
+            Ok(i) => i,
+            Err(e) => return self.dead_letter_only(job, seq, e.to_string()).await,
+        };
+        let Some(lane) = self.channels.get(&inbound.channel_id) else {
+            return self.dead_letter_only(job, seq, format!("channel {} is not configured", inbound.channel_id)).await;
+        };
+        let Ok(peer) = E164::parse(&inbound.from) else {
+            return self.dead_letter_only(job, seq, "From is not an E.164 number".to_owned()).await;
+        };
+        let span = info_span!(
+            "message",
+            channel_id = %inbound.channel_id,
+            message_sid = %inbound.message_sid,
+            peer = %peer.masked(),
+            stage = "worker",
+            delivered,
+        );
+        let step = Step { p: self, job, inbound, lane, peer, seq, delivered };
+        step.run().instrument(span).await
+    }
+
+    async fn dead_letter_only(&self, job: &Job, seq: u64, reason: String) -> Result<(Disposition, Outcome), Error> {
+        let channel = job.msg.subject.as_str().rsplit('.').next().and_then(|c| ChannelId::parse(c).ok());
+        let channel = channel.or_else(|| ChannelId::parse("unknown").ok());
+        warn!(subject = %job.msg.subject, seq, reason = %reason, outcome = "dead_letter", "inbound message cannot be processed");
+        if let Some(channel) = channel {
+            self.publish_dead(&job.msg, &channel, seq, reason).await?;
+        }
+        Ok((Disposition::Ack, Outcome::DeadLetter))
+    }
+
+    async fn publish_dead(
+        &self,
+        msg: &jetstream::Message,
+        channel: &ChannelId,
+        seq: u64,
+        reason: String,
+    ) -> Result<(), Error> {
+        let msg_id = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
+        let dead = DeadLetter {
+            v: envelope::VERSION,
+            stage: Stage::Worker.as_str().to_owned(),
+            channel_id: channel.to_string(),
+            reason,
+            code: None,
+            subject: msg.subject.to_string(),
+            msg_id,
+            payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+            at: OffsetDateTime::now_utc(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("dead.worker.{seq}").as_str());
+        let subject = self.topology.dead_subject(Stage::Worker, channel);
+        publish(&self.js, subject, headers, envelope::encode(&dead), "dead letter").await
+    }
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+    what: &'static str,
+) -> Result<(), Error> {
+    js.publish_with_headers(subject, headers, payload)
+        .await
+        .map_err(|e| Error::Publish { what, source: Box::new(e) })?
+        .await
+        .map_err(|e| Error::Publish { what, source: Box::new(e) })?;
+    Ok(())
+}
+
+struct Step<'a> {
+    p: &'a Arc<Processor>,
+    job: &'a Job,
+    inbound: &'a Inbound,
+    lane: &'a Lane,
+    peer: E164,
+    seq: u64,
+    delivered: i64,
+}
+
+impl Step<'_> {
+    fn sid(&self) -> &MessageSid {
+        &self.inbound.message_sid
+    }
+
+    async fn run(&self) -> Result<(Disposition, Outcome), Error> {
+        let p = self.p;
+        let is_new = match p.seen.claim(self.sid(), self.seq).await? {
+            Claim::Duplicate { first_seq } => {
+                self.note(
+                    NoteReason::Duplicate,
+                    format!("a copy of this MessageSid was received before (stream sequence {first_seq})"),
+                )
+                .await?;
+                return Ok((Disposition::Ack, Outcome::Duplicate));
+            }
+            Claim::Resume(Record { state: State::Done | State::Dead, .. }) => {
+                return Ok((Disposition::Ack, Outcome::Redelivered));
+            }
+            Claim::Resume(Record { state: State::Replied, reply: Some(reply), .. }) => {
+                // Killed after the reply was decided: send that very reply, no second chat call.
+                info!(outcome = "resume_reply", "reply already decided; publishing it again");
+                return self.finish_reply(reply).await;
+            }
+            Claim::Resume(_) => false,
+            Claim::New => true,
+        };
+
+        let keyword = keywords::classify(&self.inbound.body);
+        let wants_history = keyword.is_none() && self.lane.chat.history_turns() > 0;
+        // The inbound entry goes in once: on a redelivery it may be there already.
+        let recent = if wants_history || !is_new {
+            Some(
+                p.history
+                    .recent(&self.inbound.channel_id, &self.peer, self.sid(), self.lane.chat.history_turns())
+                    .await?,
+            )
+        } else {
+            None
+        };
+        if !recent.as_ref().is_some_and(|r| r.has_current) {
+            p.history.inbound(self.inbound, &self.peer).await?;
+        }
+        debug!(body = %self.inbound.body, "inbound message");
+
+        let optout_key = Topology::optout_key(&self.inbound.channel_id, &self.peer);
+        match keyword {
+            Some(Keyword::OptOut) => {
+                let value = json!({"at": OffsetDateTime::now_utc().unix_timestamp(), "message_sid": self.sid()});
+                p.optout.put(&optout_key, value.to_string().into()).await.map_err(|e| Error::OptOut(Box::new(e)))?;
+                self.note(NoteReason::OptOutKeyword, "opted out by keyword").await?;
+                return self.done(Outcome::OptOutKeyword).await;
+            }
+            Some(Keyword::OptIn) => {
+                p.optout.delete(&optout_key).await.map_err(|e| Error::OptOut(Box::new(e)))?;
+                self.note(NoteReason::OptInKeyword, "opted back in by keyword").await?;
+                return self.done(Outcome::OptInKeyword).await;
+            }
+            Some(Keyword::Help) | None => {}
+        }
+        if p.optout.get(&optout_key).await.map_err(|e| Error::OptOut(Box::new(e)))?.is_some() {
+            self.note(NoteReason::OptedOut, "the sender has opted out").await?;
+            return self.done(Outcome::OptedOut).await;
+        }
+        if !self.lane.channel.admits(&self.peer) {
+            self.note(NoteReason::Blocked, "the sender is not allowed on this channel").await?;
+            return self.done(Outcome::Blocked).await;
+        }
+        if keyword == Some(Keyword::Help) {
+            self.note(NoteReason::HelpKeyword, "answered with the channel's help text").await?;
+            let help = self.lane.channel.help_text.clone();
+            return self.reply(help, Origin::Help, None).await;
+        }
+        // A redelivery was counted the first time.
+        if is_new && let Verdict::Limited { notify } = p.limiter.check(&self.inbound.channel_id, &self.peer) {
+            let limit = self.lane.channel.rate_limit;
+            let detail = format!("over {} per minute (burst {})", limit.per_minute, limit.burst);
+            self.note(NoteReason::RateLimited, detail).await?;
+            if notify {
+                let text = self.lane.channel.rate_limit_text.clone();
+                let (d, _) = self.reply(text, Origin::RateLimitNotice, None).await?;
+                return Ok((d, Outcome::RateLimited));
+            }
+            return self.done(Outcome::RateLimited).await;
+        }
+        let turns = recent.map(|r| r.turns).unwrap_or_default();
+        self.chat(&turns).await
+    }
+
+    async fn chat(&self, turns: &[crate::chat::Turn]) -> Result<(Disposition, Outcome), Error> {
+        let backend = &self.lane.chat;
+        let started = Instant::now();
+        let request = ChatRequest { inbound: self.inbound, history: turns };
+        let answer = with_progress(&self.job.msg, self.p.tuning.ack_wait / 3, backend.reply(&request)).await;
+        let elapsed = started.elapsed();
+        metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
+        let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        match answer {
+            Ok(Some(text)) => {
+                info!(latency_ms, chat = backend.kind(), "chat answered");
+                debug!(reply = %text, "chat reply");
+                self.reply(text, Origin::Chat, None).await
+            }
+            Ok(None) => {
+                info!(latency_ms, chat = backend.kind(), "chat answered with no reply");
+                self.note(NoteReason::NoReply, "the chat pipeline gave no reply").await?;
+                self.done(Outcome::NoReply).await
+            }
+            Err(e) => {
+                let max_attempts = self.p.tuning.max_attempts();
+                match e.kind() {
+                    ErrorKind::Transient { retry_after } if self.delivered < max_attempts => {
+                        let delay = self.p.tuning.retry_delay(self.delivered, retry_after);
+                        warn!(
+                            latency_ms,
+                            error = &e as &dyn std::error::Error,
+                            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            outcome = "retry",
+                            "chat backend failed; will retry"
+                        );
+                        Ok((Disposition::Retry(delay), Outcome::Retry))
+                    }
+                    kind => {
+                        let why = if kind == ErrorKind::Permanent { "permanent" } else { "retries exhausted" };
+                        let reason =
+                            format!("chat backend failed ({why}, attempt {}): {}", self.delivered, error_chain(&e));
+                        warn!(
+                            latency_ms,
+                            error = &e as &dyn std::error::Error,
+                            outcome = "fallback",
+                            "chat backend failed; sending the fallback text"
+                        );
+                        self.note(NoteReason::ChatError, reason.clone()).await?;
+                        let text = self.lane.channel.fallback_text.clone();
+                        self.reply(text, Origin::Fallback, Some(reason)).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn note(&self, reason: NoteReason, detail: impl Into<String>) -> Result<(), Error> {
+        self.p.history.note(&self.inbound.channel_id, &self.peer, self.sid(), self.seq, reason, detail).await
+    }
+
+    async fn done(&self, outcome: Outcome) -> Result<(Disposition, Outcome), Error> {
+        self.p.seen.store(self.sid(), &Record { seq: self.seq, state: State::Done, reply: None }).await?;
+        Ok((Disposition::Ack, outcome))
+    }
+
+    /// Stores the reply before publishing it: from here on a redelivery
+    /// republishes this text instead of deciding again.
+    async fn reply(
+        &self,
+        body: String,
+        origin: Origin,
+        dead_reason: Option<String>,
+    ) -> Result<(Disposition, Outcome), Error> {
+        let reply = StoredReply { body, origin, dead_reason };
+        let record = Record { seq: self.seq, state: State::Replied, reply: Some(reply.clone()) };
+        self.p.seen.store(self.sid(), &record).await?;
+        self.finish_reply(reply).await
+    }
+
+    async fn finish_reply(&self, reply: StoredReply) -> Result<(Disposition, Outcome), Error> {
+        let p = self.p;
+        let outbound = Outbound {
+            v: envelope::VERSION,
+            id: Outbound::reply_id(self.sid()),
+            channel_id: self.inbound.channel_id.clone(),
+            to: self.peer.clone(),
+            body: reply.body,
+            media_urls: vec![],
+            in_reply_to: Some(self.sid().clone()),
+            origin: reply.origin,
+            created_at: OffsetDateTime::now_utc(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", outbound.id.as_str());
+        let subject = p.topology.outbound_subject(&self.inbound.channel_id);
+        publish(&p.js, subject, headers, envelope::encode(&outbound), "reply").await?;
+        if let Some(pause) = p.tuning.pause_after_publish {
+            // Test hook (crash tests): the reply is out, nothing is marked or acked yet.
+            info!(outcome = "paused", "reply published; pausing before marking it done");
+            tokio::time::sleep(pause).await;
+        }
+        let (state, outcome) = match reply.dead_reason {
+            Some(reason) => {
+                p.publish_dead(&self.job.msg, &self.inbound.channel_id, self.seq, reason).await?;
+                (State::Dead, Outcome::Fallback)
+            }
+            None if reply.origin == Origin::Help => (State::Done, Outcome::Help),
+            None if reply.origin == Origin::RateLimitNotice => (State::Done, Outcome::RateLimited),
+            None => (State::Done, Outcome::Replied),
+        };
+        p.seen.store(self.sid(), &Record { seq: self.seq, state, reply: None }).await?;
+        Ok((Disposition::Ack, outcome))
+    }
+}
+
+/// Runs `work`, telling JetStream every `every` that the message is still
+/// being worked on, so a slow chat call is not redelivered meanwhile.
+async fn with_progress<T>(msg: &jetstream::Message, every: Duration, work: impl Future<Output = T>) -> T {
+    let every = every.max(Duration::from_millis(100));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    debug!(error = %e, "progress ack failed");
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
