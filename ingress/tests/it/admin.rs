@@ -1,1 +1,519 @@
-//! Admin API tests (filled by the operator-surface work).
+//! The admin API of the real ingress (`App::build`, admin listener on port
+//! 0, bearer token set) against a real nats-server: auth, each route, the
+//! validation errors and the NATS-down answer.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use smsgate_ingress::App;
+use smsgate_shared::config::{Channel, Config, Settings};
+use smsgate_shared::domain::{ChannelId, E164, MessageSid};
+use smsgate_shared::envelope::{
+    self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason, Origin, Outbound, Piece, VERSION,
+};
+use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_shared::topology::{self, Stage, Topology};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::unique_prefix;
+
+const TOKEN: &str = "admin-test-token-0123456789";
+const PEER: &str = "+14155550100";
+const OTHER_PEER: &str = "+14155550199";
+
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+    js: jetstream::Context,
+    topology: Topology,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn channels() -> Vec<Channel> {
+    let mut off = testkit::channel_with_id("off", "off-path-token-abcdefghijklmnopqrstuvwxyz", "");
+    off.enabled = false;
+    vec![testkit::channel(""), off]
+}
+
+impl Admin {
+    async fn start(nats: &NatsServer) -> Self {
+        let prefix = unique_prefix();
+        let mut settings = Settings::for_tests(&nats.url(), &prefix);
+        settings.admin_token = Some(TOKEN.into());
+        let app = App::build(Config { settings, channels: channels() }).await.expect("ingress builds");
+        let (public, admin) = (app.local_addr(), app.admin_addr());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { app.run_until_stopped(stop).await.expect("ingress runs") });
+        let js = jetstream::new(topology::connect(&nats.url(), "test").await.unwrap());
+        let http = reqwest::Client::new();
+        let ready = format!("http://{public}/api/ready");
+        testkit::eventually(Duration::from_secs(20), "ingress ready", || async {
+            http.get(&ready).send().await.ok()?.status().is_success().then_some(())
+        })
+        .await;
+        Self { base: format!("http://{admin}"), http, js, topology: Topology::new(&prefix), shutdown }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(TOKEN).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(body).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn history(&self, peer: &str, at: OffsetDateTime, event: HistoryEvent) {
+        let entry = HistoryEntry { v: VERSION, channel_id: channel_id(), peer: E164::parse(peer).unwrap(), at, event };
+        let subject = self.topology.history_subject(&entry.channel_id, &entry.peer);
+        self.js.publish(subject, envelope::encode(&entry)).await.unwrap().await.unwrap();
+    }
+
+    async fn dead_letter(&self, subject: String, msg_id: Option<&str>, payload: String) -> u64 {
+        let letter = DeadLetter {
+            v: VERSION,
+            stage: "sender".to_owned(),
+            channel_id: "test".to_owned(),
+            reason: "Twilio refused: 21211 invalid To".to_owned(),
+            code: Some(21211),
+            subject,
+            msg_id: msg_id.map(str::to_owned),
+            payload,
+            at: OffsetDateTime::now_utc(),
+        };
+        let dead = self.topology.dead_subject(Stage::Sender, &channel_id());
+        self.js.publish(dead, envelope::encode(&letter)).await.unwrap().await.unwrap().sequence
+    }
+
+    async fn stream_count(&self, name: String) -> u64 {
+        self.js.get_stream(name).await.unwrap().info().await.unwrap().state.messages
+    }
+}
+
+fn channel_id() -> ChannelId {
+    ChannelId::parse("test").unwrap()
+}
+
+fn outbound_json(id: &str) -> String {
+    let o = Outbound {
+        v: VERSION,
+        id: id.to_owned(),
+        channel_id: channel_id(),
+        to: E164::parse(PEER).unwrap(),
+        body: "hello again".to_owned(),
+        media_urls: vec![],
+        in_reply_to: None,
+        origin: Origin::Chat,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    String::from_utf8(envelope::encode(&o).to_vec()).unwrap()
+}
+
+fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["code"], want_code, "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn every_route_needs_the_bearer_token() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    for (method, path) in [
+        ("GET", "/api/v1/channels"),
+        ("GET", "/api/v1/conversations"),
+        ("GET", "/api/v1/conversations/test/+14155550100"),
+        ("GET", "/api/v1/dead"),
+        ("POST", "/api/v1/dead/1/replay"),
+        ("POST", "/api/v1/messages"),
+        ("GET", "/metrics"),
+    ] {
+        let url = format!("{}{path}", admin.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for auth in [None, Some("Bearer wrong-token"), Some(TOKEN), Some("Basic YWRtaW46cGFzcw==")] {
+            let mut request = admin.http.request(method.clone(), &url);
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let body: Value = r.json().await.unwrap();
+            assert_error(StatusCode::UNAUTHORIZED, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        let r = admin.http.request(method, &url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_ne!(r.status(), StatusCode::UNAUTHORIZED, "{path} with the right token");
+    }
+}
+
+#[tokio::test]
+async fn refuses_to_start_beyond_loopback_without_a_token() {
+    let nats = NatsServer::start();
+    let mut settings = Settings::for_tests(&nats.url(), &unique_prefix());
+    settings.admin_addr = "0.0.0.0:0".parse().unwrap();
+    let Err(err) = App::build(Config { settings: settings.clone(), channels: channels() }).await else {
+        panic!("an open admin listener without a token must not start");
+    };
+    assert!(format!("{err}").contains("SMSGATE_ADMIN_TOKEN"), "{err}");
+    settings.admin_token = Some(TOKEN.into());
+    assert!(App::build(Config { settings, channels: channels() }).await.is_ok());
+}
+
+#[tokio::test]
+async fn send_publishes_an_api_outbound_with_the_idempotency_key_as_msg_id() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let request =
+        json!({"channel_id": "test", "to": PEER, "body": "Your code is 1234", "idempotency_key": "order-42.sms"});
+    let (status, body) = admin.post("/api/v1/messages", &request).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body, json!({"id": "order-42.sms", "duplicate": false}));
+
+    let stream = admin.js.get_stream(admin.topology.outbound_stream()).await.unwrap();
+    let stored = stream.get_last_raw_message_by_subject(&admin.topology.outbound_subject(&channel_id())).await.unwrap();
+    assert_eq!(stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some("order-42.sms"));
+    let outbound: Outbound = envelope::decode(&stored.payload).unwrap();
+    assert_eq!(outbound.id, "order-42.sms");
+    assert_eq!(outbound.origin, Origin::Api);
+    assert_eq!(outbound.to.as_str(), PEER);
+    assert_eq!(outbound.body, "Your code is 1234");
+    assert_eq!(outbound.in_reply_to, None);
+
+    // The same key again: accepted, flagged, and nothing new to send.
+    let (status, body) = admin.post("/api/v1/messages", &request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body, json!({"id": "order-42.sms", "duplicate": true}));
+    assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 1);
+
+    // Without a key each request gets its own id.
+    let plain = json!({"channel_id": "test", "to": PEER, "body": "hi", "media_urls": ["https://example.com/a.jpg"]});
+    let (_, a) = admin.post("/api/v1/messages", &plain).await;
+    let (_, b) = admin.post("/api/v1/messages", &plain).await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    assert!(a.starts_with("api.") && Outbound::valid_id(a), "{a}");
+    assert_ne!(a, b);
+    assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 3);
+}
+
+#[tokio::test]
+async fn send_validation_errors_are_400_with_a_code() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let long = "x".repeat(1601);
+    let ok_1600 = "x".repeat(1600);
+    let cases = [
+        (json!({"channel_id": "nope", "to": PEER, "body": "hi"}), "unknown_channel"),
+        (json!({"channel_id": "off", "to": PEER, "body": "hi"}), "channel_disabled"),
+        (json!({"channel_id": "test", "to": "4155550100", "body": "hi"}), "invalid_number"),
+        (json!({"channel_id": "test", "to": "+1415abc", "body": "hi"}), "invalid_number"),
+        (json!({"channel_id": "test", "to": PEER, "body": "  "}), "empty_body"),
+        (json!({"channel_id": "test", "to": PEER}), "empty_body"),
+        (json!({"channel_id": "test", "to": PEER, "body": long}), "body_too_long"),
+        (
+            json!({"channel_id": "test", "to": PEER, "body": "hi", "idempotency_key": "has space"}),
+            "invalid_idempotency_key",
+        ),
+        (json!({"channel_id": "test", "to": PEER, "body": "hi", "idempotency_key": ".dot"}), "invalid_idempotency_key"),
+        (json!({"channel_id": "test", "to": PEER, "body": "hi", "media_urls": ["ftp://x/y"]}), "invalid_media_url"),
+        (json!({"channel_id": "test", "to": PEER, "body": "hi", "colour": "red"}), "invalid_json"),
+        (json!(["not", "an", "object"]), "invalid_json"),
+    ];
+    for (request, code) in cases {
+        let (status, body) = admin.post("/api/v1/messages", &request).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    }
+    let r = admin
+        .http
+        .post(format!("{}/api/v1/messages", admin.base))
+        .bearer_auth(TOKEN)
+        .body("channel_id=test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 0, "nothing invalid is published");
+
+    let (status, _) = admin.post("/api/v1/messages", &json!({"channel_id": "test", "to": PEER, "body": ok_1600})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "1600 characters is Twilio's limit, not over it");
+}
+
+#[tokio::test]
+async fn conversations_are_listed_with_counts_and_last_time_newest_first() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let (status, body) = admin.get("/api/v1/conversations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"conversations": []}));
+
+    let t0 = OffsetDateTime::now_utc();
+    for i in 0..3 {
+        let sid = MessageSid::parse(&format!("SM{i}")).unwrap();
+        admin.history(PEER, t0, HistoryEvent::Inbound { message_sid: sid, body: format!("m{i}"), media: vec![] }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let sid = MessageSid::parse("SMo").unwrap();
+    admin.history(OTHER_PEER, t0, HistoryEvent::Inbound { message_sid: sid, body: "x".into(), media: vec![] }).await;
+
+    let (status, body) = admin.get("/api/v1/conversations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let list = body["conversations"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{body}");
+    assert_eq!(list[0]["peer"], OTHER_PEER, "the most recent first: {body}");
+    assert_eq!(list[0]["count"], 1);
+    assert_eq!(list[1]["peer"], PEER);
+    assert_eq!(list[1]["count"], 3);
+    assert_eq!(list[1]["channel_id"], "test");
+    let last =
+        OffsetDateTime::parse(list[1]["last_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    assert!((last - OffsetDateTime::now_utc()).abs() < time::Duration::minutes(1), "{last}");
+
+    let (_, filtered) = admin.get("/api/v1/conversations?channel_id=test").await;
+    assert_eq!(filtered["conversations"].as_array().unwrap().len(), 2);
+    let (_, none) = admin.get("/api/v1/conversations?channel_id=off").await;
+    assert_eq!(none, json!({"conversations": []}));
+    let (status, body) = admin.get("/api/v1/conversations?channel_id=nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "unknown_channel");
+}
+
+#[tokio::test]
+async fn a_conversation_reads_oldest_first_with_limit_and_each_piece_s_delivery_state() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let t = OffsetDateTime::now_utc();
+    let sid = MessageSid::parse("SMin1").unwrap();
+    let piece = |index: usize, sid: &str| Piece {
+        index,
+        body: format!("part {index}"),
+        segments: 1,
+        encoding: "GSM-7".to_owned(),
+        sid: Some(sid.to_owned()),
+    };
+    let status = |sid: &str, s: &str, code: Option<&str>| HistoryEvent::Status {
+        sid: sid.to_owned(),
+        status: s.to_owned(),
+        error_code: code.map(str::to_owned),
+    };
+    admin
+        .history(PEER, t, HistoryEvent::Inbound { message_sid: sid.clone(), body: "hello".into(), media: vec![] })
+        .await;
+    admin
+        .history(
+            PEER,
+            t,
+            HistoryEvent::Outbound {
+                id: "reply.SMin1".into(),
+                body: "part 0 part 1".into(),
+                in_reply_to: Some(sid.clone()),
+                origin: Origin::Chat,
+                pieces: vec![piece(0, "SMp0"), piece(1, "SMp1")],
+                delivery: "twilio".into(),
+            },
+        )
+        .await;
+    // Out of order, as Twilio's callbacks may come: "sent" after "delivered".
+    admin.history(PEER, t, status("SMp0", "delivered", None)).await;
+    admin.history(PEER, t, status("SMp0", "sent", None)).await;
+    admin.history(PEER, t, status("SMp1", "sent", None)).await;
+    admin
+        .history(
+            PEER,
+            t,
+            HistoryEvent::Note {
+                reason: NoteReason::RateLimited,
+                message_sid: Some(MessageSid::parse("SMin2").unwrap()),
+                outbound_id: None,
+                detail: "over 10/min".into(),
+            },
+        )
+        .await;
+
+    let (code, body) = admin.get("/api/v1/conversations/test/%2B14155550100").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["peer"], PEER);
+    assert_eq!(body["total"], 6);
+    assert_eq!(body["messages"], 2);
+    assert!(body["started_at"].is_string(), "{body}");
+    let entries = body["entries"].as_array().unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["inbound", "outbound", "status", "status", "status", "note"]);
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+    let outbound = &entries[1];
+    assert_eq!(outbound["pieces"][0]["state"], "delivered", "a late 'sent' never moves a piece back: {outbound}");
+    assert_eq!(outbound["pieces"][1]["state"], "sent");
+    assert_eq!(outbound["state"], "sent", "the least advanced piece: {outbound}");
+    assert_eq!(entries[0]["body"], "hello");
+    assert_eq!(entries[5]["reason"], "rate_limited");
+
+    // The last `limit` entries, still oldest first; with or without the '+'.
+    let (_, last2) = admin.get("/api/v1/conversations/test/14155550100?limit=2").await;
+    let kinds: Vec<&str> = last2["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["status", "note"]);
+    assert_eq!(last2["total"], 6);
+
+    // A failed piece makes the message failed, with Twilio's error code.
+    admin.history(PEER, t, status("SMp1", "undelivered", Some("30034"))).await;
+    let (_, body) = admin.get("/api/v1/conversations/test/+14155550100").await;
+    assert_eq!(body["entries"][1]["state"], "undelivered");
+    assert_eq!(body["entries"][1]["pieces"][1]["error_code"], "30034");
+
+    let (_, empty) = admin.get("/api/v1/conversations/test/+14155550111").await;
+    assert_eq!(empty["total"], 0);
+    assert_eq!(empty["entries"], json!([]));
+
+    for (path, status, code) in [
+        ("/api/v1/conversations/test/+1415?limit=5", StatusCode::BAD_REQUEST, "invalid_number"),
+        ("/api/v1/conversations/test/+14155550100?limit=0", StatusCode::BAD_REQUEST, "invalid_limit"),
+        ("/api/v1/conversations/test/+14155550100?limit=lots", StatusCode::BAD_REQUEST, "invalid_limit"),
+        ("/api/v1/conversations/nope/+14155550100", StatusCode::NOT_FOUND, "unknown_channel"),
+        ("/api/v1/nothing-here", StatusCode::NOT_FOUND, "no_route"),
+    ] {
+        let (s, body) = admin.get(path).await;
+        assert_error(s, &body, status, code);
+    }
+}
+
+#[tokio::test]
+async fn log_delivery_shows_as_logged() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let piece = Piece { index: 0, body: "hi".into(), segments: 1, encoding: "GSM-7".into(), sid: None };
+    let event = HistoryEvent::Outbound {
+        id: "api.x".into(),
+        body: "hi".into(),
+        in_reply_to: None,
+        origin: Origin::Api,
+        pieces: vec![piece],
+        delivery: "log".into(),
+    };
+    admin.history(PEER, OffsetDateTime::now_utc(), event).await;
+    let (_, body) = admin.get("/api/v1/conversations/test/+14155550100").await;
+    assert_eq!(body["entries"][0]["state"], "logged", "{body}");
+    assert_eq!(body["entries"][0]["origin"], "api");
+}
+
+#[tokio::test]
+async fn channels_show_health_and_dead_letters_but_no_secrets() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let r = admin.http.get(format!("{}/api/v1/channels", admin.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(testkit::AUTH_TOKEN), "the auth token leaked: {text}");
+    assert!(!text.contains(testkit::PATH_TOKEN), "the path token leaked: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["nats"], json!({"connected": true, "streams_present": true}));
+    let test = &body["channels"][0];
+    assert_eq!(test["channel_id"], "test");
+    assert_eq!(test["enabled"], true);
+    assert_eq!(test["from_number"], testkit::FROM_NUMBER);
+    assert_eq!(test["chat"], "echo");
+    assert_eq!(test["delivery"], "twilio");
+    assert_eq!(test["dead_letters"], 0);
+    assert_eq!(test["health"], "ok", "{test}");
+    assert_eq!(body["channels"][1]["health"], "disabled");
+
+    admin.dead_letter(admin.topology.outbound_subject(&channel_id()), None, outbound_json("api.1")).await;
+    let (_, body) = admin.get("/api/v1/channels").await;
+    assert_eq!(body["channels"][0]["dead_letters"], 1);
+    assert_eq!(body["channels"][0]["health"], "degraded");
+    assert!(body["channels"][0]["problems"][0].as_str().unwrap().contains("dead letter"), "{body}");
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_to_their_subject_once() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let outbound_subject = admin.topology.outbound_subject(&channel_id());
+    let seq = admin.dead_letter(outbound_subject.clone(), Some("reply.SM1"), outbound_json("reply.SM1")).await;
+    let history_seq = admin
+        .dead_letter(admin.topology.history_subject(&channel_id(), &E164::parse(PEER).unwrap()), None, "{}".to_owned())
+        .await;
+
+    let (status, body) = admin.get("/api/v1/dead").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["seq"], seq);
+    assert_eq!(entries[0]["stage"], "sender");
+    assert_eq!(entries[0]["code"], 21211);
+    assert_eq!(entries[0]["subject"], outbound_subject);
+    let (_, filtered) = admin.get("/api/v1/dead?channel_id=off").await;
+    assert_eq!(filtered["entries"], json!([]));
+    let (_, limited) = admin.get("/api/v1/dead?limit=1").await;
+    assert_eq!(limited["entries"][0]["seq"], history_seq, "the newest within the limit");
+
+    let (status, body) = admin.post(&format!("/api/v1/dead/{seq}/replay"), &Value::Null).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["subject"], outbound_subject);
+    assert_eq!(body["msg_id"], format!("replay.{seq}.reply.SM1"));
+    let stream = admin.js.get_stream(admin.topology.outbound_stream()).await.unwrap();
+    let replayed = stream.get_last_raw_message_by_subject(&outbound_subject).await.unwrap();
+    assert_eq!(
+        replayed.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(format!("replay.{seq}.reply.SM1").as_str())
+    );
+    assert_eq!(envelope::decode::<Outbound>(&replayed.payload).unwrap().id, "reply.SM1");
+
+    let (_, body) = admin.get("/api/v1/dead").await;
+    assert_eq!(body["entries"].as_array().unwrap().len(), 1, "the replayed letter is gone: {body}");
+    let (status, body) = admin.post(&format!("/api/v1/dead/{seq}/replay"), &Value::Null).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "no_such_dead_letter");
+    assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 1);
+
+    let (status, body) = admin.post(&format!("/api/v1/dead/{history_seq}/replay"), &Value::Null).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "not_replayable");
+    let (status, body) = admin.post("/api/v1/dead/abc/replay", &Value::Null).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_seq");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    admin.post("/api/v1/messages", &json!({"channel_id": "test", "to": PEER, "body": "hi"})).await;
+    let r = admin.http.get(format!("{}/metrics", admin.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("smsgate_admin_messages_total"), "{text}");
+}
+
+#[tokio::test]
+async fn nats_down_answers_503_quickly() {
+    let mut nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    nats.stop();
+    let send = json!({"channel_id": "test", "to": PEER, "body": "hi"});
+    // The client notices the lost connection within moments; from then on
+    // every NATS-backed route answers 503 at once.
+    testkit::eventually(Duration::from_secs(15), "503 from the admin API", || async {
+        let (status, body) = admin.post("/api/v1/messages", &send).await;
+        (status == StatusCode::SERVICE_UNAVAILABLE && body["code"] == "nats_unavailable").then_some(())
+    })
+    .await;
+    for path in ["/api/v1/conversations", "/api/v1/conversations/test/+14155550100", "/api/v1/dead"] {
+        let started = Instant::now();
+        let (status, body) = admin.get(path).await;
+        assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable");
+        assert!(started.elapsed() < Duration::from_secs(6), "{path} took {:?}", started.elapsed());
+    }
+    let (status, body) = admin.get("/api/v1/channels").await;
+    assert_eq!(status, StatusCode::OK, "channels answer even with NATS down: {body}");
+    assert_eq!(body["nats"]["connected"], false);
+    assert_eq!(body["channels"][0]["health"], "down");
+}
