@@ -1,1 +1,28 @@
-fn main() {}
+//! `smsgate-sender`: delivers replies from `P_OUTBOUND` through Twilio and
+//! records status callbacks. Configuration: DESIGN.md (environment and the
+//! channel file); exits 64 on a bad one.
+
+use smsgate_shared::config::Config;
+use smsgate_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::init("sender", telemetry::format_from_env());
+    let config = Config::from_env_or_exit("sender");
+    let app = match smsgate_sender::App::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = &e as &dyn std::error::Error, outcome = "failed", "cannot start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The one line tests read to find the ops port.
+    tracing::info!(addr = %app.local_addr(), "listening");
+    match app.run_until_stopped(shutdown::on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = &e as &dyn std::error::Error, outcome = "failed", "stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

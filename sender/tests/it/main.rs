@@ -1,1 +1,11 @@
-//! The sender against a real nats-server and a Twilio stub.
+//! The sender against a real nats-server and a Twilio stub that speaks
+//! Twilio's wire format; the crash test runs the real binary.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+mod crash;
+mod delivery;
+mod errors;
+mod helpers;
+mod pacing;
+mod status;

@@ -1,1 +1,404 @@
-//! Stub of Twilio's Messages API (filled by the sender work).
+//! A stub of Twilio's Messages API that speaks its wire format, for the
+//! sender's tests and the whole pipeline's (e2e).
+//!
+//! `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`:
+//! - HTTP Basic `AccountSid:AuthToken` (else 401, code 20003), and the path's
+//!   AccountSid must be the account's (else 404, code 20404);
+//! - form-encoded; `To` an E.164 number (else 400, 21211), `From` or
+//!   `MessagingServiceSid` (else 400, 21603), `Body` or `MediaUrl` (else
+//!   400, 21602), `Body` at most 1600 characters (else 400, 21617);
+//! - answers 201 with a Twilio-shaped message (`sid` `SM` + 32 hex,
+//!   `status` `queued`, `num_segments` as a string, …).
+//!
+//! Every request that passes authentication is recorded with its arrival
+//! time ([`Call`]). Answers can be scripted: a FIFO queue of forced replies
+//! ([`TwilioStub::push`]), and a probabilistic [`Chaos`] mode for fault
+//! tests. A scripted or chaotic reply is chosen before the form is checked.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawForm, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::E164;
+
+/// A forced answer to the next authenticated request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The normal 201 (after checking the form).
+    Created,
+    /// 201, after a pause (a slow Twilio). The call is recorded when the
+    /// answer is sent, so a client that gave up first leaves no record.
+    SlowCreated(Duration),
+    /// 429, code 20429, with `Retry-After: <secs>` when given.
+    TooManyRequests { retry_after: Option<u64> },
+    /// 500, code 20500, the message NOT created.
+    ServerError,
+    /// 500, code 20500, but the message WAS created (recorded with a SID):
+    /// the "unknown outcome" a retry turns into a duplicate.
+    ServerErrorAfterCreate,
+    /// Any Twilio error document, e.g. 400 / 21610.
+    Error { status: u16, code: i64, message: String },
+}
+
+impl Reply {
+    /// A 400 with Twilio's code and a message like Twilio's.
+    pub fn code(code: i64) -> Self {
+        let message = match code {
+            21211 => "The 'To' number is not a valid phone number.",
+            21408 => "Permission to send an SMS has not been enabled for the region indicated by the 'To' number.",
+            21610 => "Attempt to send to unsubscribed recipient",
+            21614 => "'To' number is not a valid mobile number",
+            21617 => "The concatenated message body exceeds the 1600 character limit.",
+            21611 => "This 'From' number has exceeded the maximum number of queued messages",
+            _ => "Error",
+        };
+        Reply::Error { status: 400, code, message: message.to_owned() }
+    }
+}
+
+/// Random faults for whole-pipeline tests; shares are probabilities 0..=1.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Chaos {
+    /// Answer 429 / 20429 (with `Retry-After: 1`).
+    pub rate_limited: f64,
+    /// Answer 500 / 20500 without creating the message.
+    pub server_error: f64,
+    /// Answer 500 / 20500 after creating the message.
+    pub server_error_after_create: f64,
+    /// Answer 201 after `slow_delay`.
+    pub slow: f64,
+    pub slow_delay: Duration,
+}
+
+/// One authenticated request as the stub received it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// When the request arrived (tokio clock).
+    pub at: Instant,
+    pub account_sid: String,
+    /// Every form pair, in order (`MediaUrl` repeats).
+    pub form: Vec<(String, String)>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Twilio's error code answered, if any.
+    pub code: Option<i64>,
+    /// The SID when the stub created the message (201, or a 500 after create).
+    pub sid: Option<String>,
+}
+
+impl Call {
+    /// The first value of a form field.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeated form field.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.form.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// Whether the stub created a message for this call.
+    pub fn created(&self) -> bool {
+        self.sid.is_some()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<Call>,
+    script: VecDeque<Reply>,
+    chaos: Chaos,
+    unauthorized: usize,
+}
+
+struct StubState {
+    account_sid: String,
+    auth_token: String,
+    inner: Mutex<Inner>,
+}
+
+impl StubState {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running stub; stopped on drop.
+pub struct TwilioStub {
+    addr: SocketAddr,
+    state: Arc<StubState>,
+    stop: CancellationToken,
+}
+
+impl TwilioStub {
+    /// A stub for the test kit's account ([`super::ACCOUNT_SID`], [`super::AUTH_TOKEN`]).
+    pub async fn start() -> Self {
+        Self::start_for(super::ACCOUNT_SID, super::AUTH_TOKEN).await
+    }
+
+    /// A stub for another account.
+    pub async fn start_for(account_sid: &str, auth_token: &str) -> Self {
+        let state = Arc::new(StubState {
+            account_sid: account_sid.to_owned(),
+            auth_token: auth_token.to_owned(),
+            inner: Mutex::new(Inner::default()),
+        });
+        let app = Router::new()
+            .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("Twilio stub cannot bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("Twilio stub has no address: {e}"));
+        let stop = CancellationToken::new();
+        let until = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(until).await;
+        });
+        Self { addr, state, stop }
+    }
+
+    /// The base URL, for a channel's `twilio_api_base`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues a forced answer for the next authenticated request.
+    pub fn push(&self, reply: Reply) {
+        self.state.lock().script.push_back(reply);
+    }
+
+    /// Sets (or, with `Chaos::default()`, clears) random faults.
+    pub fn set_chaos(&self, chaos: Chaos) {
+        self.state.lock().chaos = chaos;
+    }
+
+    /// Every authenticated request so far, in arrival order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().calls.clone()
+    }
+
+    /// The requests for which a message was created.
+    pub fn created(&self) -> Vec<Call> {
+        self.calls().into_iter().filter(Call::created).collect()
+    }
+
+    /// How many requests failed authentication.
+    pub fn unauthorized(&self) -> usize {
+        self.state.lock().unauthorized
+    }
+
+    /// Waits until at least `n` requests were recorded.
+    pub async fn wait_for_calls(&self, n: usize, timeout: Duration) -> Vec<Call> {
+        super::eventually(timeout, &format!("{n} calls to the Twilio stub"), || async {
+            let calls = self.calls();
+            (calls.len() >= n).then_some(calls)
+        })
+        .await
+    }
+}
+
+impl Drop for TwilioStub {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn error(status: u16, code: i64, message: &str) -> Response {
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status,
+    });
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn authorized(headers: &HeaderMap, state: &StubState) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    decoded == format!("{}:{}", state.account_sid, state.auth_token).as_bytes()
+}
+
+/// `SM` and 32 hex digits.
+fn new_sid() -> String {
+    let mut rng = rand::rng();
+    let hex: String = (0..32).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect();
+    format!("SM{hex}")
+}
+
+/// Approximate segments (GSM-7 when ASCII without backtick), for the
+/// answer's `num_segments` only; the sender counts exactly on its own.
+fn segments(body: &str) -> usize {
+    let gsm = body.chars().all(|c| c.is_ascii() && c != '`');
+    let (single, multi, units) =
+        if gsm { (160, 153, body.chars().count()) } else { (70, 67, body.encode_utf16().count()) };
+    match units {
+        0 => 1,
+        u if u <= single => 1,
+        u => u.div_ceil(multi),
+    }
+}
+
+fn message_json(account_sid: &str, sid: &str, form: &[(String, String)]) -> Value {
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let body = get("Body").unwrap_or_default();
+    let media = form.iter().filter(|(k, _)| k == "MediaUrl").count();
+    let now =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc2822).unwrap_or_default();
+    let uri = format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json");
+    json!({
+        "account_sid": account_sid,
+        "api_version": "2010-04-01",
+        "body": body,
+        "date_created": now,
+        "date_sent": null,
+        "date_updated": now,
+        "direction": "outbound-api",
+        "error_code": null,
+        "error_message": null,
+        "from": get("From"),
+        "messaging_service_sid": get("MessagingServiceSid"),
+        "num_media": media.to_string(),
+        "num_segments": segments(&body).to_string(),
+        "price": null,
+        "price_unit": "USD",
+        "sid": sid,
+        "status": if get("MessagingServiceSid").is_some() { "accepted" } else { "queued" },
+        "subresource_uris": { "media": format!("/2010-04-01/Accounts/{account_sid}/Messages/{sid}/Media.json") },
+        "to": get("To"),
+        "uri": uri,
+    })
+}
+
+/// What the form is missing, as Twilio would say it.
+fn check_form(form: &[(String, String)]) -> Result<(), (i64, String)> {
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match get("To") {
+        None => return Err((21604, "A 'To' phone number is required.".to_owned())),
+        Some(to) if E164::parse(to).is_err() => {
+            return Err((21211, format!("The 'To' number {to} is not a valid phone number.")));
+        }
+        Some(_) => {}
+    }
+    if get("From").is_none() && get("MessagingServiceSid").is_none() {
+        return Err((21603, "A 'From' or 'MessagingServiceSid' parameter is required to send a message.".to_owned()));
+    }
+    let body = get("Body");
+    if body.is_none_or(str::is_empty) && get("MediaUrl").is_none() {
+        return Err((21602, "Message body is required.".to_owned()));
+    }
+    if body.is_some_and(|b| b.chars().count() > 1600) {
+        return Err((21617, "The concatenated message body exceeds the 1600 character limit.".to_owned()));
+    }
+    Ok(())
+}
+
+async fn create_message(
+    State(state): State<Arc<StubState>>,
+    Path(account_sid): Path<String>,
+    headers: HeaderMap,
+    RawForm(raw): RawForm,
+) -> Response {
+    let at = Instant::now();
+    if !authorized(&headers, &state) {
+        state.lock().unauthorized += 1;
+        return error(401, 20003, "Authentication Error - invalid username");
+    }
+    if account_sid != state.account_sid {
+        return error(404, 20404, "The requested resource was not found");
+    }
+    let form: Vec<(String, String)> = form_urlencoded::parse(&raw).into_owned().collect();
+    let reply = {
+        let mut inner = state.lock();
+        match inner.script.pop_front() {
+            Some(r) => r,
+            None => roll(&inner.chaos),
+        }
+    };
+    let record = |status: u16, code: Option<i64>, sid: Option<String>| {
+        let call = Call { at, account_sid: account_sid.clone(), form: form.clone(), status, code, sid };
+        state.lock().calls.push(call);
+    };
+    let created = |record: &dyn Fn(u16, Option<i64>, Option<String>)| match check_form(&form) {
+        Ok(()) => {
+            let sid = new_sid();
+            record(201, None, Some(sid.clone()));
+            let body = message_json(&account_sid, &sid, &form);
+            (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        }
+        Err((code, message)) => {
+            record(400, Some(code), None);
+            error(400, code, &message)
+        }
+    };
+    match reply {
+        Reply::Created => created(&record),
+        Reply::SlowCreated(d) => {
+            tokio::time::sleep(d).await;
+            created(&record)
+        }
+        Reply::TooManyRequests { retry_after } => {
+            record(429, Some(20429), None);
+            let mut response = error(429, 20429, "Too Many Requests");
+            if let Some(secs) = retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
+        }
+        Reply::ServerError => {
+            record(500, Some(20500), None);
+            error(500, 20500, "An internal server error has occurred")
+        }
+        Reply::ServerErrorAfterCreate => {
+            record(500, Some(20500), Some(new_sid()));
+            error(500, 20500, "An internal server error has occurred")
+        }
+        Reply::Error { status, code, message } => {
+            record(status, Some(code), None);
+            error(status, code, &message)
+        }
+    }
+}
+
+fn roll(chaos: &Chaos) -> Reply {
+    let mut rng = rand::rng();
+    let x: f64 = rng.random();
+    let mut edge = chaos.rate_limited;
+    if x < edge {
+        return Reply::TooManyRequests { retry_after: Some(1) };
+    }
+    edge += chaos.server_error;
+    if x < edge {
+        return Reply::ServerError;
+    }
+    edge += chaos.server_error_after_create;
+    if x < edge {
+        return Reply::ServerErrorAfterCreate;
+    }
+    edge += chaos.slow;
+    if x < edge {
+        return Reply::SlowCreated(chaos.slow_delay);
+    }
+    Reply::Created
+}

@@ -1,0 +1,506 @@
+//! One `Outbound` from `P_OUTBOUND`, from the bus to Twilio and back.
+//!
+//! 1. Decode (a bad payload or an unknown channel is dead-lettered).
+//! 2. Opted out (`P_optout`)? Record a note, ack, send nothing.
+//! 3. [`sms::prepare`]: normalize, split, count. Deterministic, so a
+//!    redelivery yields the same pieces under the same indices.
+//! 4. `delivery: "log"`: log the pieces and record them; no Twilio.
+//! 5. Each piece in order: skip it if `P_sent` has `<id>.<i>`; else pace,
+//!    create it (retrying as [`crate::twilio::ErrorKind`] says), and put its
+//!    SID under `<id>.<i>` right after Twilio's 201.
+//! 6. One `Outbound` history entry with every piece's SID (`Nats-Msg-Id`
+//!    `out.<id>`), then ack.
+//!
+//! A crash between Twilio's 201 and the `P_sent` put is the one window in
+//! which a redelivery sends a piece twice: Twilio has no idempotency key for
+//! creates. The put follows the answer immediately to keep it short.
+//!
+//! Failures, decided in [`Disposition`]: 429 and connection errors are
+//! retried in-process with backoff and jitter (honouring `Retry-After`),
+//! then by JetStream redelivery with a growing delay, and dead-lettered when
+//! `max_deliver` is reached. A 5xx or timeout is retried once after a delay
+//! and counted as a possible duplicate; a second one is dead-lettered rather
+//! than risk more copies. Permanent refusals are dead-lettered at once
+//! (21610 also opts the number out).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use rand::Rng;
+use serde::Deserialize;
+use smsgate_shared::config::{Channel, Delivery};
+use smsgate_shared::domain::{ChannelId, E164};
+use smsgate_shared::envelope::{self, HistoryEvent, NoteReason, Outbound, Piece};
+use smsgate_shared::topology::{Stage, Topology};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::Ctx;
+use crate::record::{self, Failure};
+use crate::sms::{self, Encoding, SmsPiece};
+use crate::twilio::{self, CreatedMessage, ErrorKind, NewMessage, TwilioError};
+
+/// What to tell JetStream about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (delivered, recorded, or dead-lettered).
+    Ack,
+    /// Try again after this delay.
+    Retry(Duration),
+    /// Shutting down: hand it back at once.
+    Release,
+}
+
+/// Lane key: hash(channel, to), so one recipient's messages stay in order.
+pub fn lane_of(msg: &Message) -> u64 {
+    #[derive(Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        channel_id: Option<&'a str>,
+        #[serde(borrow)]
+        to: Option<&'a str>,
+    }
+    match serde_json::from_slice::<Key<'_>>(&msg.payload) {
+        Ok(k) => crate::lanes::hash(&[k.channel_id.unwrap_or(""), k.to.unwrap_or("")]),
+        Err(_) => crate::lanes::hash(&[msg.subject.as_str()]),
+    }
+}
+
+/// Handles one message and tells JetStream what became of it.
+pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
+    let span = tracing::info_span!(
+        "deliver",
+        stage = "send",
+        channel_id = tracing::field::Empty,
+        outbound_id = tracing::field::Empty,
+        peer = tracing::field::Empty,
+    );
+    let disposition = process(&ctx, &msg).instrument(span.clone()).await;
+    let _enter = span.enter();
+    let result = match disposition {
+        Disposition::Ack => msg.double_ack().await,
+        Disposition::Retry(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
+        Disposition::Release => msg.ack_with(AckKind::Nak(None)).await,
+    };
+    if let Err(e) = result {
+        // The message comes back after ack_wait; P_sent keeps it from being re-sent.
+        tracing::warn!(error = %e, ?disposition, "cannot ack or nak");
+    }
+}
+
+/// Why a piece was not sent.
+enum SendFailure {
+    /// Shutdown while waiting.
+    Interrupted,
+    /// Worth another delivery later (429, connection errors).
+    Retryable(TwilioError),
+    /// Final: permanent refusal, or an unknown outcome twice.
+    Final(TwilioError),
+}
+
+async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let out: Outbound = match envelope::decode(&msg.payload) {
+        Ok(o) => o,
+        Err(e) => return dead(ctx, msg, None, format!("cannot read the outbound message: {e}"), None).await,
+    };
+    let span = tracing::Span::current();
+    span.record("channel_id", out.channel_id.as_str());
+    span.record("outbound_id", out.id.as_str());
+    span.record("peer", out.to.masked());
+    let Some(channel) = ctx.channels.get(&out.channel_id).cloned() else {
+        let reason = format!("channel {} is not configured in this sender", out.channel_id);
+        return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
+    };
+    if !Outbound::valid_id(&out.id) {
+        let reason = "the outbound id is not 1-128 letters, digits, '_', '-' or '.'".to_owned();
+        return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
+    }
+
+    match ctx.bus.optout.get(Topology::optout_key(&out.channel_id, &out.to)).await {
+        Ok(Some(_)) => {
+            tracing::info!(outcome = "opted_out", "recipient opted out; not sent");
+            metrics::counter!("smsgate_sender_sends_total", "outcome" => "opted_out").increment(1);
+            let event = note(&out, NoteReason::OptedOut, "recipient opted out; reply not sent".to_owned());
+            return history_then_ack(ctx, &out, event, &format!("note.{}.opted_out", out.id)).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the opt-out bucket");
+            return Disposition::Retry(ctx.tuning.redelivery_delay);
+        }
+    }
+
+    let prepared = sms::prepare(&out.body, channel.sms_max_len, channel.max_parts);
+    let pieces = if prepared.pieces.is_empty() {
+        if out.media_urls.is_empty() {
+            tracing::info!(outcome = "empty", "nothing to send: empty body and no media");
+            let event = note(&out, NoteReason::NoReply, "empty body and no media; nothing sent".to_owned());
+            return history_then_ack(ctx, &out, event, &format!("note.{}.empty", out.id)).await;
+        }
+        // Media only: one message without a body.
+        vec![SmsPiece { body: String::new(), encoding: Encoding::Gsm7, segments: 0 }]
+    } else {
+        prepared.pieces
+    };
+    if prepared.truncated {
+        tracing::info!(pieces = pieces.len(), "reply cut at max_parts");
+    }
+
+    if channel.delivery == Delivery::Log {
+        return log_delivery(ctx, &out, &pieces).await;
+    }
+
+    let n = pieces.len();
+    let mut sids: Vec<Option<String>> = Vec::with_capacity(n);
+    for (i, piece) in pieces.iter().enumerate() {
+        let key = Topology::sent_key(&out.id, i);
+        match ctx.bus.sent.get(&key).await {
+            Ok(Some(sid)) => {
+                tracing::info!(piece = i + 1, of = n, outcome = "already_sent", "piece sent before; skipped");
+                metrics::counter!("smsgate_sender_sends_total", "outcome" => "already_sent").increment(1);
+                sids.push(Some(String::from_utf8_lossy(&sid).into_owned()));
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Never send without knowing whether it was sent.
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the sent bucket");
+                return Disposition::Retry(ctx.tuning.redelivery_delay);
+            }
+        }
+        let media: &[String] = if i == 0 { &out.media_urls } else { &[] };
+        match send_piece(ctx, msg, &channel, &out.to, piece, media, (i, n)).await {
+            Ok(created) => {
+                let sid = created.sid.unwrap_or_else(|| "unknown".to_owned());
+                remember_sent(ctx, &key, &sid).await;
+                metrics::counter!("smsgate_sender_sends_total", "outcome" => "sent").increment(1);
+                metrics::counter!("smsgate_sender_segments_total", "encoding" => piece.encoding.as_str())
+                    .increment(u64::from(piece.segments));
+                sids.push(Some(sid));
+            }
+            Err(SendFailure::Interrupted) => return Disposition::Release,
+            Err(SendFailure::Retryable(e)) if delivered < ctx.tuning.max_deliver => {
+                let delay = ctx.tuning.redelivery_delay * u32::try_from(delivered.max(1)).unwrap_or(1);
+                tracing::warn!(
+                    piece = i + 1,
+                    of = n,
+                    delivered,
+                    error = &e as &dyn std::error::Error,
+                    outcome = "retry_later",
+                    "Twilio unavailable; redelivering later"
+                );
+                return Disposition::Retry(delay);
+            }
+            Err(SendFailure::Retryable(e)) => {
+                let reason = format!("gave up after {delivered} deliveries: {e}");
+                return failed(ctx, msg, &out, &pieces, &sids, (i, n), &e, reason, "gave_up").await;
+            }
+            Err(SendFailure::Final(e)) => {
+                if e.code() == Some(twilio::CODE_OPTED_OUT) {
+                    opt_out(ctx, &out.channel_id, &out.to).await;
+                }
+                let reason = match e.kind() {
+                    ErrorKind::UnknownOutcome => format!("outcome unknown after one retry (possible duplicate): {e}"),
+                    _ => e.to_string(),
+                };
+                return failed(ctx, msg, &out, &pieces, &sids, (i, n), &e, reason, "failed").await;
+            }
+        }
+    }
+
+    let event = HistoryEvent::Outbound {
+        id: out.id.clone(),
+        body: out.body.clone(),
+        in_reply_to: out.in_reply_to.clone(),
+        origin: out.origin,
+        pieces: history_pieces(&pieces, &sids),
+        delivery: "twilio".to_owned(),
+    };
+    tracing::info!(pieces = n, segments = prepared_segments(&pieces), outcome = "delivered", "reply sent");
+    history_then_ack(ctx, &out, event, &format!("out.{}", out.id)).await
+}
+
+fn prepared_segments(pieces: &[SmsPiece]) -> u32 {
+    pieces.iter().map(|p| p.segments).sum()
+}
+
+fn history_pieces(pieces: &[SmsPiece], sids: &[Option<String>]) -> Vec<Piece> {
+    pieces
+        .iter()
+        .zip(sids)
+        .enumerate()
+        .map(|(index, (p, sid))| Piece {
+            index,
+            body: p.body.clone(),
+            segments: p.segments,
+            encoding: p.encoding.as_str().to_owned(),
+            sid: sid.clone(),
+        })
+        .collect()
+}
+
+fn note(out: &Outbound, reason: NoteReason, detail: String) -> HistoryEvent {
+    HistoryEvent::Note { reason, message_sid: out.in_reply_to.clone(), outbound_id: Some(out.id.clone()), detail }
+}
+
+async fn history_then_ack(ctx: &Ctx, out: &Outbound, event: HistoryEvent, msg_id: &str) -> Disposition {
+    match record::history(&ctx.bus, &out.channel_id, &out.to, event, msg_id).await {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
+            Disposition::Retry(ctx.tuning.redelivery_delay)
+        }
+    }
+}
+
+async fn dead(ctx: &Ctx, msg: &Message, channel: Option<&ChannelId>, reason: String, code: Option<i64>) -> Disposition {
+    tracing::warn!(outcome = "dead_letter", reason = %reason, "outbound message dead-lettered");
+    match record::dead_letter(&ctx.bus, msg, Failure { stage: Stage::Sender, reason, code, channel }).await {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot dead-letter; retrying later");
+            Disposition::Retry(ctx.tuning.redelivery_delay)
+        }
+    }
+}
+
+/// A piece could not be sent: record what was sent, a note, a dead letter.
+#[allow(clippy::too_many_arguments)]
+async fn failed(
+    ctx: &Ctx,
+    msg: &Message,
+    out: &Outbound,
+    pieces: &[SmsPiece],
+    sids: &[Option<String>],
+    (i, n): (usize, usize),
+    error: &TwilioError,
+    reason: String,
+    outcome: &'static str,
+) -> Disposition {
+    metrics::counter!("smsgate_sender_sends_total", "outcome" => outcome).increment(1);
+    tracing::warn!(
+        piece = i + 1,
+        of = n,
+        twilio_code = error.code(),
+        http_status = error.http_status(),
+        error = error as &dyn std::error::Error,
+        outcome,
+        "piece not sent"
+    );
+    if !sids.is_empty() {
+        // The pieces that did go out stay visible in the conversation.
+        let event = HistoryEvent::Outbound {
+            id: out.id.clone(),
+            body: out.body.clone(),
+            in_reply_to: out.in_reply_to.clone(),
+            origin: out.origin,
+            pieces: history_pieces(&pieces[..sids.len()], sids),
+            delivery: "twilio".to_owned(),
+        };
+        if let Err(e) = record::history(&ctx.bus, &out.channel_id, &out.to, event, &format!("out.{}", out.id)).await {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
+            return Disposition::Retry(ctx.tuning.redelivery_delay);
+        }
+    }
+    let detail = format!("piece {}/{n} not sent: {reason}", i + 1);
+    let event = note(out, NoteReason::SendFailed, detail);
+    if let Err(e) = record::history(&ctx.bus, &out.channel_id, &out.to, event, &format!("note.{}.failed", out.id)).await
+    {
+        tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
+        return Disposition::Retry(ctx.tuning.redelivery_delay);
+    }
+    dead(ctx, msg, Some(&out.channel_id), reason, error.code()).await
+}
+
+/// Twilio said the recipient replied STOP (21610): mark it as the worker's
+/// STOP handling does, so nothing more is sent.
+async fn opt_out(ctx: &Ctx, channel: &ChannelId, peer: &E164) {
+    let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let value = serde_json::json!({ "at": at, "source": "twilio_21610" }).to_string();
+    match ctx.bus.optout.put(Topology::optout_key(channel, peer), value.into()).await {
+        Ok(_) => tracing::info!(outcome = "opted_out", "Twilio reports the recipient opted out; recorded"),
+        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot record the opt-out"),
+    }
+}
+
+/// Puts the SID under the piece's key, retrying briefly: until it is stored
+/// a redelivery would send the piece again.
+async fn remember_sent(ctx: &Ctx, key: &str, sid: &str) {
+    for attempt in 0..5u32 {
+        match ctx.bus.sent.put(key, sid.to_owned().into()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(attempt, error = &e as &dyn std::error::Error, "cannot record a sent piece; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+            }
+        }
+    }
+    tracing::error!(key, outcome = "unrecorded", "sent piece not recorded: a redelivery may send it again");
+}
+
+/// `delivery: "log"`: the pieces go to the log and the history, not Twilio.
+async fn log_delivery(ctx: &Ctx, out: &Outbound, pieces: &[SmsPiece]) -> Disposition {
+    let n = pieces.len();
+    for (i, p) in pieces.iter().enumerate() {
+        // The one place a body is logged at info: a "log" channel exists to
+        // show its replies (local runs without a Twilio account).
+        tracing::info!(
+            piece = i + 1,
+            of = n,
+            segments = p.segments,
+            encoding = p.encoding.as_str(),
+            body = %p.body,
+            outcome = "logged",
+            "reply (delivery: log)"
+        );
+        metrics::counter!("smsgate_sender_sends_total", "outcome" => "logged").increment(1);
+        metrics::counter!("smsgate_sender_segments_total", "encoding" => p.encoding.as_str())
+            .increment(u64::from(p.segments));
+    }
+    let event = HistoryEvent::Outbound {
+        id: out.id.clone(),
+        body: out.body.clone(),
+        in_reply_to: out.in_reply_to.clone(),
+        origin: out.origin,
+        pieces: history_pieces(pieces, &vec![None; n]),
+        delivery: "log".to_owned(),
+    };
+    history_then_ack(ctx, out, event, &format!("out.{}", out.id)).await
+}
+
+/// Creates one piece, retrying in-process as the error's kind says.
+async fn send_piece(
+    ctx: &Ctx,
+    msg: &Message,
+    channel: &Channel,
+    to: &E164,
+    piece: &SmsPiece,
+    media: &[String],
+    (i, n): (usize, usize),
+) -> Result<CreatedMessage, SendFailure> {
+    let sender_key = channel
+        .messaging_service_sid
+        .clone()
+        .or_else(|| channel.from_number.as_ref().map(ToString::to_string))
+        .unwrap_or_default();
+    let status_url = channel.status_url();
+    let request = NewMessage { to, body: &piece.body, media_urls: media, status_callback: status_url.as_deref() };
+    let mut attempts = 0u32;
+    let mut retried_unknown = false;
+    loop {
+        let slot = ctx.pacer.reserve(&sender_key, channel.mps);
+        wait_until(ctx, msg, slot).await?;
+        // The clock of ack_wait restarts before every call.
+        let _ = msg.ack_with(AckKind::Progress).await;
+        let started = Instant::now();
+        let result = ctx.twilio.create_message(channel, request).await;
+        let latency = started.elapsed();
+        let label = if result.is_ok() { "created" } else { "error" };
+        metrics::histogram!("smsgate_sender_twilio_seconds", "outcome" => label).record(latency.as_secs_f64());
+        let error = match result {
+            Ok(created) => {
+                tracing::info!(
+                    piece = i + 1,
+                    of = n,
+                    segments = piece.segments,
+                    encoding = piece.encoding.as_str(),
+                    message_sid = created.sid.as_deref().unwrap_or("unknown"),
+                    latency_ms = latency.as_millis() as u64,
+                    outcome = "sent",
+                    "piece sent"
+                );
+                return Ok(created);
+            }
+            Err(e) => e,
+        };
+        let log_retry = |wait: Duration, e: &TwilioError| {
+            tracing::warn!(
+                piece = i + 1,
+                of = n,
+                twilio_code = e.code(),
+                http_status = e.http_status(),
+                latency_ms = latency.as_millis() as u64,
+                wait_ms = wait.as_millis() as u64,
+                error = e as &dyn std::error::Error,
+                outcome = e.label(),
+                "Twilio call failed; retrying"
+            );
+        };
+        match error.kind() {
+            ErrorKind::Permanent => return Err(SendFailure::Final(error)),
+            ErrorKind::UnknownOutcome if retried_unknown => return Err(SendFailure::Final(error)),
+            ErrorKind::UnknownOutcome => {
+                retried_unknown = true;
+                metrics::counter!("smsgate_sender_possible_duplicates_total").increment(1);
+                let wait = ctx.tuning.unknown_outcome_delay;
+                log_retry(wait, &error);
+                wait_until(ctx, msg, Instant::now() + wait).await?;
+            }
+            ErrorKind::Transient | ErrorKind::RateLimited { .. } => {
+                attempts += 1;
+                if attempts >= ctx.tuning.attempts {
+                    return Err(SendFailure::Retryable(error));
+                }
+                let retry_after = match error.kind() {
+                    ErrorKind::RateLimited { retry_after } => retry_after,
+                    _ => None,
+                };
+                let wait = backoff(&ctx.tuning, attempts, retry_after);
+                log_retry(wait, &error);
+                wait_until(ctx, msg, Instant::now() + wait).await?;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `base × 2^(attempt-1)`, capped, drawn
+/// from its upper half; a `Retry-After` is a floor with up to 20 % added.
+pub fn backoff(tuning: &crate::Tuning, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let mut rng = rand::rng();
+    match retry_after {
+        Some(ra) => ra + ra.mul_f64(rng.random_range(0.0..0.2)),
+        None => {
+            let exp = tuning.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+            let capped = exp.min(tuning.backoff_max);
+            capped.mul_f64(rng.random_range(0.5..=1.0))
+        }
+    }
+}
+
+/// Sleeps until `deadline`, telling JetStream the message is in progress
+/// every `progress_every`; returns early on shutdown.
+async fn wait_until(ctx: &Ctx, msg: &Message, deadline: Instant) -> Result<(), SendFailure> {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        let step = (deadline - now).min(ctx.tuning.progress_every);
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Err(SendFailure::Interrupted),
+            _ = tokio::time::sleep(step) => {}
+        }
+        if Instant::now() < deadline {
+            let _ = msg.ack_with(AckKind::Progress).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let t = crate::Tuning::default();
+        for attempt in 1..10 {
+            let d = backoff(&t, attempt, None);
+            let full = t.backoff_base.saturating_mul(1 << (attempt - 1)).min(t.backoff_max);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        let d = backoff(&t, 1, Some(Duration::from_secs(3)));
+        assert!(d >= Duration::from_secs(3) && d <= Duration::from_millis(3600), "{d:?}");
+    }
+}

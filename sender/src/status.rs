@@ -1,0 +1,165 @@
+//! Twilio's status callbacks from `P_STATUS` (published by ingress with
+//! `Nats-Msg-Id` `<MessageSid>.<MessageStatus>`).
+//!
+//! Callbacks can arrive out of order (TWILIO.md section 2), so each piece's
+//! state lives in the `P_sent` bucket under `status.<SID>` and only moves
+//! forward by [`status_rank`]: a late `sent` never overwrites `delivered`.
+//! When a status advances, a `Status` history entry is appended (with
+//! Twilio's error code for failed/undelivered), then the state is stored
+//! with compare-and-set. History first: a crash in between repeats the
+//! (deduplicated) history write instead of losing it.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{AckKind, Message, kv};
+use serde::Deserialize;
+use smsgate_shared::domain::E164;
+use smsgate_shared::envelope::{self, HistoryEvent, StatusUpdate, status_rank};
+use smsgate_shared::topology::Stage;
+use tracing::Instrument;
+
+use crate::Ctx;
+use crate::deliver::Disposition;
+use crate::record::{self, Failure};
+
+/// Asynchronous delivery errors that retrying cannot fix (TWILIO.md
+/// section 4): blocked, unknown handset, landline or unreachable carrier,
+/// filtered as spam, unregistered 10DLC sender, unverified toll-free.
+pub const PERMANENT_ASYNC_CODES: [&str; 6] = ["30004", "30005", "30006", "30007", "30034", "30032"];
+
+/// Lane key: the MessageSid, so one piece's callbacks are handled in order.
+pub fn lane_of(msg: &Message) -> u64 {
+    #[derive(Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        message_sid: Option<&'a str>,
+    }
+    let sid = serde_json::from_slice::<Key<'_>>(&msg.payload).ok().and_then(|k| k.message_sid);
+    crate::lanes::hash(&[sid.unwrap_or(msg.subject.as_str())])
+}
+
+/// The bucket key of a piece's delivery state.
+pub fn state_key(sid: &str) -> String {
+    format!("status.{sid}")
+}
+
+pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
+    let span = tracing::info_span!(
+        "status",
+        stage = "status",
+        channel_id = tracing::field::Empty,
+        message_sid = tracing::field::Empty,
+        peer = tracing::field::Empty,
+    );
+    let disposition = process(&ctx, &msg).instrument(span.clone()).await;
+    let _enter = span.enter();
+    let result = match disposition {
+        Disposition::Ack => msg.double_ack().await,
+        Disposition::Retry(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
+        Disposition::Release => msg.ack_with(AckKind::Nak(None)).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, ?disposition, "cannot ack or nak");
+    }
+}
+
+async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
+    let update: StatusUpdate = match envelope::decode(&msg.payload) {
+        Ok(u) => u,
+        Err(e) => return dead(ctx, msg, format!("cannot read the status callback: {e}")).await,
+    };
+    let span = tracing::Span::current();
+    span.record("channel_id", update.channel_id.as_str());
+    span.record("message_sid", update.message_sid.as_str());
+    // For a message we sent, the callback's To is the person we talk to.
+    let Some(peer) = update.to.as_deref().and_then(|t| E164::parse(t.trim()).ok()) else {
+        return dead(ctx, msg, "status callback without a valid To number".to_owned()).await;
+    };
+    span.record("peer", peer.masked());
+    let rank = status_rank(&update.status);
+    metrics::counter!("smsgate_sender_status_total", "status" => known_status(&update.status)).increment(1);
+    if rank == 0 {
+        tracing::info!(status = %update.status, outcome = "ignored", "status with no place in the order; not recorded");
+        return Disposition::Ack;
+    }
+    let key = state_key(update.message_sid.as_str());
+    let sid = update.message_sid.as_str();
+    // Compare-and-set, retried when another replica moved the state meanwhile.
+    for _ in 0..8 {
+        let entry = match ctx.bus.sent.entry(&key).await {
+            Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
+            Err(e) => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the delivery state");
+                return Disposition::Retry(ctx.tuning.redelivery_delay);
+            }
+        };
+        let current = entry.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+        if let Some(current) = &current
+            && status_rank(current) >= rank
+        {
+            tracing::info!(status = %update.status, current = %current, outcome = "stale", "status arrived late; kept the later one");
+            return Disposition::Ack;
+        }
+        let error_code = update.error_code.clone().filter(|c| !c.trim().is_empty());
+        let permanent = error_code.as_deref().is_some_and(|c| PERMANENT_ASYNC_CODES.contains(&c));
+        if matches!(update.status.as_str(), "failed" | "undelivered") {
+            tracing::warn!(
+                status = %update.status,
+                twilio_code = error_code.as_deref().unwrap_or(""),
+                permanent,
+                outcome = "not_delivered",
+                "Twilio could not deliver a piece"
+            );
+        } else {
+            tracing::info!(status = %update.status, outcome = "recorded", "delivery status");
+        }
+        let event = HistoryEvent::Status { sid: sid.to_owned(), status: update.status.clone(), error_code };
+        let msg_id = format!("status.{sid}.{}", update.status);
+        if let Err(e) = record::history(&ctx.bus, &update.channel_id, &peer, event, &msg_id).await {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
+            return Disposition::Retry(ctx.tuning.redelivery_delay);
+        }
+        let value = update.status.clone().into_bytes().into();
+        let stored = match &entry {
+            None => ctx.bus.sent.create(&key, value).await.map(|_| ()).map_err(|e| e.to_string()),
+            Some(e) => ctx.bus.sent.update(&key, value, e.revision).await.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        match stored {
+            Ok(()) => return Disposition::Ack,
+            Err(e) => tracing::debug!(error = %e, "delivery state changed meanwhile; checking again"),
+        }
+    }
+    Disposition::Retry(ctx.tuning.redelivery_delay)
+}
+
+/// A bounded label set for the metric.
+fn known_status(s: &str) -> &'static str {
+    const KNOWN: [&str; 13] = [
+        "queued",
+        "sending",
+        "sent",
+        "failed",
+        "delivered",
+        "undelivered",
+        "receiving",
+        "received",
+        "accepted",
+        "scheduled",
+        "read",
+        "partially_delivered",
+        "canceled",
+    ];
+    KNOWN.iter().find(|k| **k == s).copied().unwrap_or("other")
+}
+
+async fn dead(ctx: &Ctx, msg: &Message, reason: String) -> Disposition {
+    tracing::warn!(outcome = "dead_letter", reason = %reason, "status callback dead-lettered");
+    match record::dead_letter(&ctx.bus, msg, Failure { stage: Stage::Status, reason, code: None, channel: None }).await
+    {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot dead-letter; retrying later");
+            Disposition::Retry(ctx.tuning.redelivery_delay)
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The real `smsgate-sender` binary, killed with SIGKILL between two pieces
+//! of a message and started again: every piece reaches Twilio exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use smsgate_sender::{OUTBOUND_CONSUMER, Tuning, outbound_consumer_config};
+use smsgate_shared::testkit::nats::NatsServer;
+use smsgate_shared::testkit::twilio::TwilioStub;
+use smsgate_shared::testkit::{self, eventually};
+use smsgate_shared::topology::Topology;
+
+use crate::helpers::*;
+
+const PREFIX: &str = "crash";
+
+/// Kills the child if the test fails half-way, so no process outlives it.
+struct Sender(Child);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_sender(nats: &NatsServer, channels: &std::path::Path) -> Sender {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsgate-sender"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SMSGATE_NATS_URL", nats.url())
+        .env("SMSGATE_NATS_PREFIX", PREFIX)
+        .env("SMSGATE_CHANNELS", channels)
+        .env("SMSGATE_SENDER_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    // Set SMSGATE_TEST_CHILD_LOGS to see the child's JSON logs.
+    if std::env::var_os("SMSGATE_TEST_CHILD_LOGS").is_some() {
+        cmd.stdout(Stdio::inherit());
+    } else {
+        cmd.stdout(Stdio::null());
+    }
+    Sender(cmd.spawn().expect("the sender binary starts"))
+}
+
+#[tokio::test]
+async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
+    let nats = NatsServer::start();
+    let twilio = TwilioStub::start().await;
+    let js = jetstream::new(smsgate_shared::topology::connect(&nats.url(), "test").await.unwrap());
+    let topology = Topology::new(PREFIX);
+    let bus = topology.ensure(&js).await.unwrap();
+    // The durable consumer as the sender makes it, with a short ack wait so
+    // that the killed process's message comes back quickly.
+    let tuning = Tuning { ack_wait: Duration::from_secs(3), ..Tuning::default() };
+    js.get_stream(topology.outbound_stream())
+        .await
+        .unwrap()
+        .get_or_create_consumer(OUTBOUND_CONSUMER, outbound_consumer_config(&topology, &tuning))
+        .await
+        .unwrap();
+
+    // mps 0.5: two seconds between pieces, the window to kill it in.
+    let dir = tempfile::tempdir().unwrap();
+    let channels = dir.path().join("channels.json");
+    let file = serde_json::json!({
+        "channel_id": "test",
+        "config": {
+            "twilio_account_sid": testkit::ACCOUNT_SID,
+            "twilio_auth_token": testkit::AUTH_TOKEN,
+            "twilio_from_number": testkit::FROM_NUMBER,
+            "webhook_path_token": testkit::PATH_TOKEN,
+            "public_base_url": "http://127.0.0.1:8000",
+            "twilio_api_base": twilio.base_url(),
+            "sms_max_len": 40,
+            "mps": 0.5
+        }
+    });
+    std::fs::write(&channels, file.to_string()).unwrap();
+
+    let mut first = spawn_sender(&nats, &channels);
+    let to = peer(70);
+    let out = outbound("reply.SMcrash", &to, "Piece one is here. Piece two is here. Piece three is here.");
+    publish_outbound(&bus, &out, &out.id).await;
+
+    // Piece 1 is sent and recorded; piece 2 waits for its slot. Kill now.
+    eventually(WAIT, "piece 1 recorded in P_sent", || async {
+        bus.sent.get(Topology::sent_key(&out.id, 0)).await.unwrap()
+    })
+    .await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert_eq!(twilio.created().len(), 1, "killed before piece 2");
+
+    let mut second = spawn_sender(&nats, &channels);
+    let history = eventually(WAIT, "the outbound entry after restart", || async {
+        let h = history(&bus, &out.channel_id, &to).await;
+        (!h.is_empty()).then_some(h)
+    })
+    .await;
+    let pieces = outbound_pieces(&history);
+    let created = twilio.created();
+    let bodies: Vec<&str> = created.iter().map(|c| c.get("Body").unwrap()).collect();
+    assert_eq!(
+        bodies,
+        vec!["Piece one is here. (1/3)", "Piece two is here. (2/3)", "Piece three is here. (3/3)"],
+        "each piece exactly once, in order"
+    );
+    for (i, (piece, call)) in pieces.iter().zip(&created).enumerate() {
+        assert_eq!(piece.sid, call.sid);
+        assert_eq!(
+            bus.sent.get(Topology::sent_key(&out.id, i)).await.unwrap().map(|b| b.to_vec()),
+            call.sid.clone().map(String::into_bytes)
+        );
+    }
+
+    // SIGTERM: a graceful stop with status 0.
+    let pid = second.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sender did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,38 @@
+//! Pacing per sending number at `mps`, checked on the stub's arrival times.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn pieces_are_paced_at_the_channels_mps() {
+    let mut t = TestSender::start(r#""mps": 2, "sms_max_len": 40, "max_parts": 4"#).await;
+    let to = peer(50);
+    let body = "One short sentence here. Two short sentences here. Three short sentences. Four short sentences.";
+    t.publish(&outbound("reply.SM50", &to, body)).await;
+    let history = t.wait_history(&to, "the outbound entry", |h| !h.is_empty()).await;
+    assert_eq!(outbound_pieces(&history).len(), 4);
+    let calls = t.twilio.created();
+    assert_eq!(calls.len(), 4);
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        // 1/mps = 500 ms; a lower bound only (a loaded machine is slower, never faster).
+        assert!(gap >= Duration::from_millis(450), "gap {gap:?} at mps 2");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn two_recipients_share_the_sending_numbers_pace() {
+    let mut t = TestSender::start(r#""mps": 4"#).await;
+    for k in 0..4 {
+        t.publish(&outbound(&format!("reply.SMp{k}"), &peer(60 + k), "Paced across lanes")).await;
+    }
+    let calls = t.twilio.wait_for_calls(4, WAIT).await;
+    let mut times: Vec<_> = calls.iter().map(|c| c.at).collect();
+    times.sort();
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(200), "{:?}", pair[1] - pair[0]);
+    }
+    t.stop().await;
+}
