@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod offline;
+mod stack;
 
 use std::process::{Command, Output};
 

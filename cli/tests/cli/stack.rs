@@ -1,0 +1,217 @@
+//! The whole pipeline in-process (ingress, worker, sender, each built from
+//! the same `Config` its `main` would load, with the example channel file
+//! of deploy/: echo chat, `delivery: "log"`) against a real nats-server,
+//! driven by the `smsgate` binary as an operator would.
+
+use std::collections::HashMap;
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use smsgate_shared::config::Config;
+use smsgate_shared::testkit::{self, nats::NatsServer};
+use tokio_util::sync::CancellationToken;
+
+use crate::{example_channels, smsgate, stderr, stdout};
+
+const PEER: &str = "+14155550123";
+const ADMIN_TOKEN: &str = "stack-admin-token-0123456789";
+
+struct Stack {
+    env: Vec<(String, String)>,
+    ingress_url: String,
+    shutdown: CancellationToken,
+    _nats: NatsServer,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Stack {
+    async fn start() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nats = NatsServer::start();
+        let prefix = format!("cli{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let any = "127.0.0.1:0".to_owned();
+        // The public URL differs from the address posted to, as behind a
+        // tunnel: simulate must sign what Twilio would sign.
+        let vars: HashMap<String, String> = [
+            ("SMSGATE_CHANNELS", example_channels()),
+            ("TWILIO_AUTH_TOKEN", "stack-auth-token".to_owned()),
+            ("SMS_WEBHOOK_PATH_TOKEN", "stackpathtoken0123456789abcdefghijklmnop".to_owned()),
+            ("SMSGATE_PUBLIC_BASE_URL", "https://sms.example.test".to_owned()),
+            ("SMSGATE_NATS_URL", nats.url()),
+            ("SMSGATE_NATS_PREFIX", prefix),
+            ("SMSGATE_INGRESS_ADDR", any.clone()),
+            ("SMSGATE_ADMIN_ADDR", any.clone()),
+            ("SMSGATE_WORKER_ADDR", any.clone()),
+            ("SMSGATE_SENDER_ADDR", any),
+            ("SMSGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("the example config loads");
+        let shutdown = CancellationToken::new();
+        let ingress = smsgate_ingress::App::build(config.clone()).await.expect("ingress builds");
+        let worker = smsgate_worker::App::build(config.clone()).await.expect("worker builds");
+        let sender = smsgate_sender::App::build(config).await.expect("sender builds");
+        let (public, admin) = (ingress.local_addr(), ingress.admin_addr());
+        let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown.clone());
+        tokio::spawn(async move { ingress.run_until_stopped(s1).await.expect("ingress runs") });
+        tokio::spawn(async move { worker.run_until_stopped(s2).await.expect("worker runs") });
+        tokio::spawn(async move { sender.run_until_stopped(s3).await.expect("sender runs") });
+        let http = reqwest::Client::new();
+        let ready = format!("http://{public}/api/ready");
+        testkit::eventually(Duration::from_secs(20), "ingress ready", || async {
+            http.get(&ready).send().await.ok()?.status().is_success().then_some(())
+        })
+        .await;
+        // The CLI gets the same environment the services were configured
+        // from, plus where the admin API is.
+        let mut env: Vec<(String, String)> = vars.into_iter().collect();
+        env.push(("SMSGATE_ADMIN_URL".to_owned(), format!("http://{admin}")));
+        Self { env, ingress_url: format!("http://{public}"), shutdown, _nats: nats }
+    }
+
+    /// Runs the binary off the runtime's threads (the services keep running).
+    async fn run(&self, args: &[&str]) -> Output {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let env = self.env.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            smsgate(&args, &env)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Polls `conversation --json` until `done` holds for it.
+    async fn conversation_until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run(&["conversation", "--channel", "local", PEER, "--json"]).await;
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if done(&v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn outbound_with(v: &Value, text: &str) -> bool {
+    v["entries"].as_array().is_some_and(|entries| {
+        entries.iter().any(|e| e["kind"] == "outbound" && e["body"].as_str().is_some_and(|b| b.contains(text)))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_sms_gets_a_reply_that_shows_in_the_conversation() {
+    let stack = Stack::start().await;
+
+    let out = stack
+        .run(&[
+            "simulate",
+            "--channel",
+            "local",
+            "--from",
+            PEER,
+            "--body",
+            "hello smsgate",
+            "--url",
+            &stack.ingress_url,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ingress answered 200"), "{text}");
+    assert!(text.contains("<Response"), "ingress's TwiML answer is printed: {text}");
+
+    let v = stack.conversation_until("the echo reply", |v| outbound_with(v, "hello smsgate")).await;
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["kind"], "inbound", "{v}");
+    assert_eq!(entries[0]["body"], "hello smsgate");
+    let reply = entries.iter().find(|e| e["kind"] == "outbound").unwrap();
+    assert_eq!(reply["state"], "logged", "delivery \"log\": {reply}");
+
+    let out = stack.run(&["conversation", "--channel", "local", PEER]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let view = stdout(&out);
+    assert!(view.starts_with(&format!("Conversation with {PEER} (channel local)\nStarted ")), "{view}");
+    assert!(view.contains("] ← Them: hello smsgate\n"), "{view}");
+    let reply_line = view.lines().find(|l| l.contains("→ You:")).unwrap_or_else(|| panic!("no reply line: {view}"));
+    assert!(reply_line.contains("hello smsgate") && reply_line.ends_with("(logged)"), "{view}");
+
+    let out = stack.run(&["conversations"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list = stdout(&out);
+    assert!(list.starts_with("CHANNEL  PEER"), "{list}");
+    assert!(list.contains("local") && list.contains(PEER), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_work_against_the_running_stack() {
+    let stack = Stack::start().await;
+
+    let out = stack.run(&["send", "--channel", "local", "--to", PEER, "--body", "from the operator"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("accepted: api."), "{}", stdout(&out));
+    stack.conversation_until("the API message", |v| outbound_with(v, "from the operator")).await;
+
+    let key = ["send", "--channel", "local", "--to", PEER, "--body", "once", "--idempotency-key", "k-1", "--json"];
+    let first: Value = serde_json::from_slice(&stack.run(&key).await.stdout).unwrap();
+    let second: Value = serde_json::from_slice(&stack.run(&key).await.stdout).unwrap();
+    assert_eq!(first["id"], "k-1");
+    assert_eq!((first["duplicate"].as_bool(), second["duplicate"].as_bool()), (Some(false), Some(true)));
+
+    let out = stack.run(&["send", "--channel", "local", "--to", "555", "--body", "x"]).await;
+    assert_eq!(out.status.code(), Some(1), "a refused request is a failed operation");
+    assert!(stderr(&out).contains("400") && stderr(&out).contains("invalid_number"), "{}", stderr(&out));
+
+    let out = stack.run(&["channels"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("NATS: connected, streams: present"), "{text}");
+    assert!(text.contains("local") && text.contains("echo") && text.contains("ok"), "{text}");
+
+    let out = stack.run(&["dead", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "No dead letters.");
+    let out = stack.run(&["dead", "replay", "99"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no_such_dead_letter"), "{}", stderr(&out));
+
+    // The wrong token is refused, with a hint.
+    let mut env = stack.env.clone();
+    env.retain(|(k, _)| k != "SMSGATE_ADMIN_TOKEN");
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        smsgate(&["conversations"], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("401") && stderr(&out).contains("SMSGATE_ADMIN_TOKEN"), "{}", stderr(&out));
+
+    // A webhook signed with another token is refused by ingress: simulate says so.
+    let mut env: Vec<(String, String)> = stack.env.clone();
+    env.retain(|(k, _)| k != "TWILIO_AUTH_TOKEN");
+    env.push(("TWILIO_AUTH_TOKEN".to_owned(), "not-the-token".to_owned()));
+    let url = stack.ingress_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        smsgate(&["simulate", "--from", PEER, "--body", "forged", "--url", &url], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("403"), "{}", stdout(&out));
+}
