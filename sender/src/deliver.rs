@@ -9,7 +9,8 @@
 //!    create it (retrying as [`crate::twilio::ErrorKind`] says), and put its
 //!    SID under `<id>.<i>` right after Twilio's 201.
 //! 6. One `Outbound` history entry with every piece's SID (`Nats-Msg-Id`
-//!    `out.<id>`), then ack.
+//!    `out.<id>`), `<id>.done` in `P_sent`, then ack. A redelivered message
+//!    that is done is acked at once.
 //!
 //! A crash between Twilio's 201 and the `P_sent` put is the one window in
 //! which a redelivery sends a piece twice: Twilio has no idempotency key for
@@ -76,15 +77,23 @@ pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
         outbound_id = tracing::field::Empty,
         peer = tracing::field::Empty,
     );
-    let disposition = process(&ctx, &msg).instrument(span.clone()).await;
-    let _enter = span.enter();
+    async {
+        let disposition = process(&ctx, &msg).await;
+        settle(&msg, disposition).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Tells JetStream what became of a message. A lost ack only means a
+/// redelivery, which `P_sent` (pieces) and the status state make harmless.
+pub async fn settle(msg: &Message, disposition: Disposition) {
     let result = match disposition {
         Disposition::Ack => msg.double_ack().await,
         Disposition::Retry(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
         Disposition::Release => msg.ack_with(AckKind::Nak(None)).await,
     };
     if let Err(e) = result {
-        // The message comes back after ack_wait; P_sent keeps it from being re-sent.
         tracing::warn!(error = %e, ?disposition, "cannot ack or nak");
     }
 }
@@ -116,6 +125,18 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
     if !Outbound::valid_id(&out.id) {
         let reason = "the outbound id is not 1-128 letters, digits, '_', '-' or '.'".to_owned();
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
+    }
+
+    match ctx.bus.sent.get(done_key(&out.id)).await {
+        Ok(Some(_)) => {
+            tracing::info!(outcome = "already_delivered", "delivered before (a redelivery); nothing to do");
+            return Disposition::Ack;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the sent bucket");
+            return Disposition::Retry(ctx.tuning.redelivery_delay);
+        }
     }
 
     match ctx.bus.optout.get(Topology::optout_key(&out.channel_id, &out.to)).await {
@@ -219,7 +240,27 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         delivery: "twilio".to_owned(),
     };
     tracing::info!(pieces = n, segments = prepared_segments(&pieces), outcome = "delivered", "reply sent");
-    history_then_ack(ctx, &out, event, &format!("out.{}", out.id)).await
+    finish(ctx, &out, event, "delivered").await
+}
+
+/// The `P_sent` key marking outbound `id` as completely delivered (piece
+/// keys end in a digit, so the two never collide).
+pub fn done_key(id: &str) -> String {
+    format!("{id}.done")
+}
+
+/// Writes the Outbound history entry, then marks the message done so that a
+/// redelivery later than the history stream's duplicate window (2 min) does
+/// not write the entry twice.
+async fn finish(ctx: &Ctx, out: &Outbound, event: HistoryEvent, outcome: &str) -> Disposition {
+    let disposition = history_then_ack(ctx, out, event, &format!("out.{}", out.id)).await;
+    if disposition == Disposition::Ack
+        && let Err(e) = ctx.bus.sent.put(done_key(&out.id), outcome.to_owned().into_bytes().into()).await
+    {
+        // Only a late redelivery's duplicate history entry is at stake.
+        tracing::warn!(error = &e as &dyn std::error::Error, "cannot mark the message done");
+    }
+    disposition
 }
 
 fn prepared_segments(pieces: &[SmsPiece]) -> u32 {
@@ -317,7 +358,8 @@ async fn failed(
 /// Twilio said the recipient replied STOP (21610): mark it as the worker's
 /// STOP handling does, so nothing more is sent.
 async fn opt_out(ctx: &Ctx, channel: &ChannelId, peer: &E164) {
-    let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    // The worker's STOP handling writes the same key, `at` in Unix seconds.
+    let at = time::OffsetDateTime::now_utc().unix_timestamp();
     let value = serde_json::json!({ "at": at, "source": "twilio_21610" }).to_string();
     match ctx.bus.optout.put(Topology::optout_key(channel, peer), value.into()).await {
         Ok(_) => tracing::info!(outcome = "opted_out", "Twilio reports the recipient opted out; recorded"),
@@ -367,7 +409,7 @@ async fn log_delivery(ctx: &Ctx, out: &Outbound, pieces: &[SmsPiece]) -> Disposi
         pieces: history_pieces(pieces, &vec![None; n]),
         delivery: "log".to_owned(),
     };
-    history_then_ack(ctx, out, event, &format!("out.{}", out.id)).await
+    finish(ctx, out, event, "logged").await
 }
 
 /// Creates one piece, retrying in-process as the error's kind says.

@@ -12,11 +12,12 @@
 //! aborted (JetStream redelivers it after `ack_wait`).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -64,7 +65,15 @@ pub async fn run<H, Fut>(
                     let _ = msg.ack_with(AckKind::Nak(None)).await;
                     continue;
                 }
-                handle(msg).await;
+                // A panic is a bug; it must not take the lane (and with it
+                // the puller) down. The message comes back after ack_wait.
+                if AssertUnwindSafe(handle(msg)).catch_unwind().await.is_err() {
+                    tracing::error!(
+                        consumer = name,
+                        outcome = "panicked",
+                        "handler panicked; message left for redelivery"
+                    );
+                }
             }
         });
         senders.push(tx);
@@ -112,7 +121,10 @@ pub async fn run<H, Fut>(
             };
             match permit {
                 Ok(permit) => permit.send(msg),
-                Err(_) => break 'pull,
+                Err(_) => {
+                    tracing::error!(consumer = name, lane, "lane stopped; no longer pulling");
+                    break 'pull;
+                }
             }
         }
     }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{AckKind, Message, kv};
+use async_nats::jetstream::{Message, kv};
 use serde::Deserialize;
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::{self, HistoryEvent, StatusUpdate, status_rank};
@@ -19,7 +19,7 @@ use smsgate_shared::topology::Stage;
 use tracing::Instrument;
 
 use crate::Ctx;
-use crate::deliver::Disposition;
+use crate::deliver::{Disposition, settle};
 use crate::record::{self, Failure};
 
 /// Asynchronous delivery errors that retrying cannot fix (TWILIO.md
@@ -51,16 +51,12 @@ pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
         message_sid = tracing::field::Empty,
         peer = tracing::field::Empty,
     );
-    let disposition = process(&ctx, &msg).instrument(span.clone()).await;
-    let _enter = span.enter();
-    let result = match disposition {
-        Disposition::Ack => msg.double_ack().await,
-        Disposition::Retry(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
-        Disposition::Release => msg.ack_with(AckKind::Nak(None)).await,
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, ?disposition, "cannot ack or nak");
+    async {
+        let disposition = process(&ctx, &msg).await;
+        settle(&msg, disposition).await;
     }
+    .instrument(span)
+    .await;
 }
 
 async fn process(ctx: &Ctx, msg: &Message) -> Disposition {

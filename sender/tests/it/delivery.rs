@@ -112,6 +112,7 @@ async fn the_same_outbound_delivered_again_sends_nothing_twice() {
     let history = t.wait_history(&to, "the outbound entry", |h| !h.is_empty()).await;
     let sent = t.twilio.created().len();
     assert_eq!(outbound_pieces(&history).len(), sent);
+    assert_eq!(t.sent("api.key-5.done").await.as_deref(), Some("delivered"));
 
     // The same message again (a replay, or JetStream redelivering after a
     // lost ack): a new stream message, same outbound id.
@@ -142,4 +143,28 @@ async fn health_and_metrics_are_served() {
     assert!(metrics.contains("smsgate_sender_segments_total"), "{metrics}");
     assert!(metrics.contains("smsgate_sender_twilio_seconds"), "{metrics}");
     t.stop().await;
+}
+
+#[tokio::test]
+async fn a_messaging_service_sends_instead_of_the_from_number() {
+    let mut t = TestSender::start(r#""twilio_messaging_service_sid": "MG0123456789abcdef0123456789abcdef""#).await;
+    t.publish(&outbound("reply.SM7", &peer(7), "Via the service")).await;
+    let calls = t.twilio.wait_for_calls(1, WAIT).await;
+    assert_eq!(calls[0].get("MessagingServiceSid"), Some("MG0123456789abcdef0123456789abcdef"));
+    assert_eq!(calls[0].get("From"), None);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_a_wait_and_hands_the_message_back() {
+    let mut t = TestSender::start("").await;
+    t.twilio.push(smsgate_shared::testkit::twilio::Reply::TooManyRequests { retry_after: Some(60) });
+    t.publish(&outbound("reply.SM8", &peer(8), "Later")).await;
+    t.twilio.wait_for_calls(1, WAIT).await;
+    let started = std::time::Instant::now();
+    t.stop().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "stopped in {:?}", started.elapsed());
+    // Naked, not acked: it is still there for the next sender.
+    assert_eq!(t.outbound_pending().await, 1);
+    assert_eq!(t.twilio.calls().len(), 1);
 }
