@@ -9,14 +9,17 @@
 //! Parking gives up after the retry delay plus the ack wait (say the message
 //! went to another worker), so a sender is never stuck.
 //!
-//! On shutdown the dispatcher stops pulling; each lane finishes the message
-//! it is working on and naks the rest (queued and parked), which JetStream
-//! redelivers to the next worker.
+//! On shutdown the dispatcher stops pulling at once; each lane goes on with
+//! the messages it already holds for half the grace period, then naks the
+//! rest (queued and parked) for the next worker. Order across such a hand-over
+//! is JetStream's redelivery order, so it is best effort: naked messages may
+//! first be offered to this worker's expiring pull request and come back only
+//! after the ack wait.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, consumer::PullConsumer};
@@ -37,11 +40,12 @@ type SenderKey = (ChannelId, String);
 pub async fn run(processor: Arc<Processor>, consumer: PullConsumer, shutdown: CancellationToken) {
     let tuning = processor.tuning.clone();
     let mut lanes = JoinSet::new();
+    let stop_by = Arc::new(OnceLock::new());
     let mut senders = Vec::with_capacity(tuning.lanes);
     for _ in 0..tuning.lanes.max(1) {
         let (tx, rx) = mpsc::channel(tuning.lane_depth.max(1));
         senders.push(tx);
-        lanes.spawn(lane(processor.clone(), rx, shutdown.clone()));
+        lanes.spawn(lane(processor.clone(), rx, stop_by.clone()));
     }
     let mut shrink = tokio::time::interval(Duration::from_secs(60));
     'pull: while !shutdown.is_cancelled() {
@@ -49,7 +53,7 @@ pub async fn run(processor: Arc<Processor>, consumer: PullConsumer, shutdown: Ca
             .stream()
             .max_messages_per_batch(tuning.lanes.max(1) * 2)
             .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .expires(Duration::from_secs(10))
             .messages()
             .await;
         let mut messages = match stream {
@@ -89,8 +93,9 @@ pub async fn run(processor: Arc<Processor>, consumer: PullConsumer, shutdown: Ca
     }
     // Stop pulling: anything the client buffered but did not hand out stays
     // unacked and is redelivered after the ack wait.
-    drop(senders);
     let grace = tuning.shutdown_grace;
+    let _ = stop_by.set(Instant::now() + grace / 2);
+    drop(senders);
     if tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} }).await.is_err() {
         warn!(grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "lanes did not drain in time");
         lanes.abort_all();
@@ -115,14 +120,16 @@ struct LaneState {
     parked: HashMap<SenderKey, VecDeque<Job>>,
 }
 
-async fn lane(p: Arc<Processor>, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+/// `stop_by` is set when shutdown starts: queued messages are still worked
+/// on (in order) until then; what is left goes back to JetStream.
+async fn lane(p: Arc<Processor>, mut rx: mpsc::Receiver<Job>, stop_by: Arc<OnceLock<Instant>>) {
     let every = (p.tuning.ack_wait / 3).max(Duration::from_millis(100));
     let mut ticks = tokio::time::interval(every);
     let mut state = LaneState { p, waiting: HashMap::new(), parked: HashMap::new() };
     loop {
         tokio::select! {
             job = rx.recv() => match job {
-                Some(job) if shutdown.is_cancelled() => release(&job, Some(Duration::ZERO)).await,
+                Some(job) if stop_by.get().is_some_and(|t| Instant::now() >= *t) => release(&job, None).await,
                 Some(job) => state.handle(job).await,
                 None => break,
             },
@@ -132,7 +139,7 @@ async fn lane(p: Arc<Processor>, mut rx: mpsc::Receiver<Job>, shutdown: Cancella
     // Shutting down: whatever is parked goes back to JetStream now.
     for (_, jobs) in state.parked.drain() {
         for job in jobs {
-            release(&job, Some(Duration::ZERO)).await;
+            release(&job, None).await;
         }
     }
 }
@@ -224,7 +231,6 @@ impl LaneState {
 
 /// Hands a message back to JetStream (nak, with a delay).
 async fn release(job: &Job, delay: Option<Duration>) {
-    let delay = delay.filter(|d| !d.is_zero());
     if let Err(e) = job.msg.ack_with(AckKind::Nak(delay)).await {
         warn!(error = %e, "nak failed; the message comes back after the ack wait");
     }

@@ -224,3 +224,22 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_follow_the_schedule_with_jitter_and_honour_retry_after() {
+        let t = Tuning { retry_delays: vec![Duration::from_secs(2), Duration::from_secs(10)], ..Tuning::default() };
+        assert_eq!(t.max_attempts(), 3);
+        for _ in 0..50 {
+            let first = t.retry_delay(1, None);
+            assert!(first >= Duration::from_millis(1600) && first <= Duration::from_millis(2400), "{first:?}");
+            let later = t.retry_delay(7, None);
+            assert!(later >= Duration::from_secs(8) && later <= Duration::from_secs(12), "{later:?}");
+        }
+        assert!(t.retry_delay(1, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
+        assert!(t.retry_delay(1, Some(Duration::from_secs(3600))) <= Duration::from_secs(300));
+    }
+}

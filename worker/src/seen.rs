@@ -35,7 +35,7 @@ pub enum State {
     Replied,
     /// Finished: the inbound may be acked.
     Done,
-    /// Dead-lettered: a replay of the dead letter may claim it again.
+    /// Finished with the fallback text and a dead letter.
     Dead,
 }
 
@@ -93,31 +93,32 @@ impl Seen {
             return Ok(Claim::Resume(Record { seq, state: State::Done, reply: None }));
         }
         let key = Topology::seen_key(sid);
-        let fresh = Record { seq, state: State::Processing, reply: None };
-        match self.kv.create(&key, encode(&fresh)).await {
-            Ok(_) => return Ok(Claim::New),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::Seen(Box::new(e))),
-        }
-        let Some(entry) = self.kv.entry(&key).await.map_err(|e| Error::Seen(Box::new(e)))? else {
-            // Deleted in between (or expired): claim again from scratch.
-            return Box::pin(self.claim(sid, seq)).await;
+        let fresh = encode(&Record { seq, state: State::Processing, reply: None });
+        let mut attempts = 0;
+        let value = loop {
+            match self.kv.create(&key, fresh.clone()).await {
+                Ok(_) => return Ok(Claim::New),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::Seen(Box::new(e))),
+            }
+            if let Some(value) = self.kv.get(&key).await.map_err(|e| Error::Seen(Box::new(e)))? {
+                break value;
+            }
+            // Expired between the two calls: claim again, once.
+            attempts += 1;
+            if attempts > 1 {
+                return Err(Error::Protocol(format!("seen entry {key} neither creatable nor readable")));
+            }
         };
-        let Ok(record) = serde_json::from_slice::<Record>(&entry.value) else {
+        let Ok(record) = serde_json::from_slice::<Record>(&value) else {
             // Unreadable (written by something else): the MessageSid was seen.
             return Ok(Claim::Duplicate { first_seq: 0 });
         };
         if record.seq == seq {
             return Ok(Claim::Resume(record));
         }
-        if record.state == State::Dead {
-            // A replayed dead letter: the new copy takes the claim over, unless
-            // another copy raced it to that.
-            return match self.kv.update(&key, encode(&fresh), entry.revision).await {
-                Ok(_) => Ok(Claim::New),
-                Err(_) => Ok(Claim::Duplicate { first_seq: record.seq }),
-            };
-        }
+        // Also when it ended in a dead letter: that MessageSid got its one
+        // reply (the fallback text), so a replayed copy must not get another.
         Ok(Claim::Duplicate { first_seq: record.seq })
     }
 

@@ -79,6 +79,15 @@ async fn a_permanent_error_goes_straight_to_the_fallback_with_a_configured_text(
     let dead = w.bus.dead().await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("permanent") && dead[0].reason.contains("400"), "{}", dead[0].reason);
+
+    // Replaying that dead letter later gives no second reply: the fallback was
+    // this MessageSid's one reply.
+    let payload = bytes::Bytes::from(dead[0].payload.clone());
+    w.bus.js.publish(dead[0].subject.clone(), payload).await.unwrap().await.unwrap();
+    w.bus.wait_note("test", DAN, "SMbad", NoteReason::Duplicate).await;
+    w.bus.wait_drained().await;
+    assert_eq!(w.bus.outbound().await.len(), 1);
+    assert_eq!(model.requests().len(), 1);
     w.stop().await;
 }
 

@@ -9,4 +9,5 @@ mod failures;
 mod helpers;
 mod order;
 mod pipeline;
+mod shutdown;
 mod skips;
