@@ -72,7 +72,7 @@ pub fn lane_of(msg: &Message) -> u64 {
 pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
     let span = tracing::info_span!(
         "deliver",
-        stage = "send",
+        stage = "sender",
         channel_id = tracing::field::Empty,
         outbound_id = tracing::field::Empty,
         peer = tracing::field::Empty,
@@ -436,6 +436,7 @@ async fn send_piece(
         wait_until(ctx, msg, slot).await?;
         // The clock of ack_wait restarts before every call.
         let _ = msg.ack_with(AckKind::Progress).await;
+        tracing::debug!(piece = i + 1, of = n, body = %piece.body, "sending piece");
         let started = Instant::now();
         let result = ctx.twilio.create_message(channel, request).await;
         let latency = started.elapsed();

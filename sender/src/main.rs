@@ -16,8 +16,6 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // The one line tests read to find the ops port.
-    tracing::info!(addr = %app.local_addr(), "listening");
     match app.run_until_stopped(shutdown::on_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
