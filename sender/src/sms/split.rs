@@ -55,20 +55,20 @@ pub fn split(text: &str, max_len: usize, max_parts: usize) -> Split {
     let marked = max_parts > 1 && cap >= marker_width + MIN_MARKED_BUDGET;
     let budget = if marked { cap - marker_width } else { cap };
 
-    let mut chunks: Vec<&str> = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() && chunks.len() < max_parts {
-        let (end, next) = cut(rest, budget);
-        chunks.push(&rest[..end]);
-        rest = &rest[next..];
+    // (start, end) byte offsets of each piece's text in `text`.
+    let mut chunks: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    while start < text.len() && chunks.len() < max_parts {
+        let (end, next) = cut(&text[start..], budget);
+        chunks.push((start, start + end));
+        start += next;
     }
-    let truncated = !rest.is_empty();
-    let mut bodies: Vec<String> = chunks.iter().map(|c| (*c).to_owned()).collect();
+    let truncated = start < text.len();
+    let mut bodies: Vec<String> = chunks.iter().map(|&(a, b)| text[a..b].to_owned()).collect();
     // Below 4 units there is no room for an ellipsis: the last piece stays as cut.
     if truncated && budget >= 4 {
         // Redo the last piece with room for the ellipsis (3 units either way).
-        let start = chunks.last().map_or(0, |c| offset_in(text, c));
-        let tail = &text[start..];
+        let tail = &text[chunks.last().map_or(0, |&(a, _)| a)..];
         let (end, _) = cut(tail, budget.saturating_sub(3).max(1));
         let kept = tail[..end].trim_end();
         let ellipsis = if is_gsm_text(kept) { "..." } else { "\u{2026}" };
@@ -83,11 +83,6 @@ pub fn split(text: &str, max_len: usize, max_parts: usize) -> Split {
         bodies
     };
     Split { pieces, truncated, marked: marked && n > 1 }
-}
-
-/// Byte offset of `part` (a sub-slice) within `whole`.
-fn offset_in(whole: &str, part: &str) -> usize {
-    (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize).min(whole.len())
 }
 
 /// Where to cut `rest` (which starts at a non-space) for a piece of at most
