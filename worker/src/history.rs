@@ -33,11 +33,14 @@ pub struct Recent {
 pub struct History {
     js: jetstream::Context,
     topology: Topology,
+    /// `P_HISTORY`, opened once (its consumers are created per read).
+    stream: jetstream::stream::Stream,
 }
 
 impl History {
-    pub fn new(js: jetstream::Context, topology: Topology) -> Self {
-        Self { js, topology }
+    pub async fn open(js: jetstream::Context, topology: Topology) -> Result<Self, Error> {
+        let stream = js.get_stream(topology.history_stream()).await.map_err(|e| Error::HistoryRead(Box::new(e)))?;
+        Ok(Self { js, topology, stream })
     }
 
     async fn append(&self, channel: &ChannelId, peer: &E164, msg_id: String, event: HistoryEvent) -> Result<(), Error> {
@@ -94,7 +97,7 @@ impl History {
     ) -> Result<Recent, Error> {
         let subject = self.topology.history_subject(channel, peer);
         let read_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::HistoryRead(e);
-        let stream = self.js.get_stream(self.topology.history_stream()).await.map_err(|e| read_err(Box::new(e)))?;
+        let stream = self.stream.clone();
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: subject,

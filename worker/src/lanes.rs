@@ -178,7 +178,7 @@ impl LaneState {
                 // NATS trouble mid-way: everything done so far is idempotent, so
                 // the message simply comes back.
                 warn!(error = &e as &dyn std::error::Error, outcome = "error", "processing failed; will retry");
-                (Disposition::Retry(self.p.tuning.error_delay), Outcome::Retry)
+                (Disposition::Retry(self.p.tuning.error_delay), Outcome::Error)
             }
         };
         metrics::counter!("smsgate_worker_messages_total", "outcome" => outcome.as_str()).increment(1);

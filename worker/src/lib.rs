@@ -190,7 +190,7 @@ impl App {
             limiter::Limiter::new(&channels.values().map(|l: &process::Lane| l.channel.clone()).collect::<Vec<_>>());
         let processor = Arc::new(Processor {
             js: bus.js.clone(),
-            history: history::History::new(bus.js.clone(), topology.clone()),
+            history: history::History::open(bus.js.clone(), topology.clone()).await?,
             topology,
             channels,
             seen: seen::Seen::new(bus.seen),

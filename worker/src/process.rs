@@ -60,6 +60,8 @@ pub enum Outcome {
     Retry,
     Fallback,
     DeadLetter,
+    /// NATS failed mid-way; the message comes back.
+    Error,
 }
 
 impl Outcome {
@@ -78,6 +80,7 @@ impl Outcome {
             Self::Retry => "retry",
             Self::Fallback => "fallback",
             Self::DeadLetter => "dead_letter",
+            Self::Error => "error",
         }
     }
 }
@@ -143,7 +146,13 @@ impl Processor {
             delivered,
         );
         let step = Step { p: self, job, inbound, lane, peer, seq, delivered };
-        step.run().instrument(span).await
+        let started = Instant::now();
+        let result = step.run().instrument(span.clone()).await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Ok((_, outcome)) = &result {
+            span.in_scope(|| info!(outcome = outcome.as_str(), latency_ms, "message processed"));
+        }
+        result
     }
 
     async fn dead_letter_only(&self, job: &Job, seq: u64, reason: String) -> Result<(Disposition, Outcome), Error> {

@@ -107,6 +107,18 @@ async fn killed_after_publishing_the_reply_but_before_the_ack_replies_exactly_on
     assert_eq!(model.requests().len(), 1, "the stored reply was republished without a second chat call");
     assert_eq!(seen_state(&bus, "SMcrash1").await.unwrap().state, State::Done);
     terminate(second).await;
+
+    // Invariant 5 on the way: JSON lines, the number masked, no body at info.
+    let log = std::fs::read_to_string(&logs).unwrap();
+    let processed = log.lines().find(|l| l.contains("message processed")).unwrap_or_else(|| panic!("{log}"));
+    let line: serde_json::Value = serde_json::from_str(processed).unwrap();
+    assert_eq!(line["service"], "worker");
+    assert_eq!(line["peer"], "+1415***0401");
+    assert_eq!(line["message_sid"], "SMcrash1");
+    assert_eq!(line["channel_id"], "test");
+    assert!(line["latency_ms"].is_u64() && line["outcome"].is_string(), "{line}");
+    assert!(!log.contains("14155550401"), "a full number was logged:\n{log}");
+    assert!(!log.contains("survive this"), "a body was logged at info:\n{log}");
 }
 
 #[tokio::test]
