@@ -142,7 +142,8 @@ impl App {
         let admin_server =
             axum::serve(admin, admin_app).with_graceful_shutdown(shutdown.cancelled_owned()).into_future();
         let (a, b) = tokio::join!(public_server, admin_server);
-        let _ = shared.client.flush().await;
+        // Bounded: with NATS gone a flush would wait for a reconnect forever.
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.client.flush()).await;
         a.and(b).map_err(Error::Serve)
     }
 }

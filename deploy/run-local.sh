@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Runs smsgate on this machine: NATS with JetStream and the three services,
+# on the embedded defaults, with deploy/channels.example.json (a channel that
+# answers with the echo chat and writes replies to the log instead of calling
+# Twilio, so no account is needed). Ctrl-C stops everything it started.
+#
+# Environment (all optional): SMSGATE_NATS_URL, SMSGATE_CHANNELS,
+# SMSGATE_PUBLIC_BASE_URL, TWILIO_AUTH_TOKEN, SMS_WEBHOOK_PATH_TOKEN,
+# SMSGATE_PROFILE (release|debug, default release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+state="$root/.local"
+mkdir -p "$state/logs" "$state/nats"
+
+say() { printf '\033[1m[run-local]\033[0m %s\n' "$*"; }
+
+# --- what is missing gets installed ------------------------------------------
+if ! command -v nats-server >/dev/null 2>&1; then
+  say "installing nats-server"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo is missing: install Rust 1.89 or later (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
+
+# --- configuration -------------------------------------------------------------
+export SMSGATE_NATS_URL="${SMSGATE_NATS_URL:-nats://127.0.0.1:4222}"
+export SMSGATE_CHANNELS="${SMSGATE_CHANNELS:-$root/deploy/channels.example.json}"
+export SMSGATE_PUBLIC_BASE_URL="${SMSGATE_PUBLIC_BASE_URL:-http://127.0.0.1:8000}"
+export TWILIO_AUTH_TOKEN="${TWILIO_AUTH_TOKEN:-local-dev-auth-token}"
+if [ -z "${SMS_WEBHOOK_PATH_TOKEN:-}" ]; then
+  # One token per checkout, kept so the webhook URL stays the same across runs.
+  [ -s "$state/path_token" ] || head -c 512 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 48 > "$state/path_token"
+  SMS_WEBHOOK_PATH_TOKEN=$(cat "$state/path_token")
+fi
+export SMS_WEBHOOK_PATH_TOKEN
+export SMSGATE_LOG_FORMAT="${SMSGATE_LOG_FORMAT:-pretty}"
+export RUST_LOG="${RUST_LOG:-info}"
+profile="${SMSGATE_PROFILE:-release}"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  if [ ${#pids[@]} -gt 0 ]; then
+    say "stopping"
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+}
+trap cleanup INT TERM EXIT
+
+# --- NATS ------------------------------------------------------------------------
+hostport=${SMSGATE_NATS_URL#nats://}; hostport=${hostport##*@}
+nats_host=${hostport%:*}; nats_port=${hostport##*:}
+[ "$nats_host" != "$hostport" ] || nats_port=4222
+
+# A NATS server sends its INFO line on connect; it says whether JetStream is on.
+nats_info() { timeout 2 bash -c "exec 3<>/dev/tcp/$nats_host/$nats_port && head -n 1 <&3" 2>/dev/null || true; }
+info=$(nats_info)
+if [ -n "$info" ]; then
+  if printf '%s' "$info" | grep -q '"jetstream":true'; then
+    say "using the JetStream-enabled NATS already at $SMSGATE_NATS_URL"
+  else
+    say "a NATS server at $SMSGATE_NATS_URL has no JetStream; stop it or set SMSGATE_NATS_URL to another one" >&2
+    exit 1
+  fi
+else
+  say "starting nats-server with JetStream on $nats_host:$nats_port (data in .local/nats)"
+  nats-server -js -a "$nats_host" -p "$nats_port" -sd "$state/nats" >"$state/logs/nats.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do [ -n "$(nats_info)" ] && break; sleep 0.1; done
+  [ -n "$(nats_info)" ] || { say "nats-server did not start; see .local/logs/nats.log" >&2; exit 1; }
+fi
+
+# --- services ------------------------------------------------------------------
+say "building the services ($profile)"
+cargo_flags=(); [ "$profile" = release ] && cargo_flags+=(--release)
+cargo build "${cargo_flags[@]}" --bins
+bin="$root/target/$profile"
+
+for svc in ingress worker sender; do
+  exe="$bin/smsgate-$svc"
+  if [ ! -x "$exe" ]; then
+    say "smsgate-$svc is not built yet (its crate has no binary); skipping it"
+    continue
+  fi
+  "$exe" > >(tee "$state/logs/$svc.log") 2>&1 &
+  pids+=($!)
+  say "started smsgate-$svc (pid $!, log .local/logs/$svc.log)"
+done
+
+webhook="$SMSGATE_PUBLIC_BASE_URL/api/channels/sms/twilio/webhook/$SMS_WEBHOOK_PATH_TOKEN"
+cat <<MSG
+
+  smsgate is running.
+  Webhook URL (paste into Twilio's console once a tunnel points at port 8000):
+    $webhook
+  Try it without a phone:
+    $bin/smsgate simulate --channel local --from +15551230000 --body "Hello"
+    $bin/smsgate conversation --channel local +15551230000
+  Ctrl-C stops everything.
+
+MSG
+wait
