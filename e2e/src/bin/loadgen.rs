@@ -2,17 +2,27 @@
 //! clock starts, so signing is not measured) and posts them to ingress with C
 //! connections, or at a fixed rate; prints throughput, latency percentiles
 //! and the answers by status code.
+//!
+//! End-to-end mode (`--twilio-stub-addr`): the test kit's Twilio Messages API
+//! stub runs inside this process on that address, and the pipeline under test
+//! is configured with it as `twilio_api_base` and the `echo` chat. Every
+//! webhook body is unique (run id + index), so the reply that reaches the stub
+//! (`To` = the webhook's `From`, `Body` = the webhook's body) is matched to its
+//! webhook; end-to-end latency is webhook sent → the stub received the first
+//! piece of the reply. Replies missing after `--e2e-timeout` are counted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use smsgate_e2e::webhook::{SignedWebhook, Target, message_sid, sender_number, signed};
+use smsgate_shared::testkit::twilio::TwilioStub;
 
 #[derive(Parser, Debug)]
-#[command(name = "smsgate-loadgen", about = "Load generator for smsgate's ingress")]
+#[command(name = "smsgate-loadgen", about = "Load generator for smsgate's ingress and the whole pipeline")]
 struct Args {
     /// Where ingress listens.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -23,7 +33,7 @@ struct Args {
     /// The channel's webhook path token.
     #[arg(long, env = "SMS_WEBHOOK_PATH_TOKEN")]
     path_token: String,
-    /// The channel's Twilio auth token (signs the webhooks).
+    /// The channel's Twilio auth token (signs the webhooks; the stub checks it).
     #[arg(long, env = "TWILIO_AUTH_TOKEN")]
     auth_token: String,
     #[arg(long, default_value = "AC00000000000000000000000000000000")]
@@ -46,6 +56,39 @@ struct Args {
     /// Distinguishes runs, so MessageSids never repeat across runs.
     #[arg(long)]
     run_id: Option<u64>,
+    /// End-to-end mode: run the Twilio API stub on this address (the
+    /// channel's `twilio_api_base` must be `http://<this address>`, its chat
+    /// `echo`) and report webhook → Twilio call latency per message.
+    #[arg(long)]
+    twilio_stub_addr: Option<SocketAddr>,
+    /// End-to-end mode: how long to wait for the last replies after the last
+    /// webhook was answered, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    e2e_timeout: f64,
+}
+
+/// The `p`-quantile (0..=1) of sorted durations, in milliseconds.
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len().saturating_sub(1));
+    sorted.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn percentiles(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        pct(sorted, 0.50),
+        pct(sorted, 0.90),
+        pct(sorted, 0.99),
+        pct(sorted, 1.0)
+    )
+}
+
+/// One webhook's outcome at ingress.
+struct Sent {
+    index: usize,
+    at: Instant,
+    status: u16,
+    latency: Duration,
 }
 
 #[tokio::main]
@@ -59,10 +102,22 @@ async fn main() -> anyhow::Result<()> {
         account_sid: args.account_sid.clone(),
         to: args.to.clone(),
     };
+    let stub = match args.twilio_stub_addr {
+        Some(addr) => Some(
+            TwilioStub::start_on(addr, &args.account_sid, &args.auth_token)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot start the Twilio stub on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let run = args.run_id.unwrap_or_else(rand::random);
+    // Unique bodies: the echo chat sends each back, which identifies the reply.
     let hooks: Arc<Vec<SignedWebhook>> = Arc::new(
         (0..args.requests)
-            .map(|i| signed(&target, &message_sid(run, i), &sender_number(i % args.senders.max(1)), "load test"))
+            .map(|i| {
+                let from = sender_number(i % args.senders.max(1));
+                signed(&target, &message_sid(run, i), &from, &format!("load test {run:x} {i}"))
+            })
             .collect(),
     );
     let endpoint = Arc::new(format!("{}{path}", args.url.trim_end_matches('/')));
@@ -95,26 +150,22 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .map(|r| r.status().as_u16())
                     .unwrap_or(0);
-                results.push((status, t.elapsed()));
+                results.push(Sent { index: i, at: t, status, latency: t.elapsed() });
             }
             results
         }));
     }
-    let mut latencies = Vec::with_capacity(hooks.len());
-    let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut sent = Vec::with_capacity(hooks.len());
     for task in tasks {
-        for (status, latency) in task.await? {
-            *by_status.entry(status).or_default() += 1;
-            latencies.push(latency);
-        }
+        sent.extend(task.await?);
     }
     let elapsed = started.elapsed();
+    let mut latencies: Vec<Duration> = sent.iter().map(|s| s.latency).collect();
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let idx =
-            ((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len().saturating_sub(1));
-        latencies.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+    for s in &sent {
+        *by_status.entry(s.status).or_default() += 1;
+    }
     println!("requests      {}", latencies.len());
     println!("connections   {}", args.connections);
     println!("senders       {}", args.senders);
@@ -123,11 +174,102 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("elapsed       {:.2} s", elapsed.as_secs_f64());
     println!("throughput    {:.0} req/s", latencies.len() as f64 / elapsed.as_secs_f64());
-    println!("latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}", pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+    println!("latency ms    {}", percentiles(&latencies));
     let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}: {n}")).collect();
     println!("status        {}", statuses.join(", "));
-    if by_status.keys().any(|s| *s != 200) {
+    let mut failed = by_status.keys().any(|s| *s != 200);
+
+    if let Some(stub) = stub {
+        failed |= !end_to_end(&stub, &hooks, &sent, started, Duration::from_secs_f64(args.e2e_timeout.max(0.0))).await;
+    }
+    if failed {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Waits for the replies of the accepted webhooks, matches them and prints
+/// the end-to-end figures. Returns whether every reply arrived exactly once.
+async fn end_to_end(
+    stub: &TwilioStub,
+    hooks: &[SignedWebhook],
+    sent: &[Sent],
+    started: Instant,
+    timeout: Duration,
+) -> bool {
+    let accepted: Vec<&Sent> = sent.iter().filter(|s| s.status == 200).collect();
+    // Wait until as many calls as accepted webhooks arrived, or nothing new
+    // came for `timeout`.
+    let mut last_count = 0;
+    let mut last_progress = Instant::now();
+    loop {
+        let count = stub.call_count();
+        if count >= accepted.len() {
+            break;
+        }
+        if count != last_count {
+            (last_count, last_progress) = (count, Instant::now());
+        } else if last_progress.elapsed() >= timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A moment more, so that a duplicate reply has a chance to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let by_body: HashMap<String, usize> = hooks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let body = form_urlencoded::parse(h.body.as_bytes()).find(|(k, _)| k == "Body")?.1.into_owned();
+            Some((body, i))
+        })
+        .collect();
+    let from_of = |i: usize| {
+        form_urlencoded::parse(hooks[i].body.as_bytes()).find(|(k, _)| k == "From").map(|(_, v)| v.into_owned())
+    };
+    let mut first_reply: HashMap<usize, Instant> = HashMap::new();
+    let (mut duplicates, mut unmatched, mut not_created) = (0u64, 0u64, 0u64);
+    let mut last_arrival = started;
+    for call in stub.calls() {
+        if !call.created() {
+            not_created += 1;
+            continue;
+        }
+        let matched =
+            call.get("Body").and_then(|b| by_body.get(b)).copied().filter(|&i| call.get("To") == from_of(i).as_deref());
+        let Some(i) = matched else {
+            unmatched += 1;
+            continue;
+        };
+        let at = call.at.into_std();
+        last_arrival = last_arrival.max(at);
+        match first_reply.get_mut(&i) {
+            Some(first) => {
+                duplicates += 1;
+                *first = (*first).min(at);
+            }
+            None => {
+                first_reply.insert(i, at);
+            }
+        }
+    }
+    let mut e2e: Vec<Duration> = accepted
+        .iter()
+        .filter_map(|s| first_reply.get(&s.index).map(|at| at.saturating_duration_since(s.at)))
+        .collect();
+    e2e.sort_unstable();
+    let missing = accepted.len() - e2e.len();
+    let span = last_arrival.saturating_duration_since(started).as_secs_f64();
+    println!(
+        "e2e replies   {} of {} accepted (missing after {:.0} s: {missing}, duplicates: {duplicates}, \
+         unmatched: {unmatched}, refused by the stub: {not_created})",
+        e2e.len(),
+        accepted.len(),
+        timeout.as_secs_f64()
+    );
+    println!("e2e span      {span:.2} s (first webhook sent → last reply received)");
+    println!("e2e completed {:.0} msg/s", if span > 0.0 { e2e.len() as f64 / span } else { 0.0 });
+    println!("e2e ms        {}", percentiles(&e2e));
+    missing == 0 && duplicates == 0 && unmatched == 0 && not_created == 0
 }

@@ -150,6 +150,13 @@ impl TwilioStub {
 
     /// A stub for another account.
     pub async fn start_for(account_sid: &str, auth_token: &str) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(addr, account_sid, auth_token).await.unwrap_or_else(|e| panic!("Twilio stub cannot bind: {e}"))
+    }
+
+    /// A stub for `account_sid` listening on `addr` (the load generator's
+    /// end-to-end mode binds a fixed port the services are configured with).
+    pub async fn start_on(addr: SocketAddr, account_sid: &str, auth_token: &str) -> std::io::Result<Self> {
         let state = Arc::new(StubState {
             account_sid: account_sid.to_owned(),
             auth_token: auth_token.to_owned(),
@@ -158,16 +165,14 @@ impl TwilioStub {
         let app = Router::new()
             .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("Twilio stub cannot bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("Twilio stub has no address: {e}"));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let until = stop.clone().cancelled_owned();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(until).await;
         });
-        Self { addr, state, stop }
+        Ok(Self { addr, state, stop })
     }
 
     /// The base URL, for a channel's `twilio_api_base`.
@@ -193,6 +198,11 @@ impl TwilioStub {
     /// The requests for which a message was created.
     pub fn created(&self) -> Vec<Call> {
         self.calls().into_iter().filter(Call::created).collect()
+    }
+
+    /// How many authenticated requests so far (cheaper than `calls().len()`).
+    pub fn call_count(&self) -> usize {
+        self.state.lock().calls.len()
     }
 
     /// How many requests failed authentication.
