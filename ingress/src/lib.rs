@@ -30,6 +30,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use smsgate_shared::config::Config;
 use smsgate_shared::topology::{self, Topology};
 use smsgate_shared::{ops, telemetry};
@@ -137,6 +138,10 @@ impl App {
         );
         let public_app = public_router(shared.clone());
         let admin_app = admin::router(admin_state);
+        // Twilio's requests are small and each wants its answer at once: no Nagle delay.
+        let public = public.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let public_server =
             axum::serve(public, public_app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
         let admin_server =
