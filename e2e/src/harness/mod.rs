@@ -1,0 +1,582 @@
+//! The whole pipeline on one machine: a real nats-server, the three real
+//! service binaries as child processes, a Twilio Messages API stub and an
+//! OpenAI-compatible chat stub, wired together by a generated channel file.
+//!
+//! [`Stack::start`] brings it all up on free ports and waits until every
+//! service answers its health (ingress: readiness) check; dropping the
+//! [`Stack`] kills every process, also when a test panics, and then prints
+//! the tail of each service's log so a failure can be read. Processes can be
+//! SIGKILLed and restarted on the same ports ([`Stack::kill`],
+//! [`Stack::restart`]), more workers and senders added ([`Stack::add`]), and
+//! NATS stopped and started on the same port and store.
+//!
+//! - [`binaries`]: finds (and if needed builds) `smsgate-ingress`,
+//!   `smsgate-worker` and `smsgate-sender`.
+//! - [`ledger`]: reads back what the pipeline did (history, dead letters,
+//!   `P_sent`, the stub's calls) and checks DESIGN.md's invariants 1 and 2.
+//!
+//! Only one stack runs at a time per test process (a process-wide semaphore
+//! taken by [`Stack::start`]): the machine has two cores, and two stacks
+//! side by side would turn timing into noise.
+
+pub mod binaries;
+pub mod ledger;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use smsgate_shared::testkit::chat::OpenAiStub;
+use smsgate_shared::testkit::nats::{NatsServer, free_port};
+use smsgate_shared::testkit::twilio::TwilioStub;
+use smsgate_shared::testkit::{ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, PATH_TOKEN};
+use smsgate_shared::topology::{self, Topology};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+use crate::webhook::{self, SignedWebhook, Target};
+
+pub use ledger::{Expect, Ledger, Report};
+
+/// The public base URL the channel is configured with (the signature covers it).
+pub const PUBLIC_BASE_URL: &str = "https://sms.example.test";
+/// The channel id of the generated channel file.
+pub const CHANNEL_ID: &str = "e2e";
+
+/// One heavy stack at a time per process.
+static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// A tag for the NATS prefix and the temporary directory.
+    pub name: String,
+    /// `sms_max_len` of the channel: small values make multi-piece replies.
+    pub sms_max_len: usize,
+    /// `max_parts` of the channel.
+    pub max_parts: usize,
+    /// `SMSGATE_DUPLICATE_WINDOW_SECS` (JetStream's publish dedupe window).
+    pub duplicate_window: Duration,
+    /// Ack wait of the durable consumers, created before the services start
+    /// (the services open them as they are). Production uses 30 s (worker)
+    /// and 60 s (sender); shorter ones only bring a killed process's messages
+    /// back sooner. Keep them above the services' 10 s `Progress` cadence.
+    pub worker_ack_wait: Duration,
+    pub sender_ack_wait: Duration,
+    /// `history_turns` of the chat config (0: the worker reads no history).
+    pub history_turns: usize,
+    /// Extra keys merged into the channel's `config` object.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// `RUST_LOG` of the services.
+    pub rust_log: String,
+}
+
+impl StackConfig {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            sms_max_len: 480,
+            max_parts: 4,
+            duplicate_window: Duration::from_secs(600),
+            worker_ack_wait: Duration::from_secs(20),
+            sender_ack_wait: Duration::from_secs(20),
+            history_turns: 0,
+            extra: serde_json::Map::new(),
+            rust_log: "info".to_owned(),
+        }
+    }
+}
+
+/// A service process of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Service {
+    Ingress,
+    /// The n-th worker (0 is started by [`Stack::start`]).
+    Worker(usize),
+    /// The n-th sender (0 is started by [`Stack::start`]).
+    Sender(usize),
+}
+
+impl Service {
+    fn binary(self) -> &'static str {
+        match self {
+            Service::Ingress => "smsgate-ingress",
+            Service::Worker(_) => "smsgate-worker",
+            Service::Sender(_) => "smsgate-sender",
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Service::Ingress => "ingress".to_owned(),
+            Service::Worker(n) => format!("worker-{n}"),
+            Service::Sender(n) => format!("sender-{n}"),
+        }
+    }
+}
+
+/// One service: its ports, log file, and the running child (if any).
+struct Proc {
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    /// Where readiness is polled.
+    ready_url: String,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: usize,
+}
+
+/// The running pipeline. Dropping it kills everything.
+pub struct Stack {
+    pub config: StackConfig,
+    pub nats: NatsServer,
+    pub twilio: TwilioStub,
+    pub chat: OpenAiStub,
+    pub prefix: String,
+    pub topology: Topology,
+    /// A client of the test's own, for reading the streams back.
+    pub js: jetstream::Context,
+    pub http: reqwest::Client,
+    target: Target,
+    ingress_url: String,
+    procs: BTreeMap<Service, Proc>,
+    dir: tempfile::TempDir,
+    _turn: SemaphorePermit<'static>,
+}
+
+impl Stack {
+    /// Starts nats-server, the stubs, the channel file, pre-creates the
+    /// durable consumers, then ingress, one worker and one sender, and waits
+    /// until all three are ready.
+    pub async fn start(config: StackConfig) -> anyhow::Result<Self> {
+        let turn = ONE_AT_A_TIME.acquire().await.context("the stack semaphore is closed")?;
+        let bins = binaries::locate()?;
+        let dir = tempfile::Builder::new().prefix(&format!("smsgate-e2e-{}-", config.name)).tempdir()?;
+        let nats = NatsServer::start();
+        let twilio = TwilioStub::start().await;
+        let chat = OpenAiStub::start().await;
+        let prefix = unique_prefix(&config.name);
+
+        let channels = dir.path().join("channels.json");
+        std::fs::write(&channels, channel_file(&config, &twilio, &chat).to_string())?;
+
+        let mut topology = Topology::new(&prefix);
+        topology.duplicate_window = config.duplicate_window;
+        let client = topology::connect(&nats.url(), "e2e").await?;
+        let js = jetstream::new(client);
+        create_consumers(&js, &topology, &config).await?;
+
+        let ingress_port = free_port();
+        let target = Target {
+            public_url: format!("{PUBLIC_BASE_URL}{}{PATH_TOKEN}", smsgate_shared::config::WEBHOOK_PATH),
+            auth_token: AUTH_TOKEN.to_owned(),
+            account_sid: ACCOUNT_SID.to_owned(),
+            to: FROM_NUMBER.to_owned(),
+        };
+        let ingress_url =
+            format!("http://127.0.0.1:{ingress_port}{}{PATH_TOKEN}", smsgate_shared::config::WEBHOOK_PATH);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(16)
+            .build()
+            .context("cannot build the HTTP client")?;
+
+        let mut stack = Self {
+            nats,
+            twilio,
+            chat,
+            topology,
+            js,
+            http,
+            target,
+            ingress_url,
+            procs: BTreeMap::new(),
+            dir,
+            _turn: turn,
+            prefix,
+            config,
+        };
+        let common = stack.common_env(&channels);
+        let mut ingress_env = common.clone();
+        let admin_port = free_port();
+        ingress_env.push(("SMSGATE_INGRESS_ADDR".to_owned(), format!("127.0.0.1:{ingress_port}")));
+        ingress_env.push(("SMSGATE_ADMIN_ADDR".to_owned(), format!("127.0.0.1:{admin_port}")));
+        stack.define(Service::Ingress, ingress_env, format!("http://127.0.0.1:{ingress_port}/api/ready"), &bins);
+        stack.define_next(Service::Worker(0), &bins);
+        stack.define_next(Service::Sender(0), &bins);
+        for service in [Service::Ingress, Service::Worker(0), Service::Sender(0)] {
+            stack.spawn(service)?;
+        }
+        for service in [Service::Ingress, Service::Worker(0), Service::Sender(0)] {
+            stack.wait_ready(service).await?;
+        }
+        Ok(stack)
+    }
+
+    fn common_env(&self, channels: &Path) -> Vec<(String, String)> {
+        [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("SMSGATE_NATS_URL", self.nats.url()),
+            ("SMSGATE_NATS_PREFIX", self.prefix.clone()),
+            ("SMSGATE_CHANNELS", channels.display().to_string()),
+            ("SMSGATE_DUPLICATE_WINDOW_SECS", self.config.duplicate_window.as_secs().max(1).to_string()),
+            ("SMSGATE_LOG_FORMAT", "json".to_owned()),
+            ("RUST_LOG", self.config.rust_log.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn define(&mut self, service: Service, env: Vec<(String, String)>, ready_url: String, bins: &binaries::Binaries) {
+        let binary = bins.path(service.binary());
+        let log = self.dir.path().join(format!("{}.log", service.label()));
+        self.procs.insert(service, Proc { binary, env, ready_url, log, child: None, starts: 0 });
+    }
+
+    /// Defines a worker or sender with its own ops port.
+    fn define_next(&mut self, service: Service, bins: &binaries::Binaries) {
+        let channels = self.dir.path().join("channels.json");
+        let mut env = self.common_env(&channels);
+        let port = free_port();
+        let key = match service {
+            Service::Worker(_) => "SMSGATE_WORKER_ADDR",
+            _ => "SMSGATE_SENDER_ADDR",
+        };
+        env.push((key.to_owned(), format!("127.0.0.1:{port}")));
+        // Not used by workers and senders, but never the defaults (8000/8001).
+        env.push(("SMSGATE_INGRESS_ADDR".to_owned(), "127.0.0.1:0".to_owned()));
+        env.push(("SMSGATE_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()));
+        self.define(service, env, format!("http://127.0.0.1:{port}/api/health"), bins);
+    }
+
+    fn spawn(&mut self, service: Service) -> anyhow::Result<()> {
+        let proc = self.procs.get_mut(&service).with_context(|| format!("{service:?} is not part of the stack"))?;
+        if proc.child.is_some() {
+            bail!("{service:?} is already running");
+        }
+        let binary = proc.binary.clone();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&proc.log)?;
+        proc.starts += 1;
+        use std::io::Write as _;
+        writeln!(log, "==== e2e harness: start #{} of {}", proc.starts, service.label())?;
+        let child = Command::new(&binary)
+            .env_clear()
+            .envs(proc.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        proc.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls the service's health (ingress: readiness) URL until 200.
+    pub async fn wait_ready(&mut self, service: Service) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let proc = self.procs.get_mut(&service).context("unknown service")?;
+            let url = proc.ready_url.clone();
+            if let Some(child) = proc.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("{} exited during start-up with {status}; log:\n{}", service.label(), tail(&proc.log, 30));
+            }
+            let ok = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready within 60 s at {url}", service.label());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs a service (no graceful shutdown: what it held is in flight).
+    pub fn kill(&mut self, service: Service) -> anyhow::Result<()> {
+        let proc = self.procs.get_mut(&service).context("unknown service")?;
+        let mut child = proc.child.take().with_context(|| format!("{} is not running", service.label()))?;
+        child.kill()?; // SIGKILL on Unix
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a killed service again on the same ports and waits until ready.
+    pub async fn restart(&mut self, service: Service) -> anyhow::Result<()> {
+        self.spawn(service)?;
+        self.wait_ready(service).await
+    }
+
+    /// Starts one more worker or sender (`Service::Worker(_)` or
+    /// `Service::Sender(_)`; the index is ignored) on the same streams and
+    /// returns it once ready.
+    pub async fn add(&mut self, kind: Service) -> anyhow::Result<Service> {
+        let bins = binaries::locate()?;
+        let n = self.procs.keys().filter(|s| std::mem::discriminant(*s) == std::mem::discriminant(&kind)).count();
+        let service = match kind {
+            Service::Worker(_) => Service::Worker(n),
+            Service::Sender(_) => Service::Sender(n),
+            Service::Ingress => bail!("there is one ingress"),
+        };
+        self.define_next(service, &bins);
+        self.restart(service).await?;
+        Ok(service)
+    }
+
+    /// Kills nats-server (the store stays): ingress answers 503 meanwhile.
+    pub fn stop_nats(&mut self) {
+        self.nats.stop();
+    }
+
+    /// Starts nats-server again on the same port and store.
+    pub fn start_nats(&mut self) {
+        self.nats.start_again();
+    }
+
+    /// A webhook for message `i` of this run, signed as Twilio signs it.
+    pub fn webhook(&self, sid: &str, from: &str, body: &str) -> SignedWebhook {
+        webhook::signed(&self.target, sid, from, body)
+    }
+
+    /// Posts a webhook to ingress as Twilio does; returns the HTTP status
+    /// (0 when no answer came at all).
+    pub async fn post(&self, hook: &SignedWebhook) -> u16 {
+        self.poster().post(hook).await.0
+    }
+
+    /// Posts `hooks` with `concurrency` connections; returns each one's status, in order.
+    pub async fn post_all(&self, hooks: &[SignedWebhook], concurrency: usize) -> Vec<u16> {
+        self.poster().post_all(hooks, concurrency).await.into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// A handle that posts webhooks from another task while the test
+    /// kills and restarts things.
+    pub fn poster(&self) -> Poster {
+        Poster { http: self.http.clone(), url: self.ingress_url.clone() }
+    }
+
+    /// Messages still stored in a work-queue stream (acked ones are gone).
+    pub async fn queued(&self, stream: &str) -> anyhow::Result<u64> {
+        let mut s = self.js.get_stream(stream).await?;
+        Ok(s.info().await?.state.messages)
+    }
+
+    /// Waits until `P_INBOUND` and `P_OUTBOUND` are empty: every message was
+    /// processed to the end (work queues delete a message only on its ack,
+    /// which comes after everything it caused was recorded).
+    pub async fn wait_drained(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (inbound, outbound) = (self.topology.inbound_stream(), self.topology.outbound_stream());
+        let mut quiet = 0;
+        loop {
+            let left = match (self.queued(&inbound).await, self.queued(&outbound).await) {
+                (Ok(a), Ok(b)) => Some((a, b)),
+                _ => None,
+            };
+            // Twice in a row, a moment apart: a worker may be between acking
+            // the inbound and the sender pulling the reply.
+            quiet = if left == Some((0, 0)) { quiet + 1 } else { 0 };
+            if quiet >= 2 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the pipeline did not drain within {timeout:?}: left (inbound, outbound) = {left:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Reads back everything the pipeline recorded.
+    pub async fn ledger(&self) -> anyhow::Result<Ledger> {
+        Ledger::read(self).await
+    }
+
+    /// The last `lines` lines of every service's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (service, proc) in &self.procs {
+            out.push_str(&format!("---- {} ({})\n{}\n", service.label(), proc.log.display(), tail(&proc.log, lines)));
+        }
+        out
+    }
+
+    /// Counts log lines of `service` (all its runs) containing `needle`.
+    pub fn log_count(&self, service: Service, needle: &str) -> usize {
+        self.procs
+            .get(&service)
+            .and_then(|p| std::fs::read_to_string(&p.log).ok())
+            .map(|t| t.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    /// Directory of the channel file and the logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for proc in self.procs.values_mut() {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("==== e2e stack {} failed; service logs (last 40 lines each):", self.config.name);
+            eprintln!("{}", self.log_tails(40));
+        }
+        // The NATS server and the stubs stop in their own Drop.
+    }
+}
+
+/// Posts signed webhooks to ingress, as Twilio does.
+#[derive(Clone)]
+pub struct Poster {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Poster {
+    /// Posts one webhook; returns the HTTP status (0 when no answer came at
+    /// all) and how long the answer took.
+    pub async fn post(&self, hook: &SignedWebhook) -> (u16, Duration) {
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &hook.signature)
+            .body(hook.body.clone())
+            .send()
+            .await;
+        let status = match sent {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        (status, started.elapsed())
+    }
+
+    /// Posts `hooks` with `concurrency` connections; each one's status and
+    /// latency, in order.
+    pub async fn post_all(&self, hooks: &[SignedWebhook], concurrency: usize) -> Vec<(u16, Duration)> {
+        futures::stream::iter(hooks.iter().map(|h| self.post(h))).buffered(concurrency.max(1)).collect().await
+    }
+
+    /// Posts `hook` until ingress answers 200 (as a Twilio that retried would),
+    /// pausing `pause` between attempts; every attempt's status and latency.
+    pub async fn post_until_acked(
+        &self,
+        hook: &SignedWebhook,
+        pause: Duration,
+        timeout: Duration,
+    ) -> Vec<(u16, Duration)> {
+        let deadline = Instant::now() + timeout;
+        let mut attempts = Vec::new();
+        loop {
+            let answer = self.post(hook).await;
+            attempts.push(answer);
+            if answer.0 == 200 || Instant::now() > deadline {
+                return attempts;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// A NATS prefix no other test (or earlier run) uses.
+pub fn unique_prefix(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let clean: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    format!("e2e{clean}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn channel_file(config: &StackConfig, twilio: &TwilioStub, chat: &OpenAiStub) -> serde_json::Value {
+    let mut inner = serde_json::json!({
+        "twilio_account_sid": ACCOUNT_SID,
+        "twilio_auth_token": AUTH_TOKEN,
+        "twilio_from_number": FROM_NUMBER,
+        "webhook_path_token": PATH_TOKEN,
+        "public_base_url": PUBLIC_BASE_URL,
+        "twilio_api_base": twilio.base_url(),
+        "sms_max_len": config.sms_max_len,
+        "max_parts": config.max_parts,
+        "mps": 0,
+        // Load must not be rate-limited unless a test wants it.
+        "rate_limit": {"per_minute": 100_000, "burst": 100_000},
+        "chat": {
+            "kind": "openai",
+            "base_url": chat.base_url(),
+            "model": "stub-model",
+            "api_key": "sk-test",
+            "timeout_ms": 5000,
+            "history_turns": config.history_turns,
+        },
+    });
+    if let Some(obj) = inner.as_object_mut() {
+        for (k, v) in &config.extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::json!({"channel_id": CHANNEL_ID, "config": inner})
+}
+
+/// Creates the streams and the durable consumers the services would create,
+/// with the stack's ack waits; the services then open them as they are.
+async fn create_consumers(js: &jetstream::Context, topology: &Topology, config: &StackConfig) -> anyhow::Result<()> {
+    topology.ensure(js).await?;
+    let worker_tuning = smsgate_worker::Tuning::default();
+    let inbound = js.get_stream(topology.inbound_stream()).await?;
+    inbound
+        .get_or_create_consumer(
+            smsgate_worker::CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(smsgate_worker::CONSUMER.to_owned()),
+                description: Some("smsgate worker (e2e: short ack wait)".to_owned()),
+                filter_subject: format!("{}.inbound.>", topology.prefix()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.worker_ack_wait,
+                // As the worker makes it (worker/src/lib.rs).
+                max_deliver: worker_tuning.max_attempts().saturating_add(5),
+                max_ack_pending: worker_tuning.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let tuning = smsgate_sender::Tuning { ack_wait: config.sender_ack_wait, ..smsgate_sender::Tuning::default() };
+    js.get_stream(topology.outbound_stream())
+        .await?
+        .get_or_create_consumer(
+            smsgate_sender::OUTBOUND_CONSUMER,
+            smsgate_sender::outbound_consumer_config(topology, &tuning),
+        )
+        .await?;
+    js.get_stream(topology.status_stream())
+        .await?
+        .get_or_create_consumer(
+            smsgate_sender::STATUS_CONSUMER,
+            smsgate_sender::status_consumer_config(topology, &tuning),
+        )
+        .await?;
+    Ok(())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

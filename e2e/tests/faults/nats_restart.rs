@@ -1,0 +1,43 @@
+//! nats-server killed and restarted during a run: ingress answers 503 (fast)
+//! while it is down, the poster re-posts those as a retrying Twilio would,
+//! and everything ingress acked is answered once the services reconnect.
+
+use std::time::{Duration, Instant};
+
+use smsgate_e2e::harness::{Expect, Stack, StackConfig};
+
+use crate::common::{self, hook};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_ingress_acked_survives_a_nats_restart() {
+    let mut stack = Stack::start(StackConfig::new("natsr")).await.unwrap();
+    let started = Instant::now();
+    let run = common::run_id();
+    let hooks: Vec<_> = (0..500).map(|i| hook(&stack, run, i, 60)).collect();
+    let posting = common::post_in_background(&stack, hooks, 60.0);
+
+    let chat = &stack.chat;
+    common::until("150 chat calls", || chat.requests().len() >= 150).await;
+    stack.stop_nats();
+    // Down long enough for ingress to answer 503s and the services to notice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.start_nats();
+
+    let results = posting.await.unwrap();
+    let mut expect = Expect::default();
+    common::record_all(&mut expect, &results);
+    assert!(expect.unacked().is_empty(), "every webhook acked in the end: {:?}", expect.unacked());
+    let refused: Vec<Duration> =
+        results.iter().flat_map(|(_, a)| a.iter()).filter(|(s, _)| *s != 200).map(|(_, d)| *d).collect();
+    assert!(!refused.is_empty(), "ingress refused posts while NATS was down");
+    let statuses: std::collections::BTreeSet<u16> =
+        results.iter().flat_map(|(_, a)| a.iter()).map(|(s, _)| *s).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "only 200 and 503: {statuses:?}");
+    let slowest = refused.iter().max().copied().unwrap_or_default();
+    assert!(slowest < Duration::from_secs(5), "503 came fast, never Twilio's 15 s: {slowest:?}");
+
+    let report = common::settle_and_check(&stack, &expect, started).await;
+    eprintln!("natsr: {} posts refused with 503 (slowest {slowest:?})", refused.len());
+    assert_eq!(report.distinct_acked, 500);
+    assert_eq!(report.replied, 500, "{report}");
+}
