@@ -94,14 +94,24 @@ for svc in ingress worker sender; do
 done
 
 webhook="$SMSGATE_PUBLIC_BASE_URL/api/channels/sms/twilio/webhook/$SMS_WEBHOOK_PATH_TOKEN"
+# The CLI reads the same channel file and secrets: keep them for other shells.
+cat >"$state/env" <<ENV
+export SMSGATE_CHANNELS='$SMSGATE_CHANNELS'
+export SMSGATE_PUBLIC_BASE_URL='$SMSGATE_PUBLIC_BASE_URL'
+export TWILIO_AUTH_TOKEN='$TWILIO_AUTH_TOKEN'
+export SMS_WEBHOOK_PATH_TOKEN='$SMS_WEBHOOK_PATH_TOKEN'
+export SMSGATE_NATS_URL='$SMSGATE_NATS_URL'
+export PATH="$bin:\$PATH"
+ENV
 cat <<MSG
 
   smsgate is running.
   Webhook URL (paste into Twilio's console once a tunnel points at port 8000):
     $webhook
-  Try it without a phone:
-    $bin/smsgate simulate --channel local --from +15551230000 --body "Hello"
-    $bin/smsgate conversation --channel local +15551230000
+  Try it without a phone, in another terminal:
+    source .local/env
+    smsgate simulate --channel local --from +15551230000 --body "Hello"
+    smsgate conversation --channel local +15551230000
   Ctrl-C stops everything.
 
 MSG
