@@ -249,7 +249,10 @@ impl Ledger {
         for (sid, acks) in &expect.acked {
             let id = Outbound::reply_id(&parse_sid(sid)?);
             let entries = outbound.get(&id).map(Vec::as_slice).unwrap_or_default();
-            let delivered = self.sent.get(&format!("{id}.done")).is_some_and(|v| v == "delivered");
+            // Delivered: the sender's Outbound entry with every piece's SID.
+            // (Not the `.done` marker: the sender writes it after the entry,
+            // best effort, and a NATS restart may cost it.)
+            let delivered = entries.iter().any(|e| complete(e));
             let origin = entries.iter().find_map(|e| match e {
                 HistoryEvent::Outbound { origin, .. } => Some(*origin),
                 _ => None,
@@ -326,15 +329,10 @@ impl Ledger {
         }
 
         // Invariant 2: replies = distinct acked − skips − dead; one chat reply per MessageSid.
-        let chat_replies = self
-            .sent
-            .iter()
-            .filter(|(k, val)| k.ends_with(".done") && *val == "delivered")
-            .filter_map(|(k, _)| k.strip_suffix(".done"))
-            .filter(|id| {
-                outbound.get(*id).is_some_and(|es| {
-                    es.iter().any(|e| matches!(e, HistoryEvent::Outbound { origin: Origin::Chat, .. }))
-                })
+        let chat_replies = outbound
+            .values()
+            .filter(|es| {
+                es.iter().any(|e| complete(e) && matches!(e, HistoryEvent::Outbound { origin: Origin::Chat, .. }))
             })
             .count();
         if chat_replies != report.distinct_acked - report.skipped - report.dead {
@@ -439,6 +437,23 @@ impl Ledger {
             v.truncate(40);
             anyhow::bail!("{n} ledger violations:\n  {}\nreport: {report}", v.join("\n  "))
         }
+    }
+}
+
+/// Whether an Outbound entry records every piece of its message with a
+/// Twilio SID: a split message's last piece is marked `(n/n)` with n pieces
+/// recorded; an unsplit one is one piece. (The sender also records the
+/// pieces that went out before a failure: those entries are partial.)
+fn complete(event: &HistoryEvent) -> bool {
+    let HistoryEvent::Outbound { pieces, .. } = event else { return false };
+    if pieces.is_empty() || pieces.iter().any(|p| p.sid.is_none()) {
+        return false;
+    }
+    let last = pieces[pieces.len() - 1].body.trim_end();
+    let marker = last.strip_suffix(')').and_then(|s| s.rsplit_once('(')).and_then(|(_, m)| m.split_once('/'));
+    match marker.and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?))) {
+        Some((k, n)) => k == n && n == pieces.len(),
+        None => pieces.len() == 1,
     }
 }
 

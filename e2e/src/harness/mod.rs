@@ -201,20 +201,53 @@ impl Stack {
             config,
         };
         let common = stack.common_env(&channels);
-        let mut ingress_env = common.clone();
-        let admin_port = free_port();
-        ingress_env.push(("SMSGATE_INGRESS_ADDR".to_owned(), format!("127.0.0.1:{ingress_port}")));
-        ingress_env.push(("SMSGATE_ADMIN_ADDR".to_owned(), format!("127.0.0.1:{admin_port}")));
-        stack.define(Service::Ingress, ingress_env, format!("http://127.0.0.1:{ingress_port}/api/ready"), &bins);
-        stack.define_next(Service::Worker(0), &bins);
-        stack.define_next(Service::Sender(0), &bins);
-        for service in [Service::Ingress, Service::Worker(0), Service::Sender(0)] {
-            stack.spawn(service)?;
+        let mut port = ingress_port;
+        for attempt in 1..=3 {
+            let mut ingress_env = common.clone();
+            let admin_port = free_port();
+            ingress_env.push(("SMSGATE_INGRESS_ADDR".to_owned(), format!("127.0.0.1:{port}")));
+            ingress_env.push(("SMSGATE_ADMIN_ADDR".to_owned(), format!("127.0.0.1:{admin_port}")));
+            stack.define(Service::Ingress, ingress_env, format!("http://127.0.0.1:{port}/api/ready"), &bins);
+            stack.ingress_url = format!("http://127.0.0.1:{port}{}{PATH_TOKEN}", smsgate_shared::config::WEBHOOK_PATH);
+            match stack.restart(Service::Ingress).await {
+                Ok(()) => break,
+                // A free port taken by someone else in the meantime: take another.
+                Err(e) if attempt < 3 && stack.exited(Service::Ingress) => {
+                    eprintln!("e2e harness: ingress did not start ({e:#}); trying other ports");
+                    port = free_port();
+                }
+                Err(e) => return Err(e),
+            }
         }
-        for service in [Service::Ingress, Service::Worker(0), Service::Sender(0)] {
-            stack.wait_ready(service).await?;
-        }
+        stack.start_fresh(Service::Worker(0), &bins).await?;
+        stack.start_fresh(Service::Sender(0), &bins).await?;
         Ok(stack)
+    }
+
+    /// Whether the service's process has exited (it is then forgotten).
+    fn exited(&mut self, service: Service) -> bool {
+        let Some(proc) = self.procs.get_mut(&service) else { return false };
+        let gone = proc.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        if gone {
+            proc.child = None;
+        }
+        gone
+    }
+
+    /// Defines a worker or sender on a fresh ops port and starts it,
+    /// retrying with another port if it exits during start-up.
+    async fn start_fresh(&mut self, service: Service, bins: &binaries::Binaries) -> anyhow::Result<()> {
+        for attempt in 1..=3 {
+            self.define_next(service, bins);
+            match self.restart(service).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 && self.exited(service) => {
+                    eprintln!("e2e harness: {} did not start ({e:#}); trying another port", service.label());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn common_env(&self, channels: &Path) -> Vec<(String, String)> {
@@ -330,8 +363,7 @@ impl Stack {
             Service::Sender(_) => Service::Sender(n),
             Service::Ingress => bail!("there is one ingress"),
         };
-        self.define_next(service, &bins);
-        self.restart(service).await?;
+        self.start_fresh(service, &bins).await?;
         Ok(service)
     }
 
@@ -373,29 +405,103 @@ impl Stack {
         Ok(s.info().await?.state.messages)
     }
 
-    /// Waits until `P_INBOUND` and `P_OUTBOUND` are empty: every message was
-    /// processed to the end (work queues delete a message only on its ack,
-    /// which comes after everything it caused was recorded).
-    pub async fn wait_drained(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until the worker's and the sender's durable consumers have
+    /// nothing left to deliver and nothing awaiting an ack (a nak with a
+    /// delay stays pending): every message was processed to the end, twice
+    /// in a row a moment apart. Returns what the work queues still store
+    /// then ([`Leftovers`]): normally nothing, as an ack deletes a message.
+    pub async fn wait_drained(&self, timeout: Duration) -> anyhow::Result<Leftovers> {
         let deadline = Instant::now() + timeout;
-        let (inbound, outbound) = (self.topology.inbound_stream(), self.topology.outbound_stream());
         let mut quiet = 0;
         loop {
-            let left = match (self.queued(&inbound).await, self.queued(&outbound).await) {
-                (Ok(a), Ok(b)) => Some((a, b)),
-                _ => None,
-            };
-            // Twice in a row, a moment apart: a worker may be between acking
-            // the inbound and the sender pulling the reply.
-            quiet = if left == Some((0, 0)) { quiet + 1 } else { 0 };
-            if quiet >= 2 {
-                return Ok(());
+            let state = self.queue_state().await.ok();
+            quiet = if state.as_ref().is_some_and(|s| s.idle()) { quiet + 1 } else { 0 };
+            if quiet >= 2
+                && let Some(s) = state
+            {
+                return Ok(Leftovers { inbound: s.inbound.0, outbound: s.outbound.0 });
             }
             if Instant::now() > deadline {
-                bail!("the pipeline did not drain within {timeout:?}: left (inbound, outbound) = {left:?}");
+                let detail = self.describe_queues().await;
+                bail!("the pipeline did not drain within {timeout:?}: {state:?}\n{detail}");
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    async fn queue_state(&self) -> anyhow::Result<QueueState> {
+        let one = |stream: String, consumer: &'static str| async move {
+            let mut s = self.js.get_stream(&stream).await?;
+            let messages = s.info().await?.state.messages;
+            let mut c: consumer::PullConsumer = s.get_consumer(consumer).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let info = c.info().await?;
+            anyhow::Ok((messages, info.num_pending, info.num_ack_pending))
+        };
+        Ok(QueueState {
+            inbound: one(self.topology.inbound_stream(), smsgate_worker::CONSUMER).await?,
+            outbound: one(self.topology.outbound_stream(), smsgate_sender::OUTBOUND_CONSUMER).await?,
+        })
+    }
+
+    /// What is left in the work queues and what their consumers think, for
+    /// a failure message.
+    pub async fn describe_queues(&self) -> String {
+        let mut out = String::new();
+        let queues = [
+            (self.topology.inbound_stream(), smsgate_worker::CONSUMER),
+            (self.topology.outbound_stream(), smsgate_sender::OUTBOUND_CONSUMER),
+        ];
+        for (stream, consumer) in queues {
+            out.push_str(&self.peek(&stream, 10).await);
+            let info = match self.js.get_stream(&stream).await {
+                Ok(s) => {
+                    let state = s.cached_info().state.clone();
+                    let c: Result<consumer::PullConsumer, _> = s.get_consumer(consumer).await;
+                    match c {
+                        Ok(mut c) => match c.info().await {
+                            Ok(i) => format!(
+                                "stream first {} last {} messages {}; consumer {consumer}: delivered {} ack floor {} \
+                                 pending {} ack pending {} redelivered {}",
+                                state.first_sequence,
+                                state.last_sequence,
+                                state.messages,
+                                i.delivered.stream_sequence,
+                                i.ack_floor.stream_sequence,
+                                i.num_pending,
+                                i.num_ack_pending,
+                                i.num_redelivered
+                            ),
+                            Err(e) => format!("consumer info: {e}"),
+                        },
+                        Err(e) => format!("consumer: {e}"),
+                    }
+                }
+                Err(e) => format!("stream: {e}"),
+            };
+            out.push_str(&format!("{stream}: {info}\n"));
+        }
+        out
+    }
+
+    /// The first `n` messages a work queue still stores (an ordered
+    /// consumer cannot read a work queue: read them by sequence).
+    pub async fn peek(&self, stream: &str, n: usize) -> String {
+        let mut out = String::new();
+        let Ok(mut s) = self.js.get_stream(stream).await else { return out };
+        let Ok(info) = s.info().await else { return out };
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut found = 0;
+        for seq in first..=last {
+            if found >= n {
+                break;
+            }
+            if let Ok(m) = s.get_raw_message(seq).await {
+                found += 1;
+                let text = String::from_utf8_lossy(&m.payload);
+                out.push_str(&format!("{stream}: left seq {seq} {} {}\n", m.subject, &text[..text.len().min(160)]));
+            }
+        }
+        out
     }
 
     /// Reads back everything the pipeline recorded.
@@ -438,8 +544,39 @@ impl Drop for Stack {
         if std::thread::panicking() {
             eprintln!("==== e2e stack {} failed; service logs (last 40 lines each):", self.config.name);
             eprintln!("{}", self.log_tails(40));
+            // The temporary directory goes; the whole logs are kept for a post-mortem.
+            let kept = std::env::temp_dir().join(format!("smsgate-e2e-failed-{}", self.prefix));
+            if std::fs::create_dir_all(&kept).is_ok() {
+                for proc in self.procs.values() {
+                    if let Some(name) = proc.log.file_name() {
+                        let _ = std::fs::copy(&proc.log, kept.join(name));
+                    }
+                }
+                eprintln!("==== full logs kept in {}", kept.display());
+            }
         }
         // The NATS server and the stubs stop in their own Drop.
+    }
+}
+
+/// Messages the work queues still store once their consumers are idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftovers {
+    pub inbound: u64,
+    pub outbound: u64,
+}
+
+/// Per work queue: (messages stored, consumer's pending, consumer's ack pending).
+#[derive(Debug)]
+struct QueueState {
+    inbound: (u64, u64, usize),
+    outbound: (u64, u64, usize),
+}
+
+impl QueueState {
+    fn idle(&self) -> bool {
+        let idle = |(_, pending, ack_pending): (u64, u64, usize)| pending == 0 && ack_pending == 0;
+        idle(self.inbound) && idle(self.outbound)
     }
 }
 

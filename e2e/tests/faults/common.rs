@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use smsgate_e2e::harness::{Expect, Report, Stack};
+use smsgate_e2e::harness::{Expect, Leftovers, Report, Stack};
 use smsgate_e2e::webhook::{SignedWebhook, message_sid, sender_number};
 
 /// Generous: the machine has two cores and is shared.
@@ -39,10 +39,17 @@ pub async fn post(stack: &Stack, expect: &mut Expect, hooks: &[SignedWebhook]) {
     }
 }
 
-/// Waits for the pipeline to drain, then checks the ledger; prints the
-/// report (and the service logs on failure, through the stack's Drop).
+/// Waits for the pipeline to drain, then checks that the work queues are
+/// empty and the ledger; prints the report (and the service logs on
+/// failure, through the stack's Drop).
 pub async fn settle_and_check(stack: &Stack, expect: &Expect, started: Instant) -> Report {
-    stack.wait_drained(DRAIN).await.unwrap();
+    let left = stack.wait_drained(DRAIN).await.unwrap();
+    assert_eq!(left, Leftovers { inbound: 0, outbound: 0 }, "acked messages left in the work queues");
+    check(stack, expect, started).await
+}
+
+/// The ledger check alone.
+pub async fn check(stack: &Stack, expect: &Expect, started: Instant) -> Report {
     let ledger = stack.ledger().await.unwrap();
     let report = ledger.check(expect).unwrap();
     eprintln!("{}: {report} ({:.1} s)", stack.config.name, started.elapsed().as_secs_f64());

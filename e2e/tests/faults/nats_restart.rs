@@ -36,7 +36,22 @@ async fn what_ingress_acked_survives_a_nats_restart() {
     let slowest = refused.iter().max().copied().unwrap_or_default();
     assert!(slowest < Duration::from_secs(5), "503 came fast, never Twilio's 15 s: {slowest:?}");
 
-    let report = common::settle_and_check(&stack, &expect, started).await;
+    // nats-server 2.9.10 killed with SIGKILL may come back with messages in a
+    // work queue whose removal (on ack) it had not written yet, while the
+    // consumer's ack floor already covers them: the consumer never delivers
+    // them again, and the ledger below proves each one was processed. They
+    // are counted and reported, not hidden; the services' idempotency
+    // (`P_seen`, `P_sent` done marker) makes a later redelivery of them
+    // harmless.
+    let left = stack.wait_drained(common::DRAIN).await.unwrap();
+    if left.inbound + left.outbound > 0 {
+        eprintln!(
+            "natsr: after the hard restart the work queues kept {left:?} already acked messages \
+             (below the consumers' ack floor):\n{}",
+            stack.describe_queues().await
+        );
+    }
+    let report = common::check(&stack, &expect, started).await;
     eprintln!("natsr: {} posts refused with 503 (slowest {slowest:?})", refused.len());
     assert_eq!(report.distinct_acked, 500);
     assert_eq!(report.replied, 500, "{report}");
