@@ -31,7 +31,7 @@ cat >"$tmp/channels.json" <<JSON
 JSON
 SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
 SMSGATE_INGRESS_ADDR="127.0.0.1:$http_port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" RUST_LOG=warn \
-  target/release/smsgate-ingress >"$tmp/ingress.log" 2>&1 & ingress=$!; pids+=($ingress)
+  "${INGRESS_BIN:-target/release/smsgate-ingress}" >"$tmp/ingress.log" 2>&1 & ingress=$!; pids+=($ingress)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$http_port/api/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 
 ( peak=0; while kill -0 "$ingress" 2>/dev/null; do

@@ -63,6 +63,7 @@ pub struct Shared {
     pub js: jetstream::Context,
     pub topology: Topology,
     pub channels: webhook::Channels,
+    pub metrics: webhook::Metrics,
     /// Set once every stream exists.
     pub topology_ready: AtomicBool,
     pub publish_timeout: Duration,
@@ -107,7 +108,8 @@ impl App {
             client,
             js: js.clone(),
             topology: topology.clone(),
-            channels: webhook::Channels::new(&channels),
+            channels: webhook::Channels::new(&channels, &topology),
+            metrics: webhook::Metrics::new(),
             topology_ready: AtomicBool::new(false),
             publish_timeout: PUBLISH_TIMEOUT,
         });

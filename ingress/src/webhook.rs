@@ -5,6 +5,7 @@
 //! required fields (400) → publish and wait for the ack (503 when NATS does
 //! not answer in time) → 200.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,8 +18,9 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::MessageSid;
-use smsgate_shared::envelope::{self, Inbound, Media, StatusUpdate};
+use smsgate_shared::envelope::{self, InboundRef, Media, StatusUpdate};
 use smsgate_shared::signature;
+use smsgate_shared::topology::Topology;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -32,15 +34,31 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// back to the person as an SMS.
 pub const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
 
+/// A channel with what the hot path needs precomputed.
+pub struct Entry {
+    pub channel: Channel,
+    inbound_subject: String,
+    status_subject: String,
+}
+
 /// The channels, found by path token in constant time.
 pub struct Channels {
-    entries: Vec<(Arc<Channel>, [u8; 32])>,
+    entries: Vec<(Arc<Entry>, [u8; 32])>,
 }
 
 impl Channels {
-    pub fn new(channels: &[Channel]) -> Self {
-        let entries =
-            channels.iter().map(|c| (Arc::new(c.clone()), token_digest(c.path_token.expose_secret()))).collect();
+    pub fn new(channels: &[Channel], topology: &Topology) -> Self {
+        let entries = channels
+            .iter()
+            .map(|c| {
+                let entry = Entry {
+                    channel: c.clone(),
+                    inbound_subject: topology.inbound_subject(&c.id),
+                    status_subject: topology.status_subject(&c.id),
+                };
+                (Arc::new(entry), token_digest(c.path_token.expose_secret()))
+            })
+            .collect();
         Self { entries }
     }
 
@@ -54,12 +72,12 @@ impl Channels {
 
     /// Compares the token's digest with every channel's, always all of them,
     /// so neither the answer's timing nor a partial match tells anything.
-    pub fn find(&self, token: &str) -> Option<Arc<Channel>> {
+    pub fn find(&self, token: &str) -> Option<Arc<Entry>> {
         let digest = token_digest(token);
         let mut found = None;
-        for (channel, d) in &self.entries {
+        for (entry, d) in &self.entries {
             if bool::from(d.ct_eq(&digest)) {
-                found = Some(channel.clone());
+                found = Some(entry.clone());
             }
         }
         found
@@ -68,6 +86,34 @@ impl Channels {
 
 fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// Metric handles registered once, so the accepted path does no registry
+/// look-up per request. Rejections are rare and use the macros.
+pub struct Metrics {
+    webhook_accepted: metrics::Counter,
+    status_accepted: metrics::Counter,
+    publish_seconds: metrics::Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            webhook_accepted: metrics::counter!("smsgate_ingress_requests_total", "route" => "webhook", "outcome" => "accepted"),
+            status_accepted: metrics::counter!("smsgate_ingress_requests_total", "route" => "status", "outcome" => "accepted"),
+            publish_seconds: metrics::histogram!("smsgate_ingress_publish_seconds"),
+        }
+    }
+
+    fn accepted(&self, inbound: bool) -> &metrics::Counter {
+        if inbound { &self.webhook_accepted } else { &self.status_accepted }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A refused request: the status code Twilio sees and the reason we log.
@@ -148,17 +194,16 @@ pub async fn status(
 
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let channel = shared.channels.find(token);
-    let channel_id = channel.as_ref().map_or("", |c| c.id.as_str()).to_owned();
-    let result = match channel {
+    let entry = shared.channels.find(token);
+    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str()).to_owned();
+    let result = match entry {
         None => Err(UNKNOWN_TOKEN),
-        Some(channel) => accept(route, shared, &channel, uri, headers, body).await,
+        Some(entry) => accept(route, shared, &entry, uri, headers, body).await,
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(accepted) => {
-            metrics::counter!("smsgate_ingress_requests_total", "route" => route.as_str(), "outcome" => "accepted")
-                .increment(1);
+            shared.metrics.accepted(route == Route::Inbound).increment(1);
             tracing::debug!(
                 route = route.as_str(),
                 channel_id,
@@ -223,11 +268,12 @@ struct Accepted {
 async fn accept(
     route: Route,
     shared: &Shared,
-    channel: &Channel,
+    entry: &Entry,
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, Rejection> {
+    let channel = &entry.channel;
     if !channel.enabled {
         return Err(CHANNEL_DISABLED);
     }
@@ -235,7 +281,8 @@ async fn accept(
         return Err(NOT_A_FORM);
     }
     let body = read_body(headers, body).await?;
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    // Borrowed from the body wherever nothing needed decoding.
+    let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(&body).collect();
 
     if !channel.insecure_skip_signature {
         let signature = headers
@@ -258,22 +305,19 @@ async fn accept(
     let now = OffsetDateTime::now_utc();
     let (subject, msg_id, payload) = match route {
         Route::Inbound => {
-            let from = fields.get("From").ok_or(missing("From missing"))?.to_owned();
-            let to = fields.get("To").ok_or(missing("To missing"))?.to_owned();
-            let inbound = Inbound {
+            let inbound = InboundRef {
                 v: envelope::VERSION,
-                channel_id: channel.id.clone(),
-                message_sid: message_sid.clone(),
-                account_sid: channel.account_sid.to_string(),
-                from,
-                to,
-                body: fields.get("Body").unwrap_or_default().to_owned(),
+                channel_id: &channel.id,
+                message_sid: &message_sid,
+                account_sid: channel.account_sid.as_str(),
+                from: fields.get("From").ok_or(missing("From missing"))?,
+                to: fields.get("To").ok_or(missing("To missing"))?,
+                body: fields.get("Body").unwrap_or_default(),
                 media: fields.media(),
                 received_at: now,
-                params: Vec::new(),
+                params: &params,
             };
-            let inbound = Inbound { params, ..inbound };
-            (shared.topology.inbound_subject(&channel.id), message_sid.to_string(), envelope::encode(&inbound))
+            (entry.inbound_subject.clone(), message_sid.to_string(), envelope::encode(&inbound))
         }
         Route::Status => {
             let status = fields.get("MessageStatus").ok_or(missing("MessageStatus missing"))?.to_owned();
@@ -287,11 +331,10 @@ async fn accept(
                 error_code: fields.get("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned),
                 to: fields.get("To").map(str::to_owned),
                 received_at: now,
-                params: Vec::new(),
+                params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 status: status.clone(),
             };
-            let update = StatusUpdate { params, ..update };
-            (shared.topology.status_subject(&channel.id), format!("{message_sid}.{status}"), envelope::encode(&update))
+            (entry.status_subject.clone(), format!("{message_sid}.{status}"), envelope::encode(&update))
         }
     };
     let duplicate = publish(shared, subject, &msg_id, payload).await?;
@@ -322,7 +365,7 @@ async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes)
         })
     };
     let ack = tokio::time::timeout(shared.publish_timeout, attempt).await.map_err(|_| ACK_TIMEOUT)??;
-    metrics::histogram!("smsgate_ingress_publish_seconds").record(started.elapsed().as_secs_f64());
+    shared.metrics.publish_seconds.record(started.elapsed().as_secs_f64());
     Ok(ack.duplicate)
 }
 
@@ -364,11 +407,11 @@ fn signed_url(channel: &Channel, uri: &Uri, headers: &HeaderMap) -> Option<Strin
 }
 
 /// Form fields by name (the first value of a repeated key).
-struct Fields<'a>(&'a [(String, String)]);
+struct Fields<'a>(&'a [(Cow<'a, str>, Cow<'a, str>)]);
 
 impl<'a> Fields<'a> {
     fn get(&self, name: &str) -> Option<&'a str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_ref())
     }
 
     /// MediaUrl{N} / MediaContentType{N}, N from 0 to NumMedia - 1 (at most 10).
@@ -393,7 +436,7 @@ mod tests {
 
     #[test]
     fn finds_a_channel_by_token_and_nothing_by_a_near_miss() {
-        let channels = Channels::new(&[testkit::channel("")]);
+        let channels = Channels::new(&[testkit::channel("")], &Topology::new("t"));
         assert!(channels.find(testkit::PATH_TOKEN).is_some());
         let near = &testkit::PATH_TOKEN[..testkit::PATH_TOKEN.len() - 1];
         assert!(channels.find(near).is_none());
@@ -437,7 +480,7 @@ mod tests {
 
     #[test]
     fn media_are_read_up_to_num_media() {
-        let params: Vec<(String, String)> = [
+        let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = [
             ("NumMedia", "2"),
             ("MediaUrl0", "https://a/0"),
             ("MediaContentType0", "image/jpeg"),
@@ -445,7 +488,7 @@ mod tests {
             ("MediaUrl2", "https://a/2"),
         ]
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
         .collect();
         let media = Fields(&params).media();
         assert_eq!(media.len(), 2);

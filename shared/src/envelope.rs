@@ -72,6 +72,24 @@ pub struct Inbound {
     pub params: Vec<(String, String)>,
 }
 
+/// The same payload as [`Inbound`], written from borrowed parts: ingress
+/// serialises it straight from the request body without copying every
+/// parameter into an owned `String` first. Readers decode it as [`Inbound`].
+#[derive(Debug, Serialize)]
+pub struct InboundRef<'a> {
+    pub v: u32,
+    pub channel_id: &'a ChannelId,
+    pub message_sid: &'a MessageSid,
+    pub account_sid: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub body: &'a str,
+    pub media: Vec<Media>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub params: &'a [(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)],
+}
+
 /// Where an outbound message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -295,6 +313,42 @@ mod tests {
         assert!(text.contains(r#""kind":"note""#), "{text}");
         assert!(text.contains(r#""reason":"rate_limited""#), "{text}");
         assert_eq!(decode::<HistoryEntry>(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn a_borrowed_inbound_decodes_as_an_inbound() {
+        use std::borrow::Cow;
+        let params = vec![(Cow::Borrowed("Body"), Cow::Owned("hi there".to_owned()))];
+        let channel = ChannelId::parse("c").unwrap();
+        let sid = MessageSid::parse("SM1").unwrap();
+        let at = OffsetDateTime::now_utc();
+        let borrowed = InboundRef {
+            v: VERSION,
+            channel_id: &channel,
+            message_sid: &sid,
+            account_sid: "AC1",
+            from: "+14155550100",
+            to: "+15550001111",
+            body: "hi there",
+            media: vec![Media { url: "https://m/0".to_owned(), content_type: Some("image/png".to_owned()) }],
+            received_at: at,
+            params: &params,
+        };
+        let inbound: Inbound = decode(&encode(&borrowed)).unwrap();
+        let expected = Inbound {
+            v: VERSION,
+            channel_id: channel.clone(),
+            message_sid: sid.clone(),
+            account_sid: "AC1".to_owned(),
+            from: "+14155550100".to_owned(),
+            to: "+15550001111".to_owned(),
+            body: "hi there".to_owned(),
+            media: borrowed.media.clone(),
+            received_at: inbound.received_at,
+            params: vec![("Body".to_owned(), "hi there".to_owned())],
+        };
+        assert_eq!(inbound, expected);
+        assert_eq!(inbound.received_at.unix_timestamp(), at.unix_timestamp());
     }
 
     #[test]

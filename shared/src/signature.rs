@@ -16,11 +16,14 @@ pub const HEADER: &str = "X-Twilio-Signature";
 
 type HmacSha1 = Hmac<Sha1>;
 
-fn mac_for(token: &[u8], url: &str, params: &[(String, String)]) -> HmacSha1 {
+/// No parameters (a GET, or a JSON body checked by its hash).
+const NO_PARAMS: &[(&str, &str)] = &[];
+
+fn mac_for<K: AsRef<str>, V: AsRef<str>>(token: &[u8], url: &str, params: &[(K, V)]) -> HmacSha1 {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = HmacSha1::new_from_slice(token).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(url.as_bytes());
-    let mut sorted: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut sorted: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
     sorted.sort_unstable();
     sorted.dedup();
     for (k, v) in sorted {
@@ -31,14 +34,16 @@ fn mac_for(token: &[u8], url: &str, params: &[(String, String)]) -> HmacSha1 {
 }
 
 /// The signature Twilio would send for a form POST of `params` to `url`.
-pub fn sign(token: &str, url: &str, params: &[(String, String)]) -> String {
+/// `params` are name/value pairs as received (`String`s, or `Cow`s borrowed
+/// from the body).
+pub fn sign<K: AsRef<str>, V: AsRef<str>>(token: &str, url: &str, params: &[(K, V)]) -> String {
     STANDARD.encode(mac_for(token.as_bytes(), url, params).finalize().into_bytes())
 }
 
 /// Checks `signature` (the header's value) for a form POST of `params` to
 /// `url`, also accepting the URL with the default port added or removed, as
 /// Twilio's own validators do. Comparison is constant-time.
-pub fn validate(token: &str, url: &str, params: &[(String, String)], signature: &str) -> bool {
+pub fn validate<K: AsRef<str>, V: AsRef<str>>(token: &str, url: &str, params: &[(K, V)], signature: &str) -> bool {
     let Ok(expected) = STANDARD.decode(signature.trim()) else {
         return false;
     };
@@ -61,7 +66,7 @@ pub fn validate_with_body(token: &str, url: &str, body: &[u8], signature: &str) 
     let actual = hex::encode(Sha256::digest(body));
     let hash_ok: bool =
         subtle::ConstantTimeEq::ct_eq(actual.as_bytes(), claimed.to_ascii_lowercase().as_bytes()).into();
-    validate(token, url, &[], signature) && hash_ok
+    validate(token, url, NO_PARAMS, signature) && hash_ok
 }
 
 /// The URL as given, plus the default-port variant: with `:443`/`:80` added
@@ -177,19 +182,19 @@ mod tests {
         let hash = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
         assert_eq!(hex::encode(Sha256::digest(body)), hash);
         let url = format!("{U}&bodySHA256={hash}");
-        assert_eq!(sign(TOKEN, &url, &[]), "a9nBmqA0ju/hNViExpshrM61xv4=");
+        assert_eq!(sign(TOKEN, &url, NO_PARAMS), "a9nBmqA0ju/hNViExpshrM61xv4=");
         assert!(validate_with_body(TOKEN, &url, body, "a9nBmqA0ju/hNViExpshrM61xv4="));
         assert!(!validate_with_body(TOKEN, &url, b"{}", "a9nBmqA0ju/hNViExpshrM61xv4="));
         let bare = format!("https://mycompany.com/myapp.php?bodySHA256={hash}");
-        assert_eq!(sign(TOKEN, &bare, &[]), "y77kIzt2vzLz71DgmJGsen2scGs=");
+        assert_eq!(sign(TOKEN, &bare, NO_PARAMS), "y77kIzt2vzLz71DgmJGsen2scGs=");
     }
 
     #[test]
     fn empty_json_body_matches_only_with_port_443() {
         let signed = "https://mycompany.com:443/myapp.php?foo=1&bar=2&bodySHA256=44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
         let unsigned = signed.replace(":443", "");
-        assert_eq!(sign(TOKEN, signed, &[]), "Ldidvp12m26NI7eqEvxnEpkd9Hc=");
-        assert_ne!(sign(TOKEN, &unsigned, &[]), "Ldidvp12m26NI7eqEvxnEpkd9Hc=");
+        assert_eq!(sign(TOKEN, signed, NO_PARAMS), "Ldidvp12m26NI7eqEvxnEpkd9Hc=");
+        assert_ne!(sign(TOKEN, &unsigned, NO_PARAMS), "Ldidvp12m26NI7eqEvxnEpkd9Hc=");
         // Configured without the port, the :443 variant still validates.
         assert!(validate_with_body(TOKEN, &unsigned, b"{}", "Ldidvp12m26NI7eqEvxnEpkd9Hc="));
     }
