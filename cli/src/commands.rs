@@ -339,20 +339,14 @@ async fn simulate(s: Simulation, json: bool) -> Result<(), CliError> {
     // checks against the same. Without a public base URL ingress rebuilds
     // the URL from Host, i.e. the one we post to.
     let signed_url = c.webhook_url().unwrap_or_else(|| post_url.clone());
-    let mut params: Vec<(String, String)> = vec![
-        ("ToCountry".into(), "US".into()),
-        ("SmsMessageSid".into(), sid.clone()),
-        ("NumMedia".into(), s.media_urls.len().to_string()),
-        ("SmsSid".into(), sid.clone()),
-        ("SmsStatus".into(), "received".into()),
-        ("Body".into(), s.body.clone()),
-        ("To".into(), to.to_string()),
-        ("NumSegments".into(), "1".into()),
-        ("MessageSid".into(), sid.clone()),
-        ("AccountSid".into(), c.account_sid.to_string()),
-        ("From".into(), from.to_string()),
-        ("ApiVersion".into(), "2010-04-01".into()),
-    ];
+    let mut params = signature::inbound_sms_params(
+        c.account_sid.as_str(),
+        to.as_str(),
+        &sid,
+        from.as_str(),
+        &s.body,
+        s.media_urls.len(),
+    );
     if let Some(ms) = &c.messaging_service_sid {
         params.push(("MessagingServiceSid".into(), ms.clone()));
     }

@@ -33,23 +33,7 @@ pub fn sender_number(i: u64) -> String {
 
 /// The parameters of an inbound SMS, in the order Twilio sends them.
 pub fn inbound_params(target: &Target, sid: &str, from: &str, body: &str) -> Vec<(String, String)> {
-    [
-        ("ToCountry", "US"),
-        ("SmsMessageSid", sid),
-        ("NumMedia", "0"),
-        ("SmsSid", sid),
-        ("SmsStatus", "received"),
-        ("Body", body),
-        ("To", target.to.as_str()),
-        ("NumSegments", "1"),
-        ("MessageSid", sid),
-        ("AccountSid", target.account_sid.as_str()),
-        ("From", from),
-        ("ApiVersion", "2010-04-01"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
+    signature::inbound_sms_params(&target.account_sid, &target.to, sid, from, body, 0)
 }
 
 /// Builds and signs one webhook.

@@ -111,23 +111,7 @@ pub fn form(params: &[(String, String)]) -> String {
 
 /// An inbound SMS as Twilio posts it.
 pub fn inbound_params(sid: &str, body: &str) -> Vec<(String, String)> {
-    [
-        ("ToCountry", "US"),
-        ("SmsMessageSid", sid),
-        ("NumMedia", "0"),
-        ("SmsSid", sid),
-        ("SmsStatus", "received"),
-        ("Body", body),
-        ("To", testkit::FROM_NUMBER),
-        ("NumSegments", "1"),
-        ("MessageSid", sid),
-        ("AccountSid", testkit::ACCOUNT_SID),
-        ("From", "+14155550100"),
-        ("ApiVersion", "2010-04-01"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
+    signature::inbound_sms_params(testkit::ACCOUNT_SID, testkit::FROM_NUMBER, sid, "+14155550100", body, 0)
 }
 
 pub fn without(params: &[(String, String)], key: &str) -> Vec<(String, String)> {
