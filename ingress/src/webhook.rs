@@ -195,10 +195,10 @@ pub async fn status(
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let entry = shared.channels.find(token);
-    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str()).to_owned();
-    let result = match entry {
+    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str());
+    let result = match &entry {
         None => Err(UNKNOWN_TOKEN),
-        Some(entry) => accept(route, shared, &entry, uri, headers, body).await,
+        Some(entry) => accept(route, shared, entry, uri, headers, body).await,
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {

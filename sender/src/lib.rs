@@ -99,24 +99,20 @@ impl Default for Tuning {
 /// The consumer on `P_OUTBOUND` (public so that tests can pre-create it
 /// with a short ack wait before starting the binary).
 pub fn outbound_consumer_config(topology: &Topology, tuning: &Tuning) -> pull::Config {
-    pull::Config {
-        durable_name: Some(OUTBOUND_CONSUMER.to_owned()),
-        description: Some("smsgate sender: replies to deliver".to_owned()),
-        filter_subject: format!("{}.outbound.>", topology.prefix()),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: tuning.ack_wait,
-        max_deliver: tuning.max_deliver,
-        max_ack_pending: tuning.max_ack_pending,
-        ..Default::default()
-    }
+    consumer_config(OUTBOUND_CONSUMER, "replies to deliver", format!("{}.outbound.>", topology.prefix()), tuning)
 }
 
 /// The consumer on `P_STATUS`.
 pub fn status_consumer_config(topology: &Topology, tuning: &Tuning) -> pull::Config {
+    consumer_config(STATUS_CONSUMER, "Twilio status callbacks", format!("{}.status.>", topology.prefix()), tuning)
+}
+
+/// Both consumers differ only in name and subject.
+fn consumer_config(name: &str, what: &str, filter_subject: String, tuning: &Tuning) -> pull::Config {
     pull::Config {
-        durable_name: Some(STATUS_CONSUMER.to_owned()),
-        description: Some("smsgate sender: Twilio status callbacks".to_owned()),
-        filter_subject: format!("{}.status.>", topology.prefix()),
+        durable_name: Some(name.to_owned()),
+        description: Some(format!("smsgate sender: {what}")),
+        filter_subject,
         ack_policy: AckPolicy::Explicit,
         ack_wait: tuning.ack_wait,
         max_deliver: tuning.max_deliver,
