@@ -44,6 +44,12 @@ use super::Stack;
 /// may have reached Twilio: the 201 → `P_sent` put window is milliseconds;
 /// this is generous for a loaded machine.
 pub const KILL_WINDOW: Duration = Duration::from_secs(2);
+/// How long after the kill is recorded a copy may still reach the stub: a
+/// request the sender wrote just before SIGKILL is read by the stub after
+/// the test took its timestamp, and its 201 goes to a dead socket, so
+/// `P_sent` never learns it. The likely cause of one unexplained
+/// "not in a kill window" failure in about ten full runs.
+pub const AFTER_KILL_SLACK: Duration = Duration::from_millis(500);
 
 /// What the test did.
 #[derive(Debug, Clone, Default)]
@@ -405,7 +411,10 @@ impl Ledger {
             // does not know are extra; each must sit in a kill window.
             let extra = calls.iter().filter(|c| !c.sid.as_deref().is_some_and(|s| key_of_sid.contains_key(s)));
             for c in extra {
-                let in_window = expect.sender_kills.iter().any(|k| c.at <= *k && k.duration_since(c.at) <= KILL_WINDOW);
+                let in_window = expect
+                    .sender_kills
+                    .iter()
+                    .any(|k| c.at <= *k + AFTER_KILL_SLACK && k.saturating_duration_since(c.at) <= KILL_WINDOW);
                 if in_window {
                     report.double_sends_in_kill_window += 1;
                 } else {
