@@ -30,7 +30,8 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use rand::Rng;
 use serde::Deserialize;
-use smsgate_shared::config::{Channel, Delivery};
+use smsgate_shared::config::{self, Channel};
+use smsgate_shared::consume::{BoxError, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, HistoryEvent, NoteReason, Outbound, Piece};
 use smsgate_shared::topology::{Stage, Topology};
@@ -42,59 +43,46 @@ use crate::record::{self, Failure};
 use crate::sms::{self, Encoding, SmsPiece};
 use crate::twilio::{self, CreatedMessage, ErrorKind, NewMessage, TwilioError};
 
-/// What to tell JetStream about a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Done (delivered, recorded, or dead-lettered).
-    Ack,
-    /// Try again after this delay.
-    Retry(Duration),
-    /// Shutting down: hand it back at once.
-    Release,
-}
+pub use smsgate_shared::consume::Disposition;
 
-/// Lane key: hash(channel, to), so one recipient's messages stay in order.
-pub fn lane_of(msg: &Message) -> u64 {
-    #[derive(Deserialize)]
-    struct Key<'a> {
-        #[serde(borrow)]
-        channel_id: Option<&'a str>,
-        #[serde(borrow)]
-        to: Option<&'a str>,
-    }
-    match serde_json::from_slice::<Key<'_>>(&msg.payload) {
-        Ok(k) => crate::lanes::hash(&[k.channel_id.unwrap_or(""), k.to.unwrap_or("")]),
-        Err(_) => crate::lanes::hash(&[msg.subject.as_str()]),
-    }
-}
+/// The consumer runtime's view of `P_OUTBOUND`: one recipient's messages
+/// (and so one message's pieces) in order, recipients in parallel.
+pub struct Replies(pub Arc<Ctx>);
 
-/// Handles one message and tells JetStream what became of it.
-pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
-    let span = tracing::info_span!(
-        "deliver",
-        stage = "sender",
-        channel_id = tracing::field::Empty,
-        outbound_id = tracing::field::Empty,
-        peer = tracing::field::Empty,
-    );
-    async {
-        let disposition = process(&ctx, &msg).await;
-        settle(&msg, disposition).await;
-    }
-    .instrument(span)
-    .await;
-}
+impl Handler for Replies {
+    type Item = ();
 
-/// Tells JetStream what became of a message. A lost ack only means a
-/// redelivery, which `P_sent` (pieces) and the status state make harmless.
-pub async fn settle(msg: &Message, disposition: Disposition) {
-    let result = match disposition {
-        Disposition::Ack => msg.double_ack().await,
-        Disposition::Retry(d) => msg.ack_with(AckKind::Nak(Some(d))).await,
-        Disposition::Release => msg.ack_with(AckKind::Nak(None)).await,
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, ?disposition, "cannot ack or nak");
+    /// Key: (channel, to), read without decoding the whole message.
+    fn prepare(&self, msg: &Message) -> (Option<Key>, ()) {
+        #[derive(Deserialize)]
+        struct Peer<'a> {
+            #[serde(borrow)]
+            channel_id: Option<&'a str>,
+            #[serde(borrow)]
+            to: Option<&'a str>,
+        }
+        let key = serde_json::from_slice::<Peer<'_>>(&msg.payload)
+            .ok()
+            .map(|k| key_of(&[k.channel_id.unwrap_or(""), k.to.unwrap_or("")]));
+        (key, ())
+    }
+
+    async fn handle(&self, d: &Delivery<()>) -> Disposition {
+        let span = tracing::info_span!(
+            "deliver",
+            stage = "sender",
+            channel_id = tracing::field::Empty,
+            outbound_id = tracing::field::Empty,
+            peer = tracing::field::Empty,
+        );
+        process(&self.0, d).instrument(span).await
+    }
+
+    async fn dead_letter(&self, s: Stranded<'_>) -> Result<(), BoxError> {
+        tracing::warn!(seq = s.seq, reason = %s.reason, outcome = "dead_letter", "outbound message dead-lettered");
+        let failure = Failure { stage: Stage::Sender, reason: s.reason.clone(), code: None, channel: None };
+        record::dead_letter_of(&self.0.bus, &s, failure).await?;
+        Ok(())
     }
 }
 
@@ -108,8 +96,8 @@ enum SendFailure {
     Final(TwilioError),
 }
 
-async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
+    let (msg, delivered) = (&d.msg, d.delivered);
     let out: Outbound = match envelope::decode(&msg.payload) {
         Ok(o) => o,
         Err(e) => return dead(ctx, msg, None, format!("cannot read the outbound message: {e}"), None).await,
@@ -169,7 +157,7 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         tracing::info!(pieces = pieces.len(), "reply cut at max_parts");
     }
 
-    if channel.delivery == Delivery::Log {
+    if channel.delivery == config::Delivery::Log {
         return log_delivery(ctx, &out, &pieces).await;
     }
 
@@ -202,7 +190,7 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
                 sids.push(Some(sid));
             }
             Err(SendFailure::Interrupted) => return Disposition::Release,
-            Err(SendFailure::Retryable(e)) if delivered < ctx.tuning.max_deliver => {
+            Err(SendFailure::Retryable(e)) if !d.is_last() => {
                 let delay = ctx.tuning.redelivery_delay * u32::try_from(delivered.max(1)).unwrap_or(1);
                 tracing::warn!(
                     piece = i + 1,

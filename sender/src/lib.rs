@@ -10,8 +10,9 @@
 //! - [`twilio`]: the Messages API client; [`twilio::TwilioError::kind`] is
 //!   the one place that decides retry behaviour.
 //! - [`pacer`]: next-slot pacing per sending number at the channel's `mps`.
-//! - [`lanes`]: a pull consumer feeding ordered lanes (one recipient always
-//!   lands in the same lane), stopping and draining on shutdown.
+//! - the consumer runtime ([`smsgate_shared::consume`]) runs both consumers:
+//!   one recipient's messages in order, recipients concurrently up to
+//!   `SMSGATE_SENDER_MAX_IN_FLIGHT`, stopping and draining on shutdown.
 //! - [`deliver`]: an `Outbound` from `P_OUTBOUND`: opt-out check → pieces →
 //!   per piece: `P_sent` check, pace, create with retries, `P_sent` put →
 //!   history entry → ack; failures → dead letter + history note.
@@ -19,12 +20,11 @@
 //!   piece's state in `P_sent` (never backwards) → history entry → ack.
 //! - [`record`]: history entries and dead letters on the bus.
 //!
-//! A message's path: `P.outbound.<channel>` → [`lanes`] (lane by
-//! hash(channel, to)) → [`deliver`] → [`sms::prepare`] → [`pacer`] →
+//! A message's path: `P.outbound.<channel>` → the runtime (queue by
+//! (channel, to)) → [`deliver::Replies`] → [`sms::prepare`] → [`pacer`] →
 //! [`twilio`] → `P_sent` and `P.history.<channel>.<peer>` → ack.
 
 pub mod deliver;
-pub mod lanes;
 pub mod pacer;
 pub mod record;
 pub mod sms;
@@ -36,8 +36,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer, consumer::pull};
-use smsgate_shared::config::{Channel, Config, Delivery};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+use smsgate_shared::config::{Channel, Config, Delivery, Settings};
+use smsgate_shared::consume::{self, Limits, Runtime};
 use smsgate_shared::domain::ChannelId;
 use smsgate_shared::ops::OpsServer;
 use smsgate_shared::topology::{self, Bus, Topology};
@@ -51,16 +52,18 @@ pub const OUTBOUND_CONSUMER: &str = "sender";
 /// The durable consumer on `P_STATUS`.
 pub const STATUS_CONSUMER: &str = "sender-status";
 
-/// Knobs with production defaults; tests shorten the delays.
+/// Knobs with production defaults; tests shorten the delays. The bounds
+/// operators set (`SMSGATE_SENDER_MAX_IN_FLIGHT`,
+/// `SMSGATE_SENDER_ACK_WAIT_SECS`) come from [`Settings`].
 #[derive(Debug, Clone)]
 pub struct Tuning {
-    /// Parallel lanes per consumer (recipients in parallel, each in order).
-    pub lanes: usize,
-    /// JetStream's ack wait: a message not acked by then is redelivered.
-    pub ack_wait: Duration,
-    /// Deliveries of one message before it is dead-lettered.
+    /// Overrides `SMSGATE_SENDER_MAX_IN_FLIGHT` (tests).
+    pub max_in_flight: Option<usize>,
+    /// Overrides `SMSGATE_SENDER_ACK_WAIT_SECS` (tests).
+    pub ack_wait: Option<Duration>,
+    /// Deliveries of one message; the last one ends in the failed state and
+    /// a dead letter.
     pub max_deliver: i64,
-    pub max_ack_pending: i64,
     /// In-process attempts per piece for 429 and connection errors.
     pub attempts: u32,
     pub backoff_base: Duration,
@@ -80,10 +83,9 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            lanes: 8,
-            ack_wait: Duration::from_secs(60),
+            max_in_flight: None,
+            ack_wait: None,
             max_deliver: 8,
-            max_ack_pending: 256,
             attempts: 4,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -96,29 +98,34 @@ impl Default for Tuning {
     }
 }
 
-/// The consumer on `P_OUTBOUND` (public so that tests can pre-create it
-/// with a short ack wait before starting the binary).
-pub fn outbound_consumer_config(topology: &Topology, tuning: &Tuning) -> pull::Config {
-    consumer_config(OUTBOUND_CONSUMER, "replies to deliver", format!("{}.outbound.>", topology.prefix()), tuning)
+impl Tuning {
+    /// The consumer runtime's bounds (both consumers).
+    pub fn limits(&self, settings: &Settings) -> Limits {
+        Limits::for_in_flight(
+            self.max_in_flight.unwrap_or(settings.sender_max_in_flight),
+            self.ack_wait.unwrap_or(settings.sender_ack_wait),
+            self.max_deliver,
+            self.grace,
+        )
+    }
+}
+
+/// The consumer on `P_OUTBOUND`.
+pub fn outbound_consumer_config(settings: &Settings, topology: &Topology, tuning: &Tuning) -> pull::Config {
+    tuning.limits(settings).pull_config(
+        OUTBOUND_CONSUMER,
+        "smsgate sender: replies to deliver".to_owned(),
+        format!("{}.outbound.>", topology.prefix()),
+    )
 }
 
 /// The consumer on `P_STATUS`.
-pub fn status_consumer_config(topology: &Topology, tuning: &Tuning) -> pull::Config {
-    consumer_config(STATUS_CONSUMER, "Twilio status callbacks", format!("{}.status.>", topology.prefix()), tuning)
-}
-
-/// Both consumers differ only in name and subject.
-fn consumer_config(name: &str, what: &str, filter_subject: String, tuning: &Tuning) -> pull::Config {
-    pull::Config {
-        durable_name: Some(name.to_owned()),
-        description: Some(format!("smsgate sender: {what}")),
-        filter_subject,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: tuning.ack_wait,
-        max_deliver: tuning.max_deliver,
-        max_ack_pending: tuning.max_ack_pending,
-        ..Default::default()
-    }
+pub fn status_consumer_config(settings: &Settings, topology: &Topology, tuning: &Tuning) -> pull::Config {
+    tuning.limits(settings).pull_config(
+        STATUS_CONSUMER,
+        "smsgate sender: Twilio status callbacks".to_owned(),
+        format!("{}.status.>", topology.prefix()),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +149,7 @@ pub enum Error {
         name: &'static str,
         stream: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: consume::BoxError,
     },
     #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
@@ -168,6 +175,8 @@ pub struct App {
     channels: HashMap<ChannelId, Arc<Channel>>,
     twilio: TwilioClient,
     tuning: Tuning,
+    limits: Limits,
+    client: async_nats::Client,
     outbound: PullConsumer,
     status: PullConsumer,
 }
@@ -187,11 +196,24 @@ impl App {
         let client = topology::connect(&settings.nats_url, "sender")
             .await
             .map_err(|source| Error::Connect { url: settings.nats_url.clone(), source })?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(settings);
         let bus = topology.ensure(&js).await?;
-        let outbound = consumer(&js, topology.outbound_stream(), outbound_consumer_config(&topology, &tuning)).await?;
-        let status = consumer(&js, topology.status_stream(), status_consumer_config(&topology, &tuning)).await?;
+        let outbound = consumer(
+            &js,
+            OUTBOUND_CONSUMER,
+            topology.outbound_stream(),
+            outbound_consumer_config(settings, &topology, &tuning),
+        )
+        .await?;
+        let status = consumer(
+            &js,
+            STATUS_CONSUMER,
+            topology.status_stream(),
+            status_consumer_config(settings, &topology, &tuning),
+        )
+        .await?;
+        let limits = tuning.limits(settings);
         let twilio = TwilioClient::new(tuning.timeouts).map_err(Error::Http)?;
         for c in &config.channels {
             if c.delivery == Delivery::Twilio && c.status_url().is_none() {
@@ -202,7 +224,7 @@ impl App {
             }
         }
         let channels = config.channels.into_iter().map(|c| (c.id.clone(), Arc::new(c))).collect();
-        Ok(Self { ops, local_addr, bus, channels, twilio, tuning, outbound, status })
+        Ok(Self { ops, local_addr, bus, channels, twilio, tuning, limits, client, outbound, status })
     }
 
     /// The ops listener's address (`/api/health`, `/metrics`).
@@ -222,17 +244,25 @@ impl App {
             shutdown: shutdown.clone(),
         });
         tracing::info!(addr = %self.local_addr, channels = ctx.channels.len(), outcome = "started", "sender running");
-        let ops = tokio::spawn(self.ops.serve(shutdown.clone()));
-        let outbound = {
-            let ctx = ctx.clone();
-            lanes::run("outbound", self.outbound, ctx.clone(), deliver::lane_of, move |msg| {
-                deliver::handle(ctx.clone(), msg)
-            })
+        let (outbound_alive, status_alive) = (self.limits.liveness("sender"), self.limits.liveness("status"));
+        let ops = tokio::spawn(self.ops.serve(shutdown.clone(), vec![outbound_alive.clone(), status_alive.clone()]));
+        let outbound = Runtime {
+            name: "sender",
+            handler: Arc::new(deliver::Replies(ctx.clone())),
+            consumer: self.outbound,
+            limits: self.limits.clone(),
+            client: Some(self.client.clone()),
+            liveness: outbound_alive,
         };
-        let status = {
-            let ctx = ctx.clone();
-            lanes::run("status", self.status, ctx.clone(), status::lane_of, move |msg| status::handle(ctx.clone(), msg))
+        let status = Runtime {
+            name: "status",
+            handler: Arc::new(status::Status(ctx.clone())),
+            consumer: self.status,
+            limits: self.limits,
+            client: Some(self.client),
+            liveness: status_alive,
         };
+        let (outbound, status) = (outbound.run(shutdown.clone()), status.run(shutdown.clone()));
         tokio::join!(outbound, status);
         let served = ops.await;
         tracing::info!(outcome = "stopped", "sender stopped");
@@ -243,13 +273,16 @@ impl App {
     }
 }
 
-async fn consumer(js: &jetstream::Context, stream: String, config: pull::Config) -> Result<PullConsumer, Error> {
-    let name =
-        if config.durable_name.as_deref() == Some(OUTBOUND_CONSUMER) { OUTBOUND_CONSUMER } else { STATUS_CONSUMER };
+async fn consumer(
+    js: &jetstream::Context,
+    name: &'static str,
+    stream: String,
+    config: pull::Config,
+) -> Result<PullConsumer, Error> {
     let s = js.get_stream(&stream).await.map_err(|e| Error::Consumer {
         name,
         stream: stream.clone(),
         source: Box::new(e),
     })?;
-    s.get_or_create_consumer(name, config).await.map_err(|e| Error::Consumer { name, stream, source: Box::new(e) })
+    consume::ensure_consumer(&s, config).await.map_err(|source| Error::Consumer { name, stream, source })
 }

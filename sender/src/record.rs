@@ -4,6 +4,7 @@
 //! only after what it recorded is stored.
 
 use async_nats::jetstream::{Message, message::PublishMessage};
+use smsgate_shared::consume::Stranded;
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent};
 use smsgate_shared::topology::{Bus, Stage};
@@ -54,28 +55,41 @@ pub struct Failure<'a> {
 /// Publishes the original message to `P.dead.<stage>.<channel>` with the
 /// reason, so that it can be replayed to its subject.
 pub async fn dead_letter(bus: &Bus, msg: &Message, failure: Failure<'_>) -> Result<(), PublishError> {
-    let channel = match failure.channel {
-        Some(c) => c.clone(),
-        None => channel_of_subject(&msg.subject)
-            .unwrap_or_else(|| ChannelId::parse("unknown").unwrap_or_else(|e| unreachable!("{e}"))),
-    };
     let msg_id =
         msg.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.as_str().to_owned());
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let original = Stranded {
+        subject: &msg.subject,
+        payload: &msg.payload,
+        msg_id: msg_id.as_deref(),
+        seq,
+        reason: String::new(),
+    };
+    dead_letter_of(bus, &original, failure).await
+}
+
+/// [`dead_letter`] for a message known by its parts (the consumer runtime
+/// hands those over for panics and exhausted deliveries).
+pub async fn dead_letter_of(bus: &Bus, original: &Stranded<'_>, failure: Failure<'_>) -> Result<(), PublishError> {
+    let channel = match failure.channel {
+        Some(c) => c.clone(),
+        None => channel_of_subject(original.subject)
+            .unwrap_or_else(|| ChannelId::parse("unknown").unwrap_or_else(|e| unreachable!("{e}"))),
+    };
     let letter = DeadLetter {
         v: envelope::VERSION,
         stage: failure.stage.as_str().to_owned(),
         channel_id: channel.to_string(),
         reason: failure.reason,
         code: failure.code,
-        subject: msg.subject.to_string(),
-        msg_id,
-        payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+        subject: original.subject.to_owned(),
+        msg_id: original.msg_id.map(str::to_owned),
+        payload: String::from_utf8_lossy(original.payload).into_owned(),
         at: OffsetDateTime::now_utc(),
     };
     // One dead letter per stored message, however often it is redelivered;
     // a replay is a new stored message and may dead-letter again.
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-    let dedupe = format!("dead.{}.{}.{seq}", failure.stage.as_str(), msg.subject);
+    let dedupe = format!("dead.{}.{}.{}", failure.stage.as_str(), original.subject, original.seq);
     metrics::counter!("smsgate_sender_dead_letters_total", "stage" => failure.stage.as_str()).increment(1);
     publish(bus, bus.topology.dead_subject(failure.stage, &channel), &dedupe, envelope::encode(&letter)).await
 }

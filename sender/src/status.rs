@@ -19,44 +19,54 @@ use smsgate_shared::topology::Stage;
 use tracing::Instrument;
 
 use crate::Ctx;
-use crate::deliver::{Disposition, settle};
+use crate::deliver::Disposition;
 use crate::record::{self, Failure};
+use smsgate_shared::consume::{BoxError, Delivery, Handler, Key, Stranded, key_of};
 
 /// Asynchronous delivery errors that retrying cannot fix (TWILIO.md
 /// section 4): blocked, unknown handset, landline or unreachable carrier,
 /// filtered as spam, unregistered 10DLC sender, unverified toll-free.
 pub const PERMANENT_ASYNC_CODES: [&str; 6] = ["30004", "30005", "30006", "30007", "30034", "30032"];
 
-/// Lane key: the MessageSid, so one piece's callbacks are handled in order.
-pub fn lane_of(msg: &Message) -> u64 {
-    #[derive(Deserialize)]
-    struct Key<'a> {
-        #[serde(borrow)]
-        message_sid: Option<&'a str>,
-    }
-    let sid = serde_json::from_slice::<Key<'_>>(&msg.payload).ok().and_then(|k| k.message_sid);
-    crate::lanes::hash(&[sid.unwrap_or(msg.subject.as_str())])
-}
-
 /// The bucket key of a piece's delivery state.
 pub fn state_key(sid: &str) -> String {
     format!("status.{sid}")
 }
 
-pub async fn handle(ctx: Arc<Ctx>, msg: Message) {
-    let span = tracing::info_span!(
-        "status",
-        stage = "status",
-        channel_id = tracing::field::Empty,
-        message_sid = tracing::field::Empty,
-        peer = tracing::field::Empty,
-    );
-    async {
-        let disposition = process(&ctx, &msg).await;
-        settle(&msg, disposition).await;
+/// The consumer runtime's view of `P_STATUS`: one piece's callbacks in
+/// order (keyed by its MessageSid), pieces in parallel.
+pub struct Status(pub Arc<Ctx>);
+
+impl Handler for Status {
+    type Item = ();
+
+    fn prepare(&self, msg: &Message) -> (Option<Key>, ()) {
+        #[derive(Deserialize)]
+        struct Sid<'a> {
+            #[serde(borrow)]
+            message_sid: Option<&'a str>,
+        }
+        let sid = serde_json::from_slice::<Sid<'_>>(&msg.payload).ok().and_then(|k| k.message_sid);
+        (sid.map(|s| key_of(&[s])), ())
     }
-    .instrument(span)
-    .await;
+
+    async fn handle(&self, d: &Delivery<()>) -> Disposition {
+        let span = tracing::info_span!(
+            "status",
+            stage = "status",
+            channel_id = tracing::field::Empty,
+            message_sid = tracing::field::Empty,
+            peer = tracing::field::Empty,
+        );
+        process(&self.0, &d.msg).instrument(span).await
+    }
+
+    async fn dead_letter(&self, s: Stranded<'_>) -> Result<(), BoxError> {
+        tracing::warn!(seq = s.seq, reason = %s.reason, outcome = "dead_letter", "status callback dead-lettered");
+        let failure = Failure { stage: Stage::Status, reason: s.reason.clone(), code: None, channel: None };
+        record::dead_letter_of(&self.0.bus, &s, failure).await?;
+        Ok(())
+    }
 }
 
 async fn process(ctx: &Ctx, msg: &Message) -> Disposition {

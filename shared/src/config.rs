@@ -96,7 +96,25 @@ pub struct Settings {
     pub history_per_peer: i64,
     /// `SMSGATE_HISTORY_MAX_AGE_DAYS` [90].
     pub history_max_age: Duration,
+    /// `SMSGATE_WORKER_MAX_IN_FLIGHT` [512]: chat calls in flight per worker.
+    pub worker_max_in_flight: usize,
+    /// `SMSGATE_SENDER_MAX_IN_FLIGHT` [128]: Twilio calls in flight per sender.
+    pub sender_max_in_flight: usize,
+    /// `SMSGATE_WORKER_ACK_WAIT_SECS` [30]: how long a crashed worker's
+    /// messages wait before another worker gets them.
+    pub worker_ack_wait: Duration,
+    /// `SMSGATE_SENDER_ACK_WAIT_SECS` [60]: the same for the sender.
+    pub sender_ack_wait: Duration,
 }
+
+/// Default chat calls in flight per worker: a model call is a wait of
+/// seconds, not work, so hundreds of people texting at once with a 2 s model
+/// are answered in about one model latency; each costs a task and a socket.
+pub const DEFAULT_WORKER_MAX_IN_FLIGHT: usize = 512;
+/// Default Twilio calls in flight per sender: 400 replies at 250 ms a call
+/// go out in under a second, while staying within what one Twilio account
+/// accepts at once (more only earns 429s); `mps` still paces each number.
+pub const DEFAULT_SENDER_MAX_IN_FLIGHT: usize = 128;
 
 impl Settings {
     pub fn from_lookup(env: Lookup<'_>) -> Result<Self, ConfigError> {
@@ -112,6 +130,12 @@ impl Settings {
                     .trim()
                     .parse()
                     .map_err(|_| ConfigError::one("environment", None, k, format!("{v:?} is not a whole number"))),
+            }
+        };
+        let positive = |k: &str, d: u64| -> Result<usize, ConfigError> {
+            match num(k, d)? {
+                0 => Err(ConfigError::one("environment", None, k, "must be at least 1")),
+                n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
             }
         };
         let log_format = match get("SMSGATE_LOG_FORMAT", "json").as_str() {
@@ -152,6 +176,10 @@ impl Settings {
             duplicate_window: Duration::from_secs(num("SMSGATE_DUPLICATE_WINDOW_SECS", 600)?.max(1)),
             history_per_peer: i64::try_from(num("SMSGATE_HISTORY_PER_PEER", 1000)?.max(1)).unwrap_or(i64::MAX),
             history_max_age: Duration::from_secs(num("SMSGATE_HISTORY_MAX_AGE_DAYS", 90)?.max(1) * 86_400),
+            worker_max_in_flight: positive("SMSGATE_WORKER_MAX_IN_FLIGHT", DEFAULT_WORKER_MAX_IN_FLIGHT as u64)?,
+            sender_max_in_flight: positive("SMSGATE_SENDER_MAX_IN_FLIGHT", DEFAULT_SENDER_MAX_IN_FLIGHT as u64)?,
+            worker_ack_wait: Duration::from_secs(positive("SMSGATE_WORKER_ACK_WAIT_SECS", 30)? as u64),
+            sender_ack_wait: Duration::from_secs(positive("SMSGATE_SENDER_ACK_WAIT_SECS", 60)? as u64),
         })
     }
 
@@ -171,6 +199,10 @@ impl Settings {
             duplicate_window: Duration::from_secs(600),
             history_per_peer: 1000,
             history_max_age: Duration::from_secs(90 * 86_400),
+            worker_max_in_flight: DEFAULT_WORKER_MAX_IN_FLIGHT,
+            sender_max_in_flight: DEFAULT_SENDER_MAX_IN_FLIGHT,
+            worker_ack_wait: Duration::from_secs(30),
+            sender_ack_wait: Duration::from_secs(60),
         }
     }
 }

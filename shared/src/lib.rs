@@ -15,10 +15,13 @@
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
+//! - [`consume`]: the consumer runtime of the worker and the sender:
+//!   per-conversation order, concurrency up to a bound, nothing stranded.
 //! - [`ops`]: `/api/health` and `/metrics` for the worker and the sender.
 //! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
 
 pub mod config;
+pub mod consume;
 pub mod domain;
 pub mod envelope;
 pub mod ops;

@@ -5,11 +5,12 @@
 //! The sender appends the `Outbound` entries when it delivers; the worker
 //! reads them back as the assistant's turns.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer, stream::DirectGetErrorKind};
 use futures::StreamExt;
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{self, HistoryEntry, HistoryEvent, Inbound, NoteReason, Origin};
@@ -18,6 +19,7 @@ use smsgate_shared::topology::Topology;
 use crate::Error;
 use crate::chat::{Role, Turn};
 use crate::keywords;
+use tracing::debug;
 
 /// What reading a conversation found.
 #[derive(Debug, Default)]
@@ -29,18 +31,43 @@ pub struct Recent {
     pub has_current: bool,
 }
 
+/// A conversation's recent turns as this worker last saw them, and the
+/// stream sequence they reach up to.
+struct Cached {
+    last_seq: u64,
+    /// Turns with the inbound MessageSid they came from (for users' turns).
+    turns: VecDeque<(Option<MessageSid>, Turn)>,
+    /// Recent inbound MessageSids, keywords included (for `has_current`).
+    sids: VecDeque<MessageSid>,
+    used: u64,
+}
+
+/// Inbound MessageSids remembered per conversation.
+const SIDS_KEPT: usize = 32;
+
 #[derive(Clone)]
 pub struct History {
     js: jetstream::Context,
     topology: Topology,
-    /// `P_HISTORY`, opened once (its consumers are created per read).
+    /// `P_HISTORY`, opened once.
     stream: jetstream::stream::Stream,
+    /// Per conversation (history subject). One conversation is handled by
+    /// one task at a time, so an entry is taken out while it is brought up
+    /// to date and put back after.
+    cache: Arc<Mutex<CacheMap>>,
+}
+
+struct CacheMap {
+    entries: HashMap<String, Cached>,
+    capacity: usize,
+    clock: u64,
 }
 
 impl History {
-    pub async fn open(js: jetstream::Context, topology: Topology) -> Result<Self, Error> {
+    pub async fn open(js: jetstream::Context, topology: Topology, capacity: usize) -> Result<Self, Error> {
         let stream = js.get_stream(topology.history_stream()).await.map_err(|e| Error::HistoryRead(Box::new(e)))?;
-        Ok(Self { js, topology, stream })
+        let cache = CacheMap { entries: HashMap::new(), capacity: capacity.max(1), clock: 0 };
+        Ok(Self { js, topology, stream, cache: Arc::new(Mutex::new(cache)) })
     }
 
     async fn append(&self, channel: &ChannelId, peer: &E164, msg_id: String, event: HistoryEvent) -> Result<(), Error> {
@@ -84,10 +111,13 @@ impl History {
         self.append(channel, peer, format!("note.{sid}.{tag}.{seq}"), event).await
     }
 
-    /// Reads the conversation with `peer` and keeps its last `turns` turns
-    /// before `current`. Only that conversation's subject is read (a filtered
-    /// consumer; the stream keeps at most `history_per_peer` entries per
-    /// subject, so the read is bounded whatever the stream's size).
+    /// The last `turns` turns of the conversation with `peer` before
+    /// `current`. A conversation seen before is brought up to date from its
+    /// cached stream sequence with direct gets (usually one or two: the last
+    /// reply and the last inbound), so no consumer is created per message;
+    /// the first time, or when the cache lost it, the conversation's subject
+    /// is read once with a short-lived consumer (bounded: the stream keeps at
+    /// most `history_per_peer` entries per subject).
     pub async fn recent(
         &self,
         channel: &ChannelId,
@@ -96,11 +126,66 @@ impl History {
         turns: usize,
     ) -> Result<Recent, Error> {
         let subject = self.topology.history_subject(channel, peer);
+        let keep = turns + 2;
+        let taken = self.lock().entries.remove(&subject);
+        let mut cached = match taken {
+            Some(mut c) => match self.catch_up(&subject, &mut c, keep).await {
+                Ok(()) => {
+                    metrics::counter!("smsgate_worker_history_reads_total", "source" => "cache").increment(1);
+                    c
+                }
+                Err(e) => {
+                    debug!(error = &e as &dyn std::error::Error, "history catch-up failed; reading the conversation");
+                    self.read_all(&subject, keep).await?
+                }
+            },
+            None => self.read_all(&subject, keep).await?,
+        };
+        let recent = view(&cached, current, turns);
+        let mut map = self.lock();
+        map.clock += 1;
+        cached.used = map.clock;
+        map.entries.insert(subject, cached);
+        if map.entries.len() > map.capacity {
+            // Forget the least recently used tenth in one pass.
+            let mut ages: Vec<u64> = map.entries.values().map(|c| c.used).collect();
+            let cut = ages.len() / 10;
+            let (_, nth, _) = ages.select_nth_unstable(cut);
+            let nth = *nth;
+            map.entries.retain(|_, c| c.used > nth);
+        }
+        Ok(recent)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies what was appended after `cached.last_seq`.
+    async fn catch_up(&self, subject: &str, cached: &mut Cached, keep: usize) -> Result<(), Error> {
+        loop {
+            let next = self.stream.direct_get_next_for_subject(subject, Some(cached.last_seq + 1)).await;
+            match next {
+                Ok(msg) => {
+                    cached.last_seq = msg.sequence;
+                    if let Ok(entry) = envelope::decode::<HistoryEntry>(&msg.payload) {
+                        remember(cached, entry, keep);
+                    }
+                }
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::HistoryRead(Box::new(e))),
+            }
+        }
+    }
+
+    /// Reads the whole conversation (a filtered, short-lived consumer).
+    async fn read_all(&self, subject: &str, keep: usize) -> Result<Cached, Error> {
+        metrics::counter!("smsgate_worker_history_reads_total", "source" => "stream").increment(1);
         let read_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::HistoryRead(e);
         let stream = self.stream.clone();
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: subject,
+                filter_subject: subject.to_owned(),
                 ack_policy: consumer::AckPolicy::None,
                 deliver_policy: consumer::DeliverPolicy::All,
                 inactive_threshold: Duration::from_secs(30),
@@ -111,8 +196,7 @@ impl History {
             .map_err(|e| read_err(Box::new(e)))?;
         let mut pending = consumer.cached_info().num_pending;
         let name = consumer.cached_info().name.clone();
-        let mut recent = Recent::default();
-        let mut window: VecDeque<Turn> = VecDeque::with_capacity(turns + 1);
+        let mut cached = Cached { last_seq: 0, turns: VecDeque::new(), sids: VecDeque::new(), used: 0 };
         while pending > 0 {
             let mut batch = consumer
                 .fetch()
@@ -125,15 +209,14 @@ impl History {
             while let Some(msg) = batch.next().await {
                 let msg = msg.map_err(Error::HistoryRead)?;
                 got += 1;
-                pending = msg.info().map(|i| i.pending).unwrap_or(0);
-                let Ok(entry) = envelope::decode::<HistoryEntry>(&msg.payload) else { continue };
-                if let Some(turn) = as_turn(entry, current, &mut recent.has_current) {
-                    if window.len() == turns {
-                        window.pop_front();
-                    }
-                    if turns > 0 {
-                        window.push_back(turn);
-                    }
+                if let Ok(info) = msg.info() {
+                    pending = info.pending;
+                    cached.last_seq = cached.last_seq.max(info.stream_sequence);
+                } else {
+                    pending = 0;
+                }
+                if let Ok(entry) = envelope::decode::<HistoryEntry>(&msg.payload) {
+                    remember(&mut cached, entry, keep);
                 }
             }
             if got == 0 {
@@ -145,20 +228,45 @@ impl History {
         tokio::spawn(async move {
             let _ = stream.delete_consumer(&name).await;
         });
-        recent.turns = window.into();
-        Ok(recent)
+        Ok(cached)
+    }
+}
+
+/// The last `turns` turns before `current`, and whether `current` is there.
+fn view(cached: &Cached, current: &MessageSid, turns: usize) -> Recent {
+    let before: Vec<&Turn> =
+        cached.turns.iter().filter(|(sid, _)| sid.as_ref() != Some(current)).map(|(_, t)| t).collect();
+    Recent {
+        has_current: cached.sids.contains(current),
+        turns: before[before.len().saturating_sub(turns)..].iter().map(|t| (*t).clone()).collect(),
+    }
+}
+
+/// Adds an entry to a conversation's cached turns.
+fn remember(cached: &mut Cached, entry: HistoryEntry, keep: usize) {
+    if let HistoryEvent::Inbound { message_sid, .. } = &entry.event {
+        if cached.sids.len() == SIDS_KEPT {
+            cached.sids.pop_front();
+        }
+        cached.sids.push_back(message_sid.clone());
+    }
+    let sid = match &entry.event {
+        HistoryEvent::Inbound { message_sid, .. } => Some(message_sid.clone()),
+        _ => None,
+    };
+    if let Some(turn) = as_turn(entry) {
+        if cached.turns.len() == keep {
+            cached.turns.pop_front();
+        }
+        cached.turns.push_back((sid, turn));
     }
 }
 
 /// The turn an entry is, if it is one: a user's message (keywords excluded,
 /// they are not conversation) or a reply from the chat pipeline or an
 /// operator.
-fn as_turn(entry: HistoryEntry, current: &MessageSid, has_current: &mut bool) -> Option<Turn> {
+fn as_turn(entry: HistoryEntry) -> Option<Turn> {
     match entry.event {
-        HistoryEvent::Inbound { message_sid, .. } if &message_sid == current => {
-            *has_current = true;
-            None
-        }
         HistoryEvent::Inbound { body, media, .. } if keywords::classify(&body).is_none() => {
             Some(Turn { role: Role::User, body, media, at: entry.at })
         }
@@ -180,8 +288,6 @@ mod tests {
     #[test]
     fn only_conversation_turns_count_and_the_current_message_is_left_out() {
         let sid = |s: &str| MessageSid::parse(s).unwrap();
-        let current = sid("SM3");
-        let mut has = false;
         let inbound =
             |s: &str, body: &str| HistoryEvent::Inbound { message_sid: sid(s), body: body.into(), media: vec![] };
         let outbound = |origin| HistoryEvent::Outbound {
@@ -192,12 +298,31 @@ mod tests {
             pieces: vec![],
             delivery: "log".into(),
         };
-        assert_eq!(as_turn(entry(inbound("SM1", "hi")), &current, &mut has).unwrap().role, Role::User);
-        assert!(as_turn(entry(inbound("SM2", "HELP")), &current, &mut has).is_none());
-        assert_eq!(as_turn(entry(outbound(Origin::Chat)), &current, &mut has).unwrap().role, Role::Assistant);
-        assert!(as_turn(entry(outbound(Origin::Help)), &current, &mut has).is_none());
-        assert!(!has);
-        assert!(as_turn(entry(inbound("SM3", "now")), &current, &mut has).is_none());
-        assert!(has);
+        let mut c = Cached { last_seq: 0, turns: VecDeque::new(), sids: VecDeque::new(), used: 0 };
+        for event in [inbound("SM1", "hi"), inbound("SM2", "HELP"), outbound(Origin::Chat), outbound(Origin::Help)] {
+            remember(&mut c, entry(event), 4);
+        }
+        let before = view(&c, &sid("SM3"), 10);
+        assert!(!before.has_current);
+        let roles: Vec<Role> = before.turns.iter().map(|t| t.role).collect();
+        assert_eq!(roles, [Role::User, Role::Assistant], "HELP and the help text are not conversation");
+        remember(&mut c, entry(inbound("SM3", "now")), 4);
+        let after = view(&c, &sid("SM3"), 10);
+        assert!(after.has_current);
+        assert_eq!(after.turns.len(), 2, "the current message is not its own context");
+        assert_eq!(view(&c, &sid("SM3"), 1).turns.len(), 1, "only the last turns are kept");
+    }
+
+    #[test]
+    fn the_cache_keeps_only_the_turns_it_needs() {
+        let sid = |s: &str| MessageSid::parse(s).unwrap();
+        let mut c = Cached { last_seq: 0, turns: VecDeque::new(), sids: VecDeque::new(), used: 0 };
+        for n in 0..100 {
+            let event = HistoryEvent::Inbound { message_sid: sid(&format!("SM{n}")), body: "x".into(), media: vec![] };
+            remember(&mut c, entry(event), 5);
+        }
+        assert_eq!(c.turns.len(), 5);
+        assert_eq!(c.sids.len(), SIDS_KEPT);
+        assert!(view(&c, &sid("SM99"), 10).has_current);
     }
 }

@@ -21,7 +21,6 @@
 pub mod chat;
 pub mod history;
 pub mod keywords;
-pub mod lanes;
 pub mod limiter;
 pub mod process;
 pub mod seen;
@@ -31,8 +30,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{
+    self,
+    consumer::{PullConsumer, pull},
+};
 use smsgate_shared::config::Config;
+use smsgate_shared::consume::{self, Limits, Runtime};
 use smsgate_shared::ops::OpsServer;
 use smsgate_shared::topology::{self, Topology};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +55,7 @@ pub enum Error {
     #[error("cannot set up the JetStream topology")]
     Topology(#[source] topology::TopologyError),
     #[error("cannot create the inbound consumer")]
-    Consumer(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Consumer(#[source] consume::BoxError),
     #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
     #[error("cannot publish the {what}")]
@@ -72,17 +75,18 @@ pub enum Error {
 }
 
 /// Knobs of the worker that are not part of the public configuration: the
-/// defaults are what production runs; tests shorten the delays.
+/// defaults are what production runs; tests shorten the delays. The bounds
+/// that operators set (`SMSGATE_WORKER_MAX_IN_FLIGHT`,
+/// `SMSGATE_WORKER_ACK_WAIT_SECS`) come from [`Settings`](smsgate_shared::config::Settings).
 #[derive(Debug, Clone)]
 pub struct Tuning {
-    /// Lanes (tasks) processing in parallel; one sender always uses one lane.
-    pub lanes: usize,
-    /// Messages queued per lane before the dispatcher waits.
-    pub lane_depth: usize,
-    /// The consumer's `max_ack_pending`: messages in flight at most.
-    pub max_ack_pending: i64,
-    /// The consumer's `ack_wait` (kept alive with `Progress` during chat calls).
-    pub ack_wait: Duration,
+    /// Overrides `SMSGATE_WORKER_MAX_IN_FLIGHT` (tests).
+    pub max_in_flight: Option<usize>,
+    /// Overrides `SMSGATE_WORKER_ACK_WAIT_SECS` (tests).
+    pub ack_wait: Option<Duration>,
+    /// Deliveries of one inbound message; `None`: the chat attempts plus
+    /// slack for messages whose worker was killed mid-way.
+    pub max_deliver: Option<i64>,
     /// Delay before attempt 2, 3, ... after a transient chat failure; the
     /// attempt after the last one gets the fallback text.
     pub retry_delays: Vec<Duration>,
@@ -90,6 +94,8 @@ pub struct Tuning {
     pub error_delay: Duration,
     /// How long in-flight messages may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Conversations whose recent turns are kept in memory.
+    pub history_cache: usize,
     /// Test hook for crash tests: sleep after a reply is published, before
     /// it is marked done and the inbound acked.
     pub pause_after_publish: Option<Duration>,
@@ -98,13 +104,13 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            lanes: 16,
-            lane_depth: 16,
-            max_ack_pending: 512,
-            ack_wait: Duration::from_secs(30),
+            max_in_flight: None,
+            ack_wait: None,
+            max_deliver: None,
             retry_delays: [2, 10, 30, 60, 120].map(Duration::from_secs).to_vec(),
             error_delay: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(25),
+            history_cache: 10_000,
             pause_after_publish: None,
         }
     }
@@ -114,6 +120,30 @@ impl Tuning {
     /// Attempts at the chat call before the fallback.
     pub fn max_attempts(&self) -> i64 {
         i64::try_from(self.retry_delays.len()).unwrap_or(i64::MAX).saturating_add(1)
+    }
+
+    /// The consumer's `max_deliver`.
+    pub fn max_deliver(&self) -> i64 {
+        self.max_deliver.unwrap_or_else(|| self.max_attempts().saturating_add(5))
+    }
+
+    /// The consumer runtime's bounds, from the settings and this tuning.
+    pub fn limits(&self, settings: &smsgate_shared::config::Settings) -> Limits {
+        Limits::for_in_flight(
+            self.max_in_flight.unwrap_or(settings.worker_max_in_flight),
+            self.ack_wait.unwrap_or(settings.worker_ack_wait),
+            self.max_deliver(),
+            self.shutdown_grace,
+        )
+    }
+
+    /// The durable consumer `worker` on `P_INBOUND`.
+    pub fn consumer_config(&self, settings: &smsgate_shared::config::Settings, topology: &Topology) -> pull::Config {
+        self.limits(settings).pull_config(
+            CONSUMER,
+            "smsgate worker: inbound SMS → chat → reply".to_owned(),
+            format!("{}.inbound.>", topology.prefix()),
+        )
     }
 
     /// The delay after failed attempt `delivered` (1-based), with ±20 %
@@ -134,7 +164,9 @@ pub struct App {
     ops: OpsServer,
     local_addr: SocketAddr,
     processor: Arc<Processor>,
-    consumer: consumer::PullConsumer,
+    consumer: PullConsumer,
+    limits: Limits,
+    client: async_nats::Client,
 }
 
 impl App {
@@ -146,30 +178,15 @@ impl App {
         let ops = OpsServer::bind(config.settings.worker_addr).await.map_err(Error::Bind)?;
         let local_addr = ops.local_addr().map_err(Error::Bind)?;
         let client = topology::connect(&config.settings.nats_url, "worker").await.map_err(Error::Connect)?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(&config.settings);
         let bus = topology.ensure(&js).await.map_err(Error::Topology)?;
 
         let stream = js.get_stream(topology.inbound_stream()).await.map_err(|e| Error::Consumer(Box::new(e)))?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    description: Some("smsgate worker: inbound SMS → chat → reply".to_owned()),
-                    filter_subject: format!("{}.inbound.>", topology.prefix()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: tuning.ack_wait,
-                    // The worker gives up (fallback + dead letter) after
-                    // max_attempts failed chat calls; the slack lets a message
-                    // whose worker was killed mid-way come back and finish.
-                    max_deliver: tuning.max_attempts().saturating_add(5),
-                    max_ack_pending: tuning.max_ack_pending,
-                    ..Default::default()
-                },
-            )
+        let limits = tuning.limits(&config.settings);
+        let consumer = consume::ensure_consumer(&stream, tuning.consumer_config(&config.settings, &topology))
             .await
-            .map_err(|e| Error::Consumer(Box::new(e)))?;
+            .map_err(Error::Consumer)?;
 
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -190,7 +207,7 @@ impl App {
             limiter::Limiter::new(&channels.values().map(|l: &process::Lane| l.channel.clone()).collect::<Vec<_>>());
         let processor = Arc::new(Processor {
             js: bus.js.clone(),
-            history: history::History::open(bus.js.clone(), topology.clone()).await?,
+            history: history::History::open(bus.js.clone(), topology.clone(), tuning.history_cache).await?,
             topology,
             channels,
             seen: seen::Seen::new(bus.seen),
@@ -198,7 +215,7 @@ impl App {
             limiter,
             tuning,
         });
-        Ok(Self { ops, local_addr, processor, consumer })
+        Ok(Self { ops, local_addr, processor, consumer, limits, client })
     }
 
     /// The ops listener's address (port 0 in tests gets a real one).
@@ -211,8 +228,19 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
         info!(addr = %self.local_addr, outcome = "started", "worker running");
         let ops_stop = CancellationToken::new();
-        let ops = tokio::spawn(self.ops.serve(ops_stop.clone()));
-        lanes::run(self.processor, self.consumer, shutdown).await;
+        let liveness = self.limits.liveness("worker");
+        let ops = tokio::spawn(self.ops.serve(ops_stop.clone(), vec![liveness.clone()]));
+        let shrink = tokio::spawn(shrink_limiter(self.processor.clone(), shutdown.clone()));
+        let runtime = Runtime {
+            name: "worker",
+            handler: self.processor,
+            consumer: self.consumer,
+            limits: self.limits,
+            client: Some(self.client),
+            liveness,
+        };
+        runtime.run(shutdown).await;
+        let _ = shrink.await;
         ops_stop.cancel();
         match ops.await {
             Ok(Ok(())) => Ok(()),
@@ -221,6 +249,17 @@ impl App {
                 warn!(error = %e, "ops listener task failed");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Forgets senders that are back under their rate limit, now and then.
+async fn shrink_limiter(processor: Arc<Processor>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => processor.limiter.shrink(),
         }
     }
 }

@@ -15,13 +15,13 @@
 //!    reply.<sid>`, then the entry is marked done, then the inbound is acked.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, kv};
+use async_nats::jetstream::{self, kv};
 use serde_json::json;
 use smsgate_shared::config::Channel;
+use smsgate_shared::consume::{self, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{self, DeadLetter, DecodeError, Inbound, NoteReason, Origin, Outbound};
 use smsgate_shared::topology::{Stage, Topology};
@@ -59,6 +59,8 @@ pub enum Outcome {
     RateLimited,
     Retry,
     Fallback,
+    /// The reply was over the size cap: cut, sent and dead-lettered.
+    Oversized,
     DeadLetter,
     /// NATS failed mid-way; the message comes back.
     Error,
@@ -79,6 +81,7 @@ impl Outcome {
             Self::RateLimited => "rate_limited",
             Self::Retry => "retry",
             Self::Fallback => "fallback",
+            Self::Oversized => "oversized",
             Self::DeadLetter => "dead_letter",
             Self::Error => "error",
         }
@@ -103,20 +106,71 @@ pub struct Processor {
     pub tuning: Tuning,
 }
 
-/// One delivery of an inbound message, decoded once by the dispatcher.
-pub struct Job {
-    pub msg: jetstream::Message,
-    pub inbound: Result<Inbound, DecodeError>,
-}
+/// One delivery of an inbound message, decoded once by the runtime.
+pub type Job = Delivery<Result<Inbound, DecodeError>>;
 
-impl Job {
-    /// The sender, when known: messages of one sender keep their order.
-    pub fn sender_key(&self) -> Option<(ChannelId, String)> {
-        self.inbound.as_ref().ok().map(|i| (i.channel_id.clone(), i.from.clone()))
+/// A reply larger than this is absurd (an agent or model gone wrong): it is
+/// cut to what the channel's `max_parts` can carry and dead-lettered with
+/// the reason, never retried (it would not fit a NATS message either).
+pub const REPLY_CAP_BYTES: usize = 64 * 1024;
+
+impl Handler for Processor {
+    type Item = Result<Inbound, DecodeError>;
+
+    /// Messages of one sender on one channel keep their order.
+    fn prepare(&self, msg: &jetstream::Message) -> (Option<Key>, Self::Item) {
+        let inbound: Result<Inbound, DecodeError> = envelope::decode(&msg.payload);
+        let key = inbound.as_ref().ok().map(|i| key_of(&[i.channel_id.as_str(), &i.from]));
+        (key, inbound)
     }
 
-    pub fn sid(&self) -> Option<&MessageSid> {
-        self.inbound.as_ref().ok().map(|i| &i.message_sid)
+    async fn handle(&self, job: &Job) -> consume::Disposition {
+        let (disposition, outcome) = match self.process(job).await {
+            Ok(r) => r,
+            Err(e) if job.is_last() => {
+                // NATS failed on the last delivery JetStream will make: the
+                // fallback reply and a dead letter, if NATS lets us now.
+                warn!(
+                    error = &e as &dyn std::error::Error,
+                    outcome = "fallback",
+                    "processing failed on the last delivery"
+                );
+                match self
+                    .last_resort(job, format!("processing failed on the last delivery: {}", error_chain(&e)))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(error = &e as &dyn std::error::Error, "the fallback failed too");
+                        (Disposition::Retry(self.tuning.error_delay), Outcome::Error)
+                    }
+                }
+            }
+            Err(e) => {
+                // NATS trouble mid-way: everything done so far is idempotent,
+                // so the message simply comes back.
+                warn!(error = &e as &dyn std::error::Error, outcome = "error", "processing failed; will retry");
+                (Disposition::Retry(self.tuning.error_delay), Outcome::Error)
+            }
+        };
+        metrics::counter!("smsgate_worker_messages_total", "outcome" => outcome.as_str()).increment(1);
+        match disposition {
+            Disposition::Ack => consume::Disposition::Ack,
+            Disposition::Retry(d) => consume::Disposition::Retry(d),
+        }
+    }
+
+    async fn dead_letter(&self, s: Stranded<'_>) -> Result<(), consume::BoxError> {
+        let channel = s.subject.rsplit('.').next().and_then(|c| ChannelId::parse(c).ok());
+        let channel = channel.or_else(|| ChannelId::parse("unknown").ok()).ok_or("no channel id")?;
+        warn!(subject = %s.subject, seq = s.seq, reason = %s.reason, outcome = "dead_letter", "inbound message dead-lettered");
+        self.publish_dead_raw(&channel, s.subject, s.payload, s.msg_id, s.seq, s.reason).await?;
+        // A redelivery that still slips through (say its ack was lost) does nothing more.
+        if let Ok(inbound) = envelope::decode::<Inbound>(s.payload) {
+            let _ =
+                self.seen.store(&inbound.message_sid, &Record { seq: s.seq, state: State::Dead, reply: None }).await;
+        }
+        Ok(())
     }
 }
 
@@ -124,10 +178,9 @@ impl Processor {
     /// Processes one delivery and returns what to do with it. Errors are
     /// infrastructure failures (NATS unreachable): the caller naks and the
     /// message comes back.
-    pub async fn process(self: &Arc<Self>, job: &Job) -> Result<(Disposition, Outcome), Error> {
-        let info = job.msg.info().map_err(|e| Error::Protocol(e.to_string()))?;
-        let (seq, delivered) = (info.stream_sequence, info.delivered);
-        let inbound = match &job.inbound {
+    pub async fn process(&self, job: &Job) -> Result<(Disposition, Outcome), Error> {
+        let (seq, delivered) = (job.seq, job.delivered);
+        let inbound = match &job.item {
             Ok(i) => i,
             Err(e) => return self.dead_letter_only(job, seq, e.to_string()).await,
         };
@@ -145,7 +198,7 @@ impl Processor {
             stage = "worker",
             delivered,
         );
-        let step = Step { p: self, job, inbound, lane, peer, seq, delivered };
+        let step = Step { p: self, job, inbound, lane, peer, seq, delivered, last: job.is_last() };
         let started = Instant::now();
         let result = step.run().instrument(span.clone()).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -153,6 +206,18 @@ impl Processor {
             span.in_scope(|| info!(outcome = outcome.as_str(), latency_ms, "message processed"));
         }
         result
+    }
+
+    /// The fallback reply and a dead letter for `reason`, without a chat
+    /// call (NATS failed on the last delivery).
+    async fn last_resort(&self, job: &Job, reason: String) -> Result<(Disposition, Outcome), Error> {
+        let Ok(inbound) = &job.item else { return self.dead_letter_only(job, job.seq, reason).await };
+        let (Some(lane), Ok(peer)) = (self.channels.get(&inbound.channel_id), E164::parse(&inbound.from)) else {
+            return self.dead_letter_only(job, job.seq, reason).await;
+        };
+        let step = Step { p: self, job, inbound, lane, peer, seq: job.seq, delivered: job.delivered, last: true };
+        let text = lane.channel.fallback_text.clone();
+        step.reply(text, Origin::Fallback, Some(reason)).await
     }
 
     async fn dead_letter_only(&self, job: &Job, seq: u64, reason: String) -> Result<(Disposition, Outcome), Error> {
@@ -173,15 +238,27 @@ impl Processor {
         reason: String,
     ) -> Result<(), Error> {
         let msg_id = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
+        self.publish_dead_raw(channel, msg.subject.as_str(), &msg.payload, msg_id.as_deref(), seq, reason).await
+    }
+
+    async fn publish_dead_raw(
+        &self,
+        channel: &ChannelId,
+        subject: &str,
+        payload: &[u8],
+        msg_id: Option<&str>,
+        seq: u64,
+        reason: String,
+    ) -> Result<(), Error> {
         let dead = DeadLetter {
             v: envelope::VERSION,
             stage: Stage::Worker.as_str().to_owned(),
             channel_id: channel.to_string(),
             reason,
             code: None,
-            subject: msg.subject.to_string(),
-            msg_id,
-            payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+            subject: subject.to_owned(),
+            msg_id: msg_id.map(str::to_owned),
+            payload: String::from_utf8_lossy(payload).into_owned(),
             at: OffsetDateTime::now_utc(),
         };
         let mut headers = HeaderMap::new();
@@ -207,13 +284,15 @@ async fn publish(
 }
 
 struct Step<'a> {
-    p: &'a Arc<Processor>,
+    p: &'a Processor,
     job: &'a Job,
     inbound: &'a Inbound,
     lane: &'a Lane,
     peer: E164,
     seq: u64,
     delivered: i64,
+    /// JetStream will not deliver this message again.
+    last: bool,
 }
 
 impl Step<'_> {
@@ -309,11 +388,31 @@ impl Step<'_> {
         let backend = &self.lane.chat;
         let started = Instant::now();
         let request = ChatRequest { inbound: self.inbound, history: turns };
-        let answer = with_progress(&self.job.msg, self.p.tuning.ack_wait / 3, backend.reply(&request)).await;
+        // The runtime keeps the message alive while the call runs.
+        let answer = backend.reply(&request).await;
         let elapsed = started.elapsed();
         metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
         let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match answer {
+            Ok(Some(text)) if text.len() > REPLY_CAP_BYTES => {
+                let carry = self.lane.channel.sms_max_len.saturating_mul(self.lane.channel.max_parts);
+                let cut: String = text.chars().take(carry).collect();
+                let reason = format!(
+                    "the chat reply is {} bytes, over the {REPLY_CAP_BYTES}-byte cap; cut to {} characters",
+                    text.len(),
+                    cut.chars().count()
+                );
+                warn!(
+                    latency_ms,
+                    chat = backend.kind(),
+                    bytes = text.len(),
+                    outcome = "oversized",
+                    "chat reply over the size cap; cut"
+                );
+                self.note(NoteReason::ChatError, reason.clone()).await?;
+                let (d, _) = self.reply(cut, Origin::Chat, Some(reason)).await?;
+                Ok((d, Outcome::Oversized))
+            }
             Ok(Some(text)) => {
                 info!(latency_ms, chat = backend.kind(), "chat answered");
                 debug!(reply = %text, "chat reply");
@@ -327,7 +426,7 @@ impl Step<'_> {
             Err(e) => {
                 let max_attempts = self.p.tuning.max_attempts();
                 match e.kind() {
-                    ErrorKind::Transient { retry_after } if self.delivered < max_attempts => {
+                    ErrorKind::Transient { retry_after } if self.delivered < max_attempts && !self.last => {
                         let delay = self.p.tuning.retry_delay(self.delivered, retry_after);
                         warn!(
                             latency_ms,
@@ -339,7 +438,11 @@ impl Step<'_> {
                         Ok((Disposition::Retry(delay), Outcome::Retry))
                     }
                     kind => {
-                        let why = if kind == ErrorKind::Permanent { "permanent" } else { "retries exhausted" };
+                        let why = match kind {
+                            ErrorKind::Permanent => "permanent",
+                            _ if self.delivered < max_attempts => "last delivery",
+                            _ => "retries exhausted",
+                        };
                         let reason =
                             format!("chat backend failed ({why}, attempt {}): {}", self.delivered, error_chain(&e));
                         warn!(
@@ -413,24 +516,6 @@ impl Step<'_> {
         };
         p.seen.store(self.sid(), &Record { seq: self.seq, state, reply: None }).await?;
         Ok((Disposition::Ack, outcome))
-    }
-}
-
-/// Runs `work`, telling JetStream every `every` that the message is still
-/// being worked on, so a slow chat call is not redelivered meanwhile.
-async fn with_progress<T>(msg: &jetstream::Message, every: Duration, work: impl Future<Output = T>) -> T {
-    let every = every.max(Duration::from_millis(100));
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = ticks.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    debug!(error = %e, "progress ack failed");
-                }
-            }
-        }
     }
 }
 

@@ -168,7 +168,7 @@ impl Stack {
         topology.duplicate_window = config.duplicate_window;
         let client = topology::connect(&nats.url(), "e2e").await?;
         let js = jetstream::new(client);
-        create_consumers(&js, &topology, &config).await?;
+        topology.ensure(&js).await?;
 
         let ingress_port = free_port();
         let target = Target {
@@ -257,6 +257,8 @@ impl Stack {
             ("SMSGATE_NATS_PREFIX", self.prefix.clone()),
             ("SMSGATE_CHANNELS", channels.display().to_string()),
             ("SMSGATE_DUPLICATE_WINDOW_SECS", self.config.duplicate_window.as_secs().max(1).to_string()),
+            ("SMSGATE_WORKER_ACK_WAIT_SECS", self.config.worker_ack_wait.as_secs().max(1).to_string()),
+            ("SMSGATE_SENDER_ACK_WAIT_SECS", self.config.sender_ack_wait.as_secs().max(1).to_string()),
             ("SMSGATE_LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", self.config.rust_log.clone()),
         ]
@@ -670,46 +672,6 @@ fn channel_file(config: &StackConfig, twilio: &TwilioStub, chat: &OpenAiStub) ->
         }
     }
     serde_json::json!({"channel_id": CHANNEL_ID, "config": inner})
-}
-
-/// Creates the streams and the durable consumers the services would create,
-/// with the stack's ack waits; the services then open them as they are.
-async fn create_consumers(js: &jetstream::Context, topology: &Topology, config: &StackConfig) -> anyhow::Result<()> {
-    topology.ensure(js).await?;
-    let worker_tuning = smsgate_worker::Tuning::default();
-    let inbound = js.get_stream(topology.inbound_stream()).await?;
-    inbound
-        .get_or_create_consumer(
-            smsgate_worker::CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(smsgate_worker::CONSUMER.to_owned()),
-                description: Some("smsgate worker (e2e: short ack wait)".to_owned()),
-                filter_subject: format!("{}.inbound.>", topology.prefix()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: config.worker_ack_wait,
-                // As the worker makes it (worker/src/lib.rs).
-                max_deliver: worker_tuning.max_attempts().saturating_add(5),
-                max_ack_pending: worker_tuning.max_ack_pending,
-                ..Default::default()
-            },
-        )
-        .await?;
-    let tuning = smsgate_sender::Tuning { ack_wait: config.sender_ack_wait, ..smsgate_sender::Tuning::default() };
-    js.get_stream(topology.outbound_stream())
-        .await?
-        .get_or_create_consumer(
-            smsgate_sender::OUTBOUND_CONSUMER,
-            smsgate_sender::outbound_consumer_config(topology, &tuning),
-        )
-        .await?;
-    js.get_stream(topology.status_stream())
-        .await?
-        .get_or_create_consumer(
-            smsgate_sender::STATUS_CONSUMER,
-            smsgate_sender::status_consumer_config(topology, &tuning),
-        )
-        .await?;
-    Ok(())
 }
 
 fn tail(path: &Path, lines: usize) -> String {

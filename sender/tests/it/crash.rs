@@ -5,7 +5,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use smsgate_sender::{OUTBOUND_CONSUMER, Tuning, outbound_consumer_config};
 use smsgate_shared::testkit::nats::NatsServer;
 use smsgate_shared::testkit::twilio::TwilioStub;
 use smsgate_shared::testkit::{self, eventually};
@@ -35,6 +34,8 @@ fn spawn_sender(nats: &NatsServer, channels: &std::path::Path) -> Sender {
         .env("SMSGATE_NATS_PREFIX", PREFIX)
         .env("SMSGATE_CHANNELS", channels)
         .env("SMSGATE_SENDER_ADDR", "127.0.0.1:0")
+        // A short ack wait, so that the killed process's message comes back quickly.
+        .env("SMSGATE_SENDER_ACK_WAIT_SECS", "3")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
@@ -54,16 +55,6 @@ async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
     let js = jetstream::new(smsgate_shared::topology::connect(&nats.url(), "test").await.unwrap());
     let topology = Topology::new(PREFIX);
     let bus = topology.ensure(&js).await.unwrap();
-    // The durable consumer as the sender makes it, with a short ack wait so
-    // that the killed process's message comes back quickly.
-    let tuning = Tuning { ack_wait: Duration::from_secs(3), ..Tuning::default() };
-    js.get_stream(topology.outbound_stream())
-        .await
-        .unwrap()
-        .get_or_create_consumer(OUTBOUND_CONSUMER, outbound_consumer_config(&topology, &tuning))
-        .await
-        .unwrap();
-
     // mps 0.5: two seconds between pieces, the window to kill it in.
     let dir = tempfile::tempdir().unwrap();
     let channels = dir.path().join("channels.json");

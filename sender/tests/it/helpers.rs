@@ -21,8 +21,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Delays short enough for tests, same logic as production.
 pub fn fast_tuning() -> Tuning {
     Tuning {
-        lanes: 4,
-        ack_wait: Duration::from_secs(10),
+        max_in_flight: Some(4),
+        ack_wait: Some(Duration::from_secs(10)),
         max_deliver: 4,
         attempts: 3,
         backoff_base: Duration::from_millis(50),

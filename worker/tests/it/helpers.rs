@@ -23,7 +23,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Short delays so retries happen within a test.
 pub fn test_tuning() -> Tuning {
     Tuning {
-        lanes: 4,
+        max_in_flight: Some(4),
         retry_delays: vec![Duration::from_millis(200), Duration::from_millis(300)],
         error_delay: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(10),

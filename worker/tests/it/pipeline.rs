@@ -194,6 +194,6 @@ async fn health_and_metrics_are_served_on_the_ops_listener() {
     assert!(metrics.contains("smsgate_worker_messages_total"), "{metrics}");
     assert!(metrics.contains("outcome=\"replied\""), "{metrics}");
     assert!(metrics.contains("smsgate_worker_chat_seconds"), "{metrics}");
-    assert!(metrics.contains("smsgate_worker_in_flight"), "{metrics}");
+    assert!(metrics.contains("smsgate_consumer_running{consumer=\"worker\"}"), "{metrics}");
     w.stop().await;
 }

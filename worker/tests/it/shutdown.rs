@@ -36,7 +36,8 @@ async fn what_cannot_be_finished_within_the_grace_period_goes_back_for_the_next_
     let model = OpenAiStub::start().await;
     model.set_delay(Duration::from_secs(3));
     // New work may start for 2 s after the signal; the call in hand takes ~3 s.
-    let tuning = Tuning { ack_wait: Duration::from_secs(5), shutdown_grace: Duration::from_secs(4), ..test_tuning() };
+    let tuning =
+        Tuning { ack_wait: Some(Duration::from_secs(5)), shutdown_grace: Duration::from_secs(4), ..test_tuning() };
     let mut w = start_with_three_queued(&model, tuning.clone(), "nak").await;
     w.stop().await;
 
