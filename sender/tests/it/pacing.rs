@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use smsgate_sender::Tuning;
+
 use crate::helpers::*;
 
 #[tokio::test]
@@ -34,5 +36,34 @@ async fn two_recipients_share_the_sending_numbers_pace() {
     for pair in times.windows(2) {
         assert!(pair[1] - pair[0] >= Duration::from_millis(200), "{:?}", pair[1] - pair[0]);
     }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn twilio_calls_overlap_across_recipients_and_keep_each_recipients_order() {
+    let tuning = Tuning { max_in_flight: Some(64), ..fast_tuning() };
+    let mut t = TestSender::start_with(r#""mps": 200"#, tuning).await;
+    // A Twilio that takes 250 ms per call: 80 calls one at a time take 20 s.
+    t.twilio.set_chaos(smsgate_shared::testkit::twilio::Chaos {
+        slow: 1.0,
+        slow_delay: Duration::from_millis(250),
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    for k in 0..40 {
+        for n in 1..=2 {
+            t.publish(&outbound(&format!("reply.SMov{k}n{n}"), &peer(100 + k), &format!("part {n}"))).await;
+        }
+    }
+    let calls = t.twilio.wait_for_calls(80, WAIT).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "80 calls took {took:?}: not overlapped");
+    for k in 0..40 {
+        let to = peer(100 + k).to_string();
+        let bodies: Vec<&str> =
+            calls.iter().filter(|c| c.get("To") == Some(to.as_str())).filter_map(|c| c.get("Body")).collect();
+        assert_eq!(bodies, ["part 1", "part 2"], "replies to {to} out of order");
+    }
+    t.wait_outbound_empty().await;
     t.stop().await;
 }

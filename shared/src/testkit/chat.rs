@@ -93,6 +93,8 @@ struct OpenAiState {
     reply: Option<String>,
     fail: Option<(u16, usize)>,
     delay: Duration,
+    /// A delay for calls whose last user text contains the key instead.
+    delay_when: Vec<(String, Duration)>,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -152,6 +154,12 @@ impl OpenAiStub {
     /// Wait `delay` before answering each call (the call is recorded at once).
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.state).delay = delay;
+    }
+
+    /// Wait `delay` before answering calls whose last user message contains
+    /// `text` (other calls keep [`Self::set_delay`]'s delay).
+    pub fn set_delay_when(&self, text: &str, delay: Duration) {
+        lock(&self.state).delay_when.push((text.to_owned(), delay));
     }
 
     /// Stop listening: calls get "connection refused" until [`Self::up`].
@@ -235,7 +243,9 @@ async fn openai_handler(
             }
             _ => None,
         };
-        (fail, s.delay, s.reply.clone())
+        let user = request.last_user_text();
+        let delay = s.delay_when.iter().find(|(t, _)| user.contains(t.as_str())).map_or(s.delay, |(_, d)| *d);
+        (fail, delay, s.reply.clone())
     };
     let in_flight = InFlight(state.clone());
     called.notify_waiters();

@@ -45,3 +45,4 @@ async fn inbound_publish_dedupes_on_message_id() {
     assert!(second.duplicate);
     assert_eq!(first.sequence, second.sequence);
 }
+mod consume;

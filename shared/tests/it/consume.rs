@@ -1,0 +1,289 @@
+//! The consumer runtime against a real nats-server, with a scripted handler:
+//! the body of each message says what the handler does with it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy};
+use async_nats::jetstream::{self, Message};
+use smsgate_shared::consume::{
+    BoxError, Delivery, Disposition, Handler, Key, Limits, Runtime, Stranded, ensure_consumer, key_of,
+};
+use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_shared::topology::connect;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `<key>|<action>|<tag>`: `sleep:<ms>`, `panic`, `retry` (always),
+/// `release` (always), `ok`.
+#[derive(Default)]
+struct Scripted {
+    /// (key, tag, delivered) in the order handling finished.
+    done: Mutex<Vec<(String, String, i64)>>,
+    /// (seq, reason) per dead letter.
+    dead: Mutex<Vec<(u64, String)>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl Scripted {
+    fn done(&self) -> Vec<(String, String, i64)> {
+        self.done.lock().unwrap().clone()
+    }
+    fn dead(&self) -> Vec<(u64, String)> {
+        self.dead.lock().unwrap().clone()
+    }
+    fn tags_of(&self, key: &str) -> Vec<String> {
+        self.done().into_iter().filter(|(k, _, _)| k == key).map(|(_, t, _)| t).collect()
+    }
+}
+
+struct Script(Arc<Scripted>);
+
+fn parts(msg: &Message) -> (String, String, String) {
+    let text = String::from_utf8_lossy(&msg.payload).into_owned();
+    let mut it = text.splitn(3, '|');
+    let key = it.next().unwrap_or_default().to_owned();
+    let action = it.next().unwrap_or_default().to_owned();
+    let tag = it.next().unwrap_or_default().to_owned();
+    (key, action, tag)
+}
+
+impl Handler for Script {
+    type Item = (String, String, String);
+
+    fn prepare(&self, msg: &Message) -> (Option<Key>, Self::Item) {
+        let p = parts(msg);
+        (Some(key_of(&[&p.0])), p)
+    }
+
+    async fn handle(&self, d: &Delivery<Self::Item>) -> Disposition {
+        let s = &self.0;
+        let now = s.running.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_running.fetch_max(now, Ordering::SeqCst);
+        let (key, action, tag) = &d.item;
+        let disposition = match action.split_once(':') {
+            Some(("sleep", ms)) => {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                Disposition::Ack
+            }
+            _ if action == "panic" => {
+                s.running.fetch_sub(1, Ordering::SeqCst);
+                panic!("scripted panic for {tag}");
+            }
+            _ if action == "retry" => Disposition::Retry(Duration::from_millis(50)),
+            _ if action == "release" => Disposition::Release,
+            _ => Disposition::Ack,
+        };
+        s.running.fetch_sub(1, Ordering::SeqCst);
+        if disposition == Disposition::Ack {
+            s.done.lock().unwrap().push((key.clone(), tag.clone(), d.delivered));
+        }
+        disposition
+    }
+
+    async fn dead_letter(&self, stranded: Stranded<'_>) -> Result<(), BoxError> {
+        self.0.dead.lock().unwrap().push((stranded.seq, stranded.reason));
+        Ok(())
+    }
+}
+
+struct Rig {
+    _nats: NatsServer,
+    js: jetstream::Context,
+    script: Arc<Scripted>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    async fn start(limits: Limits) -> Self {
+        let nats = NatsServer::start();
+        let client = connect(&nats.url(), "test").await.unwrap();
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(StreamConfig {
+                name: "WORK".into(),
+                subjects: vec!["work.>".into()],
+                retention: RetentionPolicy::WorkQueue,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let consumer =
+            ensure_consumer(&stream, limits.pull_config("test", "test".into(), "work.>".into())).await.unwrap();
+        let script = Arc::new(Scripted::default());
+        let stop = CancellationToken::new();
+        let runtime = Runtime {
+            name: "test",
+            handler: Arc::new(Script(script.clone())),
+            consumer,
+            liveness: limits.liveness("test"),
+            limits,
+            client: Some(client),
+        };
+        let task = tokio::spawn(runtime.run(stop.clone()));
+        Self { _nats: nats, js, script, stop, task }
+    }
+
+    async fn send(&self, key: &str, action: &str, tag: &str) -> u64 {
+        let ack = self.js.publish("work.x", format!("{key}|{action}|{tag}").into()).await.unwrap().await.unwrap();
+        ack.sequence
+    }
+
+    async fn left(&self) -> u64 {
+        self.js.get_stream("WORK").await.unwrap().info().await.unwrap().state.messages
+    }
+
+    async fn wait_done(&self, n: usize) {
+        testkit::eventually(WAIT, &format!("{n} handled"), || async { (self.script.done().len() >= n).then_some(()) })
+            .await;
+    }
+
+    async fn wait_empty(&self) {
+        testkit::eventually(WAIT, "the work queue empty", || async { (self.left().await == 0).then_some(()) }).await;
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task).await.unwrap().unwrap();
+    }
+}
+
+fn limits(max_in_flight: usize) -> Limits {
+    Limits::for_in_flight(max_in_flight, Duration::from_secs(5), 4, Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn keys_run_concurrently_and_each_key_in_stream_order() {
+    let rig = Rig::start(limits(64)).await;
+    for n in 0..4 {
+        for k in 0..40 {
+            rig.send(&format!("k{k}"), "sleep:200", &n.to_string()).await;
+        }
+    }
+    rig.wait_done(160).await;
+    rig.wait_empty().await;
+    for k in 0..40 {
+        assert_eq!(rig.script.tags_of(&format!("k{k}")), ["0", "1", "2", "3"], "key k{k} out of order");
+    }
+    let most = rig.script.max_running.load(Ordering::SeqCst);
+    assert!(most >= 30, "only {most} ran at once");
+    assert!(most <= 64, "{most} ran at once, over the bound");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_key_holds_up_no_other_key() {
+    let rig = Rig::start(limits(8)).await;
+    rig.send("slow", "sleep:4000", "1").await;
+    rig.send("slow", "sleep:4000", "2").await;
+    for k in 0..40 {
+        rig.send(&format!("fast{k}"), "sleep:20", "1").await;
+    }
+    let started = Instant::now();
+    rig.wait_done(40).await;
+    let fast_done = started.elapsed();
+    assert!(rig.script.tags_of("slow").is_empty(), "the slow key finished first?");
+    assert!(fast_done < Duration::from_secs(4), "the fast keys waited {fast_done:?} for the slow one");
+    rig.wait_done(42).await;
+    assert_eq!(rig.script.tags_of("slow"), ["1", "2"]);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_flooding_key_is_handed_back_in_part_and_still_handled_in_order() {
+    let mut l = limits(4);
+    l.key_backlog = 3;
+    l.backlog_delay = Duration::from_millis(300);
+    l.max_deliver = 20;
+    let rig = Rig::start(l).await;
+    for n in 0..30 {
+        rig.send("flood", "sleep:30", &format!("{n:02}")).await;
+    }
+    rig.send("other", "ok", "x").await;
+    rig.wait_done(31).await;
+    rig.wait_empty().await;
+    let expected: Vec<String> = (0..30).map(|n| format!("{n:02}")).collect();
+    assert_eq!(rig.script.tags_of("flood"), expected);
+    let deferred = rig.script.done().iter().filter(|(_, _, delivered)| *delivered > 1).count();
+    assert!(deferred > 0, "nothing was handed back: the key held everything in memory");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_ends_in_one_dead_letter_and_the_runtime_goes_on() {
+    let rig = Rig::start(limits(4)).await;
+    let seq = rig.send("p", "panic", "boom").await;
+    rig.send("p", "ok", "after").await;
+    rig.send("q", "ok", "other").await;
+    rig.wait_done(2).await;
+    rig.wait_empty().await;
+    let dead = rig.script.dead();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, seq);
+    assert!(dead[0].1.contains("panicked") && dead[0].1.contains("scripted panic for boom"), "{dead:?}");
+    assert_eq!(rig.script.tags_of("p"), ["after"]);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_asked_on_the_last_delivery_is_dead_lettered_not_stranded() {
+    let rig = Rig::start(limits(4)).await;
+    let seq = rig.send("r", "retry", "never").await;
+    rig.send("r", "ok", "next").await;
+    rig.wait_done(1).await;
+    rig.wait_empty().await;
+    let dead = rig.script.dead();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, seq);
+    assert!(dead[0].1.contains("deliveries exhausted (4 of 4)"), "{dead:?}");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn what_jetstream_stops_delivering_is_dead_lettered_from_its_advisory() {
+    // A handler that hands its message back on every delivery (as one
+    // interrupted by shutdown does) leaves it to run out of deliveries.
+    let rig = Rig::start(limits(4)).await;
+    let seq = rig.send("a", "release", "lost").await;
+    testkit::eventually(WAIT, "the advisory's dead letter", || async { (!rig.script.dead().is_empty()).then_some(()) })
+        .await;
+    let dead = rig.script.dead();
+    assert_eq!(dead[0].0, seq);
+    assert!(dead[0].1.contains("stopped delivering it after 4 deliveries"), "{dead:?}");
+    rig.wait_empty().await;
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_ack_wait_and_max_deliver_reach_an_existing_consumer() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(connect(&nats.url(), "test").await.unwrap());
+    let stream = js
+        .get_or_create_stream(StreamConfig {
+            name: "UPD".into(),
+            subjects: vec!["upd.>".into()],
+            retention: RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let old = Limits::for_in_flight(4, Duration::from_secs(30), 11, Duration::from_secs(5));
+    ensure_consumer(&stream, old.pull_config("c", "old".into(), "upd.>".into())).await.unwrap();
+    let new = Limits::for_in_flight(8, Duration::from_secs(45), 7, Duration::from_secs(5));
+    let mut consumer = ensure_consumer(&stream, new.pull_config("c", "new".into(), "upd.>".into())).await.unwrap();
+    let config = consumer.info().await.unwrap().config.clone();
+    assert_eq!(config.ack_wait, Duration::from_secs(45));
+    assert_eq!(config.max_deliver, 7);
+    assert_eq!(config.max_ack_pending, new.max_ack_pending);
+    // Nothing else about it changed: one consumer, same name.
+    let names: HashMap<String, ()> = {
+        use futures::TryStreamExt;
+        stream.consumer_names().map_ok(|n| (n, ())).try_collect().await.unwrap()
+    };
+    assert_eq!(names.len(), 1);
+}
