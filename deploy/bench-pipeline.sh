@@ -5,7 +5,15 @@
 # rate limit too high to matter), and smsgate-loadgen in end-to-end mode
 # (webhook sent → the stub received the reply). Runs:
 #   (a) a fixed offered rate (default 500 msg/s for 20 s): end-to-end p50/p99;
-#   (b) as fast as possible with C connections: messages/s completed.
+#   (b) as fast as possible with C connections: messages/s completed;
+#   (c) a slow backend (chat stub 2 s per completion, Twilio stub 250 ms per
+#       call): 400 people texting at once, then 100 people sending three
+#       messages in a row; the goal is everyone answered within
+#       2 × (posting + the model calls in a row + one Twilio call);
+#   (d) memory with 1,000 conversations in flight (model 5 s);
+#   (e) the worker's history reads with a model (history_turns 10, 40 people
+#       × 25 messages): with the per-conversation cache, then without
+#       (SMSGATE_WORKER_HISTORY_CACHE=0, a consumer per read as before).
 # For each phase it prints the load generator's report, the CPU seconds each
 # process used, and every process's peak resident memory (VmRSS).
 # It also prints NATS's messages in/out per webhook (from nats-server's /varz).
@@ -22,7 +30,9 @@ cargo build --release -q -p smsgate-ingress -p smsgate-worker -p smsgate-sender 
 tmp=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nats_port=$(port); mon_port=$(port); http_port=$(port); stub_port=$(port); worker_port=$(port); sender_port=$(port)
+chat_port=$(port)
 token=$(head -c 512 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 48)
+slow_token=$(head -c 512 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 48)
 account=AC00000000000000000000000000000000; auth=bench-auth-token
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
@@ -30,12 +40,22 @@ trap cleanup EXIT
 
 nats-server -js -a 127.0.0.1 -p "$nats_port" -m "$mon_port" -sd "$tmp/js" >"$tmp/nats.log" 2>&1 & nats=$!; pids+=($nats)
 cat >"$tmp/channels.json" <<JSON
-{"channel_id": "bench", "config": {
+{"channels": [
+ {"channel_id": "bench", "config": {
   "twilio_account_sid": "$account", "twilio_auth_token": "$auth",
   "twilio_from_number": "+15005550006", "webhook_path_token": "$token",
   "public_base_url": "https://sms.example.com", "twilio_api_base": "http://127.0.0.1:$stub_port",
   "chat": {"kind": "echo"}, "mps": 0, "delivery": "twilio",
+  "rate_limit": {"per_minute": 100000, "burst": 100000}}},
+ {"channel_id": "slow", "config": {
+  "twilio_account_sid": "$account", "twilio_auth_token": "$auth",
+  "twilio_from_number": "+15005550006", "webhook_path_token": "$slow_token",
+  "public_base_url": "https://sms.example.com", "twilio_api_base": "http://127.0.0.1:$stub_port",
+  "chat": {"kind": "openai", "base_url": "http://127.0.0.1:$chat_port/v1", "model": "bench",
+           "timeout_ms": 30000, "history_turns": 10},
+  "mps": 0, "delivery": "twilio",
   "rate_limit": {"per_minute": 100000, "burst": 100000}}}
+]}
 JSON
 export SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
   SMSGATE_INGRESS_ADDR="127.0.0.1:$http_port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" \
@@ -43,7 +63,11 @@ export SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/cha
   RUST_LOG="${RUST_LOG:-warn}"
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
 target/release/smsgate-ingress >"$tmp/ingress.log" 2>&1 & ingress=$!; pids+=($ingress)
-target/release/smsgate-worker >"$tmp/worker.log" 2>&1 & worker=$!; pids+=($worker)
+start_worker() {
+  target/release/smsgate-worker >>"$tmp/worker.log" 2>&1 & worker=$!; pids+=($worker)
+  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$worker_port/api/health" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+start_worker
 target/release/smsgate-sender >"$tmp/sender.log" 2>&1 & sender=$!; pids+=($sender)
 for url in "http://127.0.0.1:$http_port/api/ready" "http://127.0.0.1:$worker_port/api/health" \
            "http://127.0.0.1:$sender_port/api/health"; do
@@ -78,7 +102,7 @@ sampler & pids+=($!)
 
 loadgen() {
   target/release/smsgate-loadgen --url "http://127.0.0.1:$http_port" --public-base-url https://sms.example.com \
-    --path-token "$token" --auth-token "$auth" --account-sid "$account" -k "$k" \
+    --auth-token "$auth" --account-sid "$account" \
     --twilio-stub-addr "127.0.0.1:$stub_port" "$@" & local lg=$!
   echo "$lg" >"$tmp/loadgen.pid"
   local rc=0; wait "$lg" || rc=$?
@@ -137,7 +161,19 @@ phase() {
   fi
 }
 
-phase "warm-up (2000 messages, not measured)" 0 -n 2000 -c "$c" >/dev/null
-phase "(a) fixed rate: $rate msg/s for $secs s" "${PROFILE:-0}" -n "$(( rate * secs ))" -c "$c" --rate "$rate"
-phase "(b) as fast as possible: $n_max messages, $c connections" 0 -n "$n_max" -c "$c" --e2e-timeout 60
+echo_=(--path-token "$token" -k "$k")
+slow=(--path-token "$slow_token" --chat-stub-port "$chat_port" --e2e-timeout 60)
+phase "warm-up (2000 messages, not measured)" 0 -n 2000 -c "$c" "${echo_[@]}" >/dev/null
+phase "(a) fixed rate: $rate msg/s for $secs s" "${PROFILE:-0}" -n "$(( rate * secs ))" -c "$c" --rate "$rate" "${echo_[@]}"
+phase "(b) as fast as possible: $n_max messages, $c connections" 0 -n "$n_max" -c "$c" --e2e-timeout 60 "${echo_[@]}"
+phase "(c1) slow backend: 400 people at once (model 2 s, Twilio 250 ms)" 0 -n 400 -c 64 -k 400 \
+  --chat-delay-ms 2000 --twilio-delay-ms 250 "${slow[@]}"
+phase "(c2) slow backend: 100 people, three messages each in a row" 0 -n 300 -c 64 -k 100 \
+  --chat-delay-ms 2000 --twilio-delay-ms 250 "${slow[@]}"
+phase "(d) 1,000 conversations in flight (model 5 s)" 0 -n 1000 -c 64 -k 1000 \
+  --chat-delay-ms 5000 --twilio-delay-ms 250 "${slow[@]}"
+phase "(e1) history reads with the cache: 40 people × 25 messages, model 0 ms" 0 -n 1000 -c 40 -k 40 "${slow[@]}"
+kill "$worker"; wait "$worker" 2>/dev/null || true
+SMSGATE_WORKER_HISTORY_CACHE=0 start_worker; proc[worker]=$worker
+phase "(e2) history reads without the cache (a consumer per read)" 0 -n 1000 -c 40 -k 40 "${slow[@]}"
 grep -h '"level":"ERROR"' "$tmp"/*.log | head -5 || true

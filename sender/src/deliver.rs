@@ -52,8 +52,10 @@ pub struct Replies(pub Arc<Ctx>);
 impl Handler for Replies {
     type Item = ();
 
+    fn decode(&self, _: &Message) {}
+
     /// Key: (channel, to), read without decoding the whole message.
-    fn prepare(&self, msg: &Message) -> (Option<Key>, ()) {
+    fn key(&self, payload: &[u8]) -> Option<Key> {
         #[derive(Deserialize)]
         struct Peer<'a> {
             #[serde(borrow)]
@@ -61,10 +63,9 @@ impl Handler for Replies {
             #[serde(borrow)]
             to: Option<&'a str>,
         }
-        let key = serde_json::from_slice::<Peer<'_>>(&msg.payload)
+        serde_json::from_slice::<Peer<'_>>(payload)
             .ok()
-            .map(|k| key_of(&[k.channel_id.unwrap_or(""), k.to.unwrap_or("")]));
-        (key, ())
+            .map(|k| key_of(&[k.channel_id.unwrap_or(""), k.to.unwrap_or("")]))
     }
 
     async fn handle(&self, d: &Delivery<()>) -> Disposition {

@@ -40,14 +40,16 @@ pub struct Status(pub Arc<Ctx>);
 impl Handler for Status {
     type Item = ();
 
-    fn prepare(&self, msg: &Message) -> (Option<Key>, ()) {
+    fn decode(&self, _: &Message) {}
+
+    fn key(&self, payload: &[u8]) -> Option<Key> {
         #[derive(Deserialize)]
         struct Sid<'a> {
             #[serde(borrow)]
             message_sid: Option<&'a str>,
         }
-        let sid = serde_json::from_slice::<Sid<'_>>(&msg.payload).ok().and_then(|k| k.message_sid);
-        (sid.map(|s| key_of(&[s])), ())
+        let sid = serde_json::from_slice::<Sid<'_>>(payload).ok().and_then(|k| k.message_sid);
+        sid.map(|s| key_of(&[s]))
     }
 
     async fn handle(&self, d: &Delivery<()>) -> Disposition {

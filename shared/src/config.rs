@@ -105,6 +105,9 @@ pub struct Settings {
     pub worker_ack_wait: Duration,
     /// `SMSGATE_SENDER_ACK_WAIT_SECS` [60]: the same for the sender.
     pub sender_ack_wait: Duration,
+    /// `SMSGATE_WORKER_HISTORY_CACHE` [10000]: conversations whose recent
+    /// turns the worker keeps in memory (0: read the stream every time).
+    pub worker_history_cache: usize,
 }
 
 /// Default chat calls in flight per worker: a model call is a wait of
@@ -180,6 +183,7 @@ impl Settings {
             sender_max_in_flight: positive("SMSGATE_SENDER_MAX_IN_FLIGHT", DEFAULT_SENDER_MAX_IN_FLIGHT as u64)?,
             worker_ack_wait: Duration::from_secs(positive("SMSGATE_WORKER_ACK_WAIT_SECS", 30)? as u64),
             sender_ack_wait: Duration::from_secs(positive("SMSGATE_SENDER_ACK_WAIT_SECS", 60)? as u64),
+            worker_history_cache: usize::try_from(num("SMSGATE_WORKER_HISTORY_CACHE", 10_000)?).unwrap_or(usize::MAX),
         })
     }
 
@@ -203,6 +207,7 @@ impl Settings {
             sender_max_in_flight: DEFAULT_SENDER_MAX_IN_FLIGHT,
             worker_ack_wait: Duration::from_secs(30),
             sender_ack_wait: Duration::from_secs(60),
+            worker_history_cache: 10_000,
         }
     }
 }

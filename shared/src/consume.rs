@@ -20,7 +20,11 @@
 //! - a message handed back (a handler's [`Disposition::Retry`], or the
 //!   backlog rule) is remembered as *awaited*: the key's later messages wait
 //!   for it to come back (or for a timeout, in case another replica took it),
-//!   so a reply never overtakes an earlier one.
+//!   so a reply never overtakes an earlier one. The same holds for what a
+//!   crashed predecessor held: on start, the messages delivered but not
+//!   acked are read from the stream and awaited by key. An awaited message
+//!   stops being awaited when it comes back, when it is gone from the work
+//!   queue (acked by another replica), or after twice the ack wait.
 //!
 //! # Nothing stranded
 //!
@@ -49,6 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind, Message};
 use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
@@ -222,8 +227,16 @@ pub trait Handler: Send + Sync + 'static {
     /// The decoded message, made once per delivery.
     type Item: Send + Sync + 'static;
 
-    /// Decodes a message and names its key; `None` runs it on its own.
-    fn prepare(&self, msg: &Message) -> (Option<Key>, Self::Item);
+    /// The key of a stored message; `None` runs it on its own.
+    fn key(&self, payload: &[u8]) -> Option<Key>;
+
+    /// Decodes a message once per delivery.
+    fn decode(&self, msg: &Message) -> Self::Item;
+
+    /// Both at once (a handler may do it with one decode).
+    fn prepare(&self, msg: &Message) -> (Option<Key>, Self::Item) {
+        (self.key(&msg.payload), self.decode(msg))
+    }
 
     /// Handles one delivery. The runtime acks or naks as the result says
     /// and keeps the message alive meanwhile.
@@ -333,7 +346,12 @@ impl<H: Handler> Runtime<H> {
             ))),
             None => None,
         };
+        let stream = match (&self.client, self.consumer.cached_info()) {
+            (Some(client), info) => jetstream::new(client.clone()).get_stream(&info.stream_name).await.ok(),
+            (None, _) => None,
+        };
         let mut d = Dispatcher {
+            stream,
             name: self.name,
             handler: self.handler,
             limits: self.limits,
@@ -344,6 +362,7 @@ impl<H: Handler> Runtime<H> {
             stopping: false,
             liveness: self.liveness,
         };
+        d.adopt_pending(&self.consumer).await;
         d.pull(&self.consumer, &shutdown).await;
         d.drain().await;
         if let Some(task) = advisories {
@@ -360,6 +379,8 @@ struct Done {
 }
 
 struct Dispatcher<H: Handler> {
+    /// The consumer's stream, to look messages up by sequence.
+    stream: Option<jetstream::stream::Stream>,
     name: &'static str,
     handler: Arc<H>,
     limits: Limits,
@@ -415,6 +436,37 @@ impl<H: Handler> Dispatcher<H> {
                     },
                 }
             }
+        }
+    }
+
+    /// Awaits, by key, what was delivered before this process started and
+    /// is not acked: a crashed predecessor's messages, which come back
+    /// after the ack wait and must not be overtaken by their key's later
+    /// messages.
+    async fn adopt_pending(&mut self, consumer: &PullConsumer) {
+        let Some(stream) = &self.stream else { return };
+        let mut consumer = consumer.clone();
+        let Ok(info) = consumer.info().await else { return };
+        let (floor, delivered) = (info.ack_floor.stream_sequence, info.delivered.stream_sequence);
+        if info.num_ack_pending == 0 || delivered <= floor {
+            return;
+        }
+        // Bounded: at most max_ack_pending messages can be pending.
+        let last = delivered.min(floor + u64::try_from(self.limits.max_ack_pending).unwrap_or(u64::MAX));
+        let until = Instant::now() + self.limits.ack_wait * 2;
+        let mut adopted = 0u64;
+        for seq in floor + 1..=last {
+            let Ok(stored) = stream.get_raw_message(seq).await else { continue };
+            let key = self.handler.key(&stored.payload).unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
+            self.keys.entry(key).or_insert_with(KeyState::new).awaited.insert(seq, until);
+            adopted += 1;
+        }
+        if adopted > 0 {
+            info!(
+                consumer = self.name,
+                messages = adopted,
+                "messages delivered before start and not acked are awaited in order"
+            );
         }
     }
 
@@ -528,6 +580,19 @@ impl<H: Handler> Dispatcher<H> {
             }
             let before = state.awaited.len();
             state.awaited.retain(|_, until| *until > now);
+            if let Some(stream) = &self.stream {
+                let mut gone = Vec::new();
+                for seq in state.awaited.keys() {
+                    if let Err(e) = stream.get_raw_message(*seq).await
+                        && e.kind() == RawMessageErrorKind::NoMessageFound
+                    {
+                        gone.push(*seq);
+                    }
+                }
+                for seq in gone {
+                    state.awaited.remove(&seq);
+                }
+            }
             if state.awaited.len() != before {
                 expired.push(*key);
             }

@@ -94,8 +94,6 @@ pub struct Tuning {
     pub error_delay: Duration,
     /// How long in-flight messages may take to finish on shutdown.
     pub shutdown_grace: Duration,
-    /// Conversations whose recent turns are kept in memory.
-    pub history_cache: usize,
     /// Test hook for crash tests: sleep after a reply is published, before
     /// it is marked done and the inbound acked.
     pub pause_after_publish: Option<Duration>,
@@ -110,7 +108,6 @@ impl Default for Tuning {
             retry_delays: [2, 10, 30, 60, 120].map(Duration::from_secs).to_vec(),
             error_delay: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(25),
-            history_cache: 10_000,
             pause_after_publish: None,
         }
     }
@@ -207,7 +204,8 @@ impl App {
             limiter::Limiter::new(&channels.values().map(|l: &process::Lane| l.channel.clone()).collect::<Vec<_>>());
         let processor = Arc::new(Processor {
             js: bus.js.clone(),
-            history: history::History::open(bus.js.clone(), topology.clone(), tuning.history_cache).await?,
+            history: history::History::open(bus.js.clone(), topology.clone(), config.settings.worker_history_cache)
+                .await?,
             topology,
             channels,
             seen: seen::Seen::new(bus.seen),

@@ -114,14 +114,25 @@ pub type Job = Delivery<Result<Inbound, DecodeError>>;
 /// the reason, never retried (it would not fit a NATS message either).
 pub const REPLY_CAP_BYTES: usize = 64 * 1024;
 
+fn sender_key(inbound: &Inbound) -> Key {
+    key_of(&[inbound.channel_id.as_str(), &inbound.from])
+}
+
 impl Handler for Processor {
     type Item = Result<Inbound, DecodeError>;
 
     /// Messages of one sender on one channel keep their order.
+    fn key(&self, payload: &[u8]) -> Option<Key> {
+        envelope::decode::<Inbound>(payload).ok().map(|i| sender_key(&i))
+    }
+
+    fn decode(&self, msg: &jetstream::Message) -> Self::Item {
+        envelope::decode(&msg.payload)
+    }
+
     fn prepare(&self, msg: &jetstream::Message) -> (Option<Key>, Self::Item) {
         let inbound: Result<Inbound, DecodeError> = envelope::decode(&msg.payload);
-        let key = inbound.as_ref().ok().map(|i| key_of(&[i.channel_id.as_str(), &i.from]));
-        (key, inbound)
+        (inbound.as_ref().ok().map(sender_key), inbound)
     }
 
     async fn handle(&self, job: &Job) -> consume::Disposition {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use smsgate_e2e::webhook::{SignedWebhook, Target, message_sid, sender_number, signed};
-use smsgate_shared::testkit::twilio::TwilioStub;
+use smsgate_shared::testkit::chat::OpenAiStub;
+use smsgate_shared::testkit::twilio::{Chaos, TwilioStub};
 
 #[derive(Parser, Debug)]
 #[command(name = "smsgate-loadgen", about = "Load generator for smsgate's ingress and the whole pipeline")]
@@ -65,6 +66,17 @@ struct Args {
     /// webhook was answered, in seconds.
     #[arg(long, default_value_t = 30.0)]
     e2e_timeout: f64,
+    /// End-to-end mode: how long the Twilio stub takes per call, in ms.
+    #[arg(long, default_value_t = 0)]
+    twilio_delay_ms: u64,
+    /// End-to-end mode with a model: run the OpenAI-compatible chat stub on
+    /// this port (the channel's chat `base_url` must be
+    /// `http://127.0.0.1:<port>/v1`); it answers "reply to: <body>".
+    #[arg(long)]
+    chat_stub_port: Option<u16>,
+    /// How long the chat stub takes per completion, in ms.
+    #[arg(long, default_value_t = 0)]
+    chat_delay_ms: u64,
 }
 
 /// The `p`-quantile (0..=1) of sorted durations, in milliseconds.
@@ -108,6 +120,23 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot start the Twilio stub on {addr}: {e}"))?,
         ),
+        None => None,
+    };
+    if let Some(stub) = &stub
+        && args.twilio_delay_ms > 0
+    {
+        stub.set_chaos(Chaos {
+            slow: 1.0,
+            slow_delay: Duration::from_millis(args.twilio_delay_ms),
+            ..Chaos::default()
+        });
+    }
+    let chat = match args.chat_stub_port {
+        Some(port) => {
+            let chat = OpenAiStub::start_on_port(port).await;
+            chat.set_delay(Duration::from_millis(args.chat_delay_ms));
+            Some(chat)
+        }
         None => None,
     };
     let run = args.run_id.unwrap_or_else(rand::random);
@@ -180,7 +209,28 @@ async fn main() -> anyhow::Result<()> {
     let mut failed = by_status.keys().any(|s| *s != 200);
 
     if let Some(stub) = stub {
-        failed |= !end_to_end(&stub, &hooks, &sent, started, Duration::from_secs_f64(args.e2e_timeout.max(0.0))).await;
+        let span = end_to_end(&stub, &hooks, &sent, started, Duration::from_secs_f64(args.e2e_timeout.max(0.0))).await;
+        failed |= span.is_none();
+        if let (Some(span), Some(chat)) = (span, &chat) {
+            // The goal of the slow-backend phase: everyone answered within
+            // twice (posting + the model calls a sender's messages need in a
+            // row + one Twilio call).
+            let in_a_row = args.requests.div_ceil(args.senders.max(1));
+            let ideal = elapsed.as_secs_f64()
+                + in_a_row as f64 * args.chat_delay_ms as f64 / 1000.0
+                + args.twilio_delay_ms as f64 / 1000.0;
+            let verdict = if span <= 2.0 * ideal { "within" } else { "OVER" };
+            println!(
+                "goal          span {span:.2} s {verdict} 2 × (posting {:.2} s + {in_a_row} × model {:.2} s + Twilio {:.2} s) = {:.2} s; \
+                 model calls {}, at most {} at once",
+                elapsed.as_secs_f64(),
+                args.chat_delay_ms as f64 / 1000.0,
+                args.twilio_delay_ms as f64 / 1000.0,
+                2.0 * ideal,
+                chat.requests().len(),
+                chat.max_concurrency()
+            );
+        }
     }
     if failed {
         std::process::exit(1);
@@ -189,14 +239,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Waits for the replies of the accepted webhooks, matches them and prints
-/// the end-to-end figures. Returns whether every reply arrived exactly once.
+/// the end-to-end figures. Returns the span (first webhook sent → last reply)
+/// when every reply arrived exactly once.
 async fn end_to_end(
     stub: &TwilioStub,
     hooks: &[SignedWebhook],
     sent: &[Sent],
     started: Instant,
     timeout: Duration,
-) -> bool {
+) -> Option<f64> {
     let accepted: Vec<&Sent> = sent.iter().filter(|s| s.status == 200).collect();
     // Wait until as many calls as accepted webhooks arrived, or nothing new
     // came for `timeout`.
@@ -236,8 +287,9 @@ async fn end_to_end(
             not_created += 1;
             continue;
         }
-        let matched =
-            call.get("Body").and_then(|b| by_body.get(b)).copied().filter(|&i| call.get("To") == from_of(i).as_deref());
+        // The echo chat answers the body, the chat stub "reply to: <body>".
+        let body = call.get("Body").map(|b| b.strip_prefix("reply to: ").unwrap_or(b));
+        let matched = body.and_then(|b| by_body.get(b)).copied().filter(|&i| call.get("To") == from_of(i).as_deref());
         let Some(i) = matched else {
             unmatched += 1;
             continue;
@@ -271,5 +323,5 @@ async fn end_to_end(
     println!("e2e span      {span:.2} s (first webhook sent → last reply received)");
     println!("e2e completed {:.0} msg/s", if span > 0.0 { e2e.len() as f64 / span } else { 0.0 });
     println!("e2e ms        {}", percentiles(&e2e));
-    missing == 0 && duplicates == 0 && unmatched == 0 && not_created == 0
+    (missing == 0 && duplicates == 0 && unmatched == 0 && not_created == 0).then_some(span)
 }

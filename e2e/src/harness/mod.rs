@@ -61,10 +61,10 @@ pub struct StackConfig {
     pub max_parts: usize,
     /// `SMSGATE_DUPLICATE_WINDOW_SECS` (JetStream's publish dedupe window).
     pub duplicate_window: Duration,
-    /// Ack wait of the durable consumers, created before the services start
-    /// (the services open them as they are). Production uses 30 s (worker)
-    /// and 60 s (sender); shorter ones only bring a killed process's messages
-    /// back sooner. Keep them above the services' 10 s `Progress` cadence.
+    /// Ack wait of the durable consumers (`SMSGATE_WORKER_ACK_WAIT_SECS`,
+    /// `SMSGATE_SENDER_ACK_WAIT_SECS`). Production uses 30 s (worker) and
+    /// 60 s (sender); shorter ones only bring a killed process's messages
+    /// back sooner (the services keep what they hold alive every third of it).
     pub worker_ack_wait: Duration,
     pub sender_ack_wait: Duration,
     /// `history_turns` of the chat config (0: the worker reads no history).
@@ -149,8 +149,8 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts nats-server, the stubs, the channel file, pre-creates the
-    /// durable consumers, then ingress, one worker and one sender, and waits
+    /// Starts nats-server, the stubs, the channel file, creates the
+    /// topology, then ingress, one worker and one sender, and waits
     /// until all three are ready.
     pub async fn start(config: StackConfig) -> anyhow::Result<Self> {
         let turn = ONE_AT_A_TIME.acquire().await.context("the stack semaphore is closed")?;

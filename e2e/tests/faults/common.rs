@@ -104,3 +104,22 @@ pub async fn until<F: FnMut() -> bool>(what: &str, mut f: F) {
     })
     .await
 }
+
+/// Invariant 7: each person's replies reached Twilio in the order the person
+/// sent the messages (the reply bodies carry the message numbers of
+/// [`hook`]). Returns how many replies were checked.
+pub fn assert_order_per_person(stack: &Stack) -> usize {
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut checked = 0;
+    for call in stack.twilio.created() {
+        let (Some(to), Some(body)) = (call.get("To"), call.get("Body")) else { continue };
+        let Some(n) = body.split("Message ").nth(1).and_then(|rest| rest.get(..4)).and_then(|d| d.parse().ok()) else {
+            continue;
+        };
+        if let Some(prev) = last.insert(to.to_owned(), n) {
+            assert!(n >= prev, "{to} got the reply to message {n} after the reply to message {prev}");
+        }
+        checked += 1;
+    }
+    checked
+}

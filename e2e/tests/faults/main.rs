@@ -17,5 +17,6 @@ mod duplicates;
 mod nats_restart;
 mod replicas;
 mod sender_kill;
+mod slow_model;
 mod twilio_errors;
 mod worker_kill;

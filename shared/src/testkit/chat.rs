@@ -109,7 +109,12 @@ pub struct OpenAiStub {
 
 impl OpenAiStub {
     pub async fn start() -> Self {
-        let listener = bind(0).await;
+        Self::start_on_port(0).await
+    }
+
+    /// On a given loopback port (0: any free one).
+    pub async fn start_on_port(port: u16) -> Self {
+        let listener = bind(port).await;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("stub address: {e}"));
         let stub = Self { port, state: Arc::default(), called: Arc::new(Notify::new()), server: Mutex::new(None) };
         stub.serve(listener);

@@ -1,6 +1,8 @@
 //! The consumer runtime against a real nats-server, with a scripted handler:
 //! the body of each message says what the handler does with it.
 
+#![allow(clippy::unwrap_used)] // test scaffolding panics on setup failures by design
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,9 +57,13 @@ fn parts(msg: &Message) -> (String, String, String) {
 impl Handler for Script {
     type Item = (String, String, String);
 
-    fn prepare(&self, msg: &Message) -> (Option<Key>, Self::Item) {
-        let p = parts(msg);
-        (Some(key_of(&[&p.0])), p)
+    fn key(&self, payload: &[u8]) -> Option<Key> {
+        let text = String::from_utf8_lossy(payload);
+        Some(key_of(&[text.split('|').next().unwrap_or_default()]))
+    }
+
+    fn decode(&self, msg: &Message) -> Self::Item {
+        parts(msg)
     }
 
     async fn handle(&self, d: &Delivery<Self::Item>) -> Disposition {
@@ -286,4 +292,49 @@ async fn a_changed_ack_wait_and_max_deliver_reach_an_existing_consumer() {
         stream.consumer_names().map_ok(|n| (n, ())).try_collect().await.unwrap()
     };
     assert_eq!(names.len(), 1);
+}
+
+#[tokio::test]
+async fn what_a_crashed_predecessor_held_is_not_overtaken_by_its_keys_later_messages() {
+    let nats = NatsServer::start();
+    let client = connect(&nats.url(), "test").await.unwrap();
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(StreamConfig {
+            name: "WORK".into(),
+            subjects: vec!["work.>".into()],
+            retention: RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let l = Limits::for_in_flight(4, Duration::from_secs(2), 4, Duration::from_secs(5));
+    let consumer = ensure_consumer(&stream, l.pull_config("test", "test".into(), "work.>".into())).await.unwrap();
+    js.publish("work.x", "k|ok|1".into()).await.unwrap().await.unwrap();
+    // The predecessor took message 1 and died holding it.
+    {
+        use futures::StreamExt;
+        let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+        let held = batch.next().await.unwrap().unwrap();
+        assert_eq!(&held.payload[..], b"k|ok|1");
+    }
+    js.publish("work.x", "k|ok|2".into()).await.unwrap().await.unwrap();
+    js.publish("work.x", "other|ok|x".into()).await.unwrap().await.unwrap();
+
+    let script = Arc::new(Scripted::default());
+    let stop = CancellationToken::new();
+    let runtime = Runtime {
+        name: "test",
+        handler: Arc::new(Script(script.clone())),
+        consumer,
+        liveness: l.liveness("test"),
+        limits: l,
+        client: Some(client),
+    };
+    let task = tokio::spawn(runtime.run(stop.clone()));
+    testkit::eventually(WAIT, "three handled", || async { (script.done().len() >= 3).then_some(()) }).await;
+    assert_eq!(script.tags_of("k"), ["1", "2"], "message 2 overtook the one its predecessor held");
+    assert_eq!(script.done()[0].0, "other", "other keys did not wait");
+    stop.cancel();
+    task.await.unwrap();
 }
