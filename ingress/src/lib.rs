@@ -32,7 +32,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use smsgate_shared::config::Config;
-use smsgate_shared::topology::{self, Topology};
+use smsgate_shared::topology::Topology;
 use smsgate_shared::{ops, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("cannot connect to NATS")]
-    Nats(#[source] async_nats::ConnectError),
+    Nats(#[source] smsgate_shared::nats::ConnectError),
     #[error("refusing to start: {0}")]
     Unsafe(String),
     #[error("server failed")]
@@ -100,7 +100,7 @@ impl App {
             }
         }
 
-        let client = topology::connect(&settings.nats_url, "ingress").await.map_err(Error::Nats)?;
+        let client = smsgate_shared::nats::connect(&settings.nats, "ingress").await.map_err(Error::Nats)?;
         let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(&settings);
         let channels = Arc::new(channels);

@@ -136,12 +136,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot connect to NATS at {url}")]
-    Connect {
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    #[error("cannot connect to NATS")]
+    Connect(#[source] smsgate_shared::nats::ConnectError),
     #[error("cannot set up the JetStream topology")]
     Topology(#[from] topology::TopologyError),
     #[error("cannot open consumer {name} on stream {stream}")]
@@ -193,9 +189,7 @@ impl App {
         let addr = settings.sender_addr;
         let ops = OpsServer::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
         let local_addr = ops.local_addr().map_err(|source| Error::Bind { addr, source })?;
-        let client = topology::connect(&settings.nats_url, "sender")
-            .await
-            .map_err(|source| Error::Connect { url: settings.nats_url.clone(), source })?;
+        let client = smsgate_shared::nats::connect(&settings.nats, "sender").await.map_err(Error::Connect)?;
         let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(settings);
         let bus = topology.ensure(&js).await?;

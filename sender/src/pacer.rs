@@ -1,10 +1,10 @@
 //! Pacing per sending number (a from number or a messaging service SID) at
-//! the channel's `mps`, shared by every lane of the process.
+//! the channel's `mps`, shared by every handler task of the process.
 //!
 //! Next-slot scheduling: each send reserves the next free slot of its
 //! sending number (`max(now, next)`) and `next` moves on by `1/mps`, then the
 //! caller sleeps until its slot. Reservations are made under a short lock,
-//! so concurrent lanes interleave fairly instead of bursting; a slot whose
+//! so concurrent sends interleave fairly instead of bursting; a slot whose
 //! owner gave up is simply lost (the next send is a little later, never
 //! earlier). Pacing is per process: several sender replicas each keep their
 //! own pace.

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::{AccountSid, ChannelId, E164};
+use crate::nats::NatsOptions;
 
 /// The exit status for a bad configuration (`EX_CONFIG` is 78; smsgate's
 /// contract uses 64, `EX_USAGE`).
@@ -80,7 +81,10 @@ pub enum LogFormat {
 /// Process-wide settings from the environment (DESIGN.md "Other environment").
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `SMSGATE_NATS_URL` as given (one server or several, comma-separated).
     pub nats_url: String,
+    /// The servers, credentials, TLS and replicas ([`crate::nats`]).
+    pub nats: NatsOptions,
     pub nats_prefix: String,
     pub log_format: LogFormat,
     pub ingress_addr: SocketAddr,
@@ -168,6 +172,7 @@ impl Settings {
         }
         Ok(Self {
             nats_url: get("SMSGATE_NATS_URL", "nats://127.0.0.1:4222"),
+            nats: NatsOptions::from_lookup(env)?,
             nats_prefix,
             log_format,
             ingress_addr: addr("SMSGATE_INGRESS_ADDR", "0.0.0.0:8000")?,
@@ -192,6 +197,7 @@ impl Settings {
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             nats_url: nats_url.to_owned(),
+            nats: NatsOptions::url(nats_url),
             nats_prefix: prefix.to_owned(),
             log_format: LogFormat::Json,
             ingress_addr: any,

@@ -15,8 +15,9 @@
 //!   and kept alive with `Progress` acks (so is every running one), so
 //!   JetStream never redelivers work that is merely queued;
 //! - a key holding more than [`Limits::key_backlog`] messages hands its
-//!   newest back to JetStream with a delay (`Nak`), so one flooding sender
-//!   cannot fill `max_ack_pending` for everyone;
+//!   newest back to JetStream with a delay (`Nak`; about the time the key
+//!   needs for what it holds), so one flooding sender cannot fill
+//!   `max_ack_pending` for everyone;
 //! - a message handed back (a handler's [`Disposition::Retry`], or the
 //!   backlog rule) is remembered as *awaited*: the key's later messages wait
 //!   for it to come back (or for a timeout, in case another replica took it),
@@ -41,9 +42,12 @@
 //!
 //! # Shutdown
 //!
-//! Pulling stops at once, held messages go back to JetStream (`Nak` without
-//! delay), running handlers get the grace period, then are aborted (their
-//! messages come back after `ack_wait`).
+//! Pulling stops at once. For the first half of the grace period held
+//! messages still start, in order; then what waits goes back to JetStream
+//! (`Nak` without delay; a running key's held messages only once it has
+//! finished, so another replica cannot overtake it). Running handlers get the
+//! rest of the grace period, then are aborted (their messages come back
+//! after `ack_wait`, their keys' held ones are handed back with that delay).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -141,7 +145,10 @@ pub struct Limits {
     pub ack_wait: Duration,
     /// Deliveries of one message; the last one must finish it.
     pub max_deliver: i64,
-    /// How long a message handed back for the backlog rule stays away.
+    /// How long a message handed back for the backlog rule stays away at
+    /// most; it is about the time the key needs for what it holds (its
+    /// recent handling time × its queue), at least half a second (unless
+    /// this is shorter).
     pub backlog_delay: Duration,
     /// How long running handlers may take to finish after shutdown.
     pub grace: Duration,
@@ -150,16 +157,17 @@ pub struct Limits {
 impl Limits {
     /// Limits for `max_in_flight` handlers: up to four times as many
     /// messages pending (so the slots stay busy while keys wait on each
-    /// other), eight held per key.
+    /// other), 32 held per key (a burst from one person is held, a flood
+    /// does not take every pending slot).
     pub fn for_in_flight(max_in_flight: usize, ack_wait: Duration, max_deliver: i64, grace: Duration) -> Self {
         let max_in_flight = max_in_flight.max(1);
         Self {
             max_in_flight,
-            key_backlog: 8,
+            key_backlog: 32,
             max_ack_pending: i64::try_from(max_in_flight.saturating_mul(4).max(64)).unwrap_or(i64::MAX),
             ack_wait,
             max_deliver,
-            backlog_delay: Duration::from_secs(10),
+            backlog_delay: Duration::from_secs(30),
             grace,
         }
     }
@@ -304,11 +312,13 @@ struct KeyState<T> {
     /// later message of this key runs, with when to stop waiting.
     awaited: BTreeMap<u64, Instant>,
     in_ready: bool,
+    /// Moving average of how long this key's handler calls take.
+    handling: Option<Duration>,
 }
 
 impl<T> KeyState<T> {
     fn new() -> Self {
-        Self { running: None, queue: VecDeque::new(), awaited: BTreeMap::new(), in_ready: false }
+        Self { running: None, queue: VecDeque::new(), awaited: BTreeMap::new(), in_ready: false, handling: None }
     }
 
     fn runnable(&self) -> bool {
@@ -376,6 +386,7 @@ struct Done {
     key: Key,
     seq: u64,
     disposition: Disposition,
+    took: Duration,
 }
 
 struct Dispatcher<H: Handler> {
@@ -502,7 +513,11 @@ impl<H: Handler> Dispatcher<H> {
             && let Some(last) = state.queue.pop_back()
         {
             self.held -= 1;
-            let delay = self.limits.backlog_delay;
+            // Back about when the key has worked through what it holds.
+            let per_message = state.handling.unwrap_or(Duration::from_secs(1));
+            let backlog = u32::try_from(state.queue.len()).unwrap_or(u32::MAX);
+            let delay =
+                per_message.saturating_mul(backlog).max(Duration::from_millis(500)).min(self.limits.backlog_delay);
             state.awaited.insert(last.seq, Instant::now() + delay + self.limits.ack_wait * 2);
             metrics::counter!("smsgate_consumer_deferred_total", "consumer" => self.name).increment(1);
             if let Err(e) = last.msg.ack_with(AckKind::Nak(Some(delay))).await {
@@ -553,6 +568,10 @@ impl<H: Handler> Dispatcher<H> {
         };
         if let Some(state) = self.keys.get_mut(&done.key) {
             state.running = None;
+            state.handling = Some(match state.handling {
+                Some(avg) => (avg * 3 + done.took) / 4,
+                None => done.took,
+            });
             if let Disposition::Retry(delay) = done.disposition {
                 state.awaited.insert(done.seq, Instant::now() + delay + self.limits.ack_wait * 2);
             }
@@ -670,6 +689,7 @@ impl<H: Handler> Dispatcher<H> {
 
 /// One handler call: panics caught, the result settled with JetStream.
 async fn run_one<H: Handler>(name: &'static str, handler: Arc<H>, key: Key, d: Arc<Delivery<H::Item>>) -> Done {
+    let started = Instant::now();
     let outcome = AssertUnwindSafe(handler.handle(&d)).catch_unwind().await;
     let mut disposition = match outcome {
         Ok(disposition) => disposition,
@@ -696,7 +716,7 @@ async fn run_one<H: Handler>(name: &'static str, handler: Arc<H>, key: Key, d: A
         // makes harmless; a lost nak means a redelivery after the ack wait.
         warn!(consumer = name, seq = d.seq, error = %e, ?disposition, "cannot ack or nak");
     }
-    Done { key, seq: d.seq, disposition }
+    Done { key, seq: d.seq, disposition, took: started.elapsed() }
 }
 
 /// Dead-letters a delivery and acks it; if even that fails, hands it back
@@ -825,6 +845,17 @@ mod tests {
     fn keys_are_stable_and_separate_their_parts() {
         assert_eq!(key_of(&["c", "+1555"]), key_of(&["c", "+1555"]));
         assert_ne!(key_of(&["c", "+1555"]), key_of(&["c+", "1555"]));
+    }
+
+    #[test]
+    fn a_dispatcher_that_stops_beating_is_reported_stalled() {
+        let alive = Liveness::new("t", Duration::from_millis(50));
+        alive.beat();
+        assert!(alive.stalled().is_none());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(alive.stalled().is_some_and(|s| s >= Duration::from_millis(50)));
+        alive.beat();
+        assert!(alive.stalled().is_none());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
 //! - [`consume`]: the consumer runtime of the worker and the sender:
 //!   per-conversation order, concurrency up to a bound, nothing stranded.
+//! - [`nats`]: connecting to one NATS server or a cluster, with creds,
+//!   nkey, token, user/password and TLS; URLs redacted for logs.
 //! - [`ops`]: `/api/health` and `/metrics` for the worker and the sender.
 //! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
 
@@ -24,6 +26,7 @@ pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod envelope;
+pub mod nats;
 pub mod ops;
 pub mod shutdown;
 pub mod signature;

@@ -30,6 +30,8 @@ pub struct Topology {
     pub duplicate_window: Duration,
     pub history_per_peer: i64,
     pub history_max_age: Duration,
+    /// Replicas of every stream and bucket (`SMSGATE_NATS_REPLICAS`).
+    pub replicas: usize,
 }
 
 /// The processing stage a dead letter comes from.
@@ -68,6 +70,7 @@ impl Topology {
             duplicate_window: Duration::from_secs(600),
             history_per_peer: 1000,
             history_max_age: Duration::from_secs(90 * 86_400),
+            replicas: 1,
         }
     }
 
@@ -76,8 +79,15 @@ impl Topology {
             duplicate_window: s.duplicate_window,
             history_per_peer: s.history_per_peer,
             history_max_age: s.history_max_age,
+            replicas: s.nats.replicas,
             ..Self::new(&s.nats_prefix)
         }
+    }
+
+    /// The same names with `replicas` replicas per stream and bucket.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
     }
 
     pub fn prefix(&self) -> &str {
@@ -156,6 +166,7 @@ impl Topology {
     fn stream_configs(&self) -> Vec<stream::Config> {
         let work_queue = |name: String, what: &str| stream::Config {
             name,
+            num_replicas: self.replicas,
             subjects: vec![format!("{}.{what}.>", self.prefix)],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
@@ -169,6 +180,7 @@ impl Topology {
             work_queue(self.status_stream(), "status"),
             stream::Config {
                 name: self.history_stream(),
+                num_replicas: self.replicas,
                 subjects: vec![format!("{}.history.>", self.prefix)],
                 retention: RetentionPolicy::Limits,
                 storage: StorageType::File,
@@ -181,6 +193,7 @@ impl Topology {
             },
             stream::Config {
                 name: self.dead_stream(),
+                num_replicas: self.replicas,
                 subjects: vec![format!("{}.dead.>", self.prefix)],
                 retention: RetentionPolicy::Limits,
                 storage: StorageType::File,
@@ -193,8 +206,9 @@ impl Topology {
         ]
     }
 
-    fn kv_config(bucket: &str, max_age: Duration) -> stream::Config {
+    fn kv_config(&self, bucket: &str, max_age: Duration) -> stream::Config {
         stream::Config {
+            num_replicas: self.replicas,
             name: format!("KV_{bucket}"),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
@@ -219,16 +233,13 @@ impl Topology {
     /// left as they are) and opens the buckets.
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<Bus, TopologyError> {
         for config in self.stream_configs() {
-            let name = config.name.clone();
-            js.get_or_create_stream(config).await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+            self.ensure_stream(js, config).await?;
         }
         let mut stores = Vec::new();
         for (bucket, ttl) in
             [(self.seen_bucket(), SEEN_TTL), (self.optout_bucket(), Duration::ZERO), (self.sent_bucket(), SENT_TTL)]
         {
-            js.get_or_create_stream(Self::kv_config(&bucket, ttl))
-                .await
-                .map_err(|e| TopologyError::Stream { name: format!("KV_{bucket}"), source: Box::new(e) })?;
+            self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
                 .get_key_value(bucket.clone())
                 .await
@@ -238,6 +249,39 @@ impl Topology {
         let mut stores = stores.into_iter();
         let mut next = || stores.next().ok_or(TopologyError::Internal);
         Ok(Bus { js: js.clone(), topology: self.clone(), seen: next()?, optout: next()?, sent: next()? })
+    }
+
+    /// Creates a stream that is missing; brings an existing one to the
+    /// replica count asked for (JetStream moves the data), or says what an
+    /// operator must do where the server cannot.
+    async fn ensure_stream(&self, js: &jetstream::Context, config: stream::Config) -> Result<(), TopologyError> {
+        let name = config.name.clone();
+        let wanted = config.num_replicas.max(1);
+        let mut stream = js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| TopologyError::Stream { name: name.clone(), source: Box::new(e) })?;
+        let info =
+            stream.info().await.map_err(|e| TopologyError::Stream { name: name.clone(), source: Box::new(e) })?;
+        let have = info.config.num_replicas.max(1);
+        if have != wanted {
+            let mut updated = info.config.clone();
+            updated.num_replicas = wanted;
+            match js.update_stream(updated).await {
+                Ok(_) => {
+                    tracing::info!(stream = %name, from = have, to = wanted, outcome = "updated", "stream replicas changed")
+                }
+                Err(e) => tracing::warn!(
+                    stream = %name,
+                    have,
+                    wanted,
+                    error = &e as &dyn std::error::Error,
+                    "cannot change the stream's replicas; run `nats stream edit {name} --replicas {wanted}` on a \
+                     cluster with enough JetStream servers"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Whether every stream exists (for readiness checks).
@@ -271,28 +315,10 @@ pub enum TopologyError {
     Internal,
 }
 
-/// Connects to NATS for `service`, retrying forever in the background: a
-/// service starts (and answers health checks) while NATS is still down.
-pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let service_name = service.to_owned();
-    async_nats::ConnectOptions::new()
-        .name(format!("smsgate-{service}"))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let service = service_name.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!(service, outcome = "connected", "NATS connected"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!(service, outcome = "disconnected", "NATS disconnected")
-                    }
-                    other => tracing::info!(service, event = %other, "NATS event"),
-                }
-            }
-        })
-        .connect(url)
-        .await
+/// Connects to the NATS server(s) at `url` without credentials (tests and
+/// tools); services connect with [`crate::nats::connect`] and their settings.
+pub async fn connect(url: &str, service: &str) -> Result<async_nats::Client, crate::nats::ConnectError> {
+    crate::nats::connect(&crate::nats::NatsOptions::url(url), service).await
 }
 
 #[cfg(test)]

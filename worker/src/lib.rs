@@ -4,8 +4,10 @@
 //!
 //! # Layout
 //!
-//! A message's path: [`lanes`] pulls it from the durable consumer `worker`
-//! and routes it by sender to a lane → [`process`] decides: [`seen`] claims
+//! A message's path: the consumer runtime ([`smsgate_shared::consume`])
+//! pulls it from the durable consumer `worker` and queues it by sender (one
+//! message per sender at a time, up to `SMSGATE_WORKER_MAX_IN_FLIGHT` senders
+//! at once) → [`process`] (the runtime's [`consume::Handler`]) decides: [`seen`] claims
 //! the MessageSid (dedupe beyond the stream window, crash-safe progress),
 //! [`history`] records the inbound and reads recent turns, [`keywords`]
 //! (STOP/START/HELP), the opt-out bucket, allow/block lists, [`limiter`]
@@ -51,7 +53,7 @@ pub enum Error {
     #[error("cannot bind the ops listener")]
     Bind(#[source] std::io::Error),
     #[error("cannot connect to NATS")]
-    Connect(#[source] async_nats::ConnectError),
+    Connect(#[source] smsgate_shared::nats::ConnectError),
     #[error("cannot set up the JetStream topology")]
     Topology(#[source] topology::TopologyError),
     #[error("cannot create the inbound consumer")]
@@ -174,7 +176,7 @@ impl App {
     pub async fn build_with(config: Config, tuning: Tuning) -> Result<Self, Error> {
         let ops = OpsServer::bind(config.settings.worker_addr).await.map_err(Error::Bind)?;
         let local_addr = ops.local_addr().map_err(Error::Bind)?;
-        let client = topology::connect(&config.settings.nats_url, "worker").await.map_err(Error::Connect)?;
+        let client = smsgate_shared::nats::connect(&config.settings.nats, "worker").await.map_err(Error::Connect)?;
         let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(&config.settings);
         let bus = topology.ensure(&js).await.map_err(Error::Topology)?;

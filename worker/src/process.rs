@@ -94,7 +94,7 @@ pub struct Lane {
     pub chat: ChatBackend,
 }
 
-/// Everything processing needs, shared by all lanes.
+/// Everything processing needs, shared by every handler task.
 pub struct Processor {
     pub js: jetstream::Context,
     pub topology: Topology,

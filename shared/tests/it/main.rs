@@ -46,3 +46,4 @@ async fn inbound_publish_dedupes_on_message_id() {
     assert_eq!(first.sequence, second.sequence);
 }
 mod consume;
+mod secured;
