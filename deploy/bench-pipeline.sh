@@ -21,11 +21,12 @@
 # during phase (a) and prints each one's top functions.
 # Usage:
 #   deploy/bench-pipeline.sh [RATE] [SECONDS] [N_MAX] [C] [K]   (defaults 500 20 20000 32 2000)
+# PHASES="c1 d" runs only those phases (a, b, c1, c2, d, e; default all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-500}; secs=${2:-20}; n_max=${3:-20000}; c=${4:-32}; k=${5:-2000}
 command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
-cargo build --release -q -p smsgate-ingress -p smsgate-worker -p smsgate-sender -p smsgate-e2e
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p smsgate-ingress -p smsgate-worker -p smsgate-sender -p smsgate-e2e
 
 tmp=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -82,12 +83,14 @@ ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # Samples every 0.2 s: each service's peak VmRSS, and the load generator's
-# CPU ticks (its last sample before it exits).
+# CPU ticks (its last sample before it exits). Pids come from files, so a
+# restarted service is followed.
+for name in "${!proc[@]}"; do echo "${proc[$name]}" >"$tmp/pid.$name"; done
 sampler() {
   local name
   while :; do
-    for name in "${!proc[@]}"; do
-      local r; r=$(rss_kib "${proc[$name]}")
+    for name in nats-server ingress worker sender; do
+      local r; r=$(rss_kib "$(cat "$tmp/pid.$name")")
       local p; p=$(cat "$tmp/peak.$name" 2>/dev/null || echo 0)
       [ "${r:-0}" -gt "$p" ] && echo "$r" >"$tmp/peak.$name"
     done
@@ -163,17 +166,20 @@ phase() {
 
 echo_=(--path-token "$token" -k "$k")
 slow=(--path-token "$slow_token" --chat-stub-port "$chat_port" --e2e-timeout 60)
+want() { [ -z "${PHASES:-}" ] || [[ " $PHASES " == *" $1 "* ]]; }
 phase "warm-up (2000 messages, not measured)" 0 -n 2000 -c "$c" "${echo_[@]}" >/dev/null
-phase "(a) fixed rate: $rate msg/s for $secs s" "${PROFILE:-0}" -n "$(( rate * secs ))" -c "$c" --rate "$rate" "${echo_[@]}"
-phase "(b) as fast as possible: $n_max messages, $c connections" 0 -n "$n_max" -c "$c" --e2e-timeout 60 "${echo_[@]}"
-phase "(c1) slow backend: 400 people at once (model 2 s, Twilio 250 ms)" 0 -n 400 -c 64 -k 400 \
+want a && phase "(a) fixed rate: $rate msg/s for $secs s" "${PROFILE:-0}" -n "$(( rate * secs ))" -c "$c" --rate "$rate" "${echo_[@]}"
+want b && phase "(b) as fast as possible: $n_max messages, $c connections" 0 -n "$n_max" -c "$c" --e2e-timeout 60 "${echo_[@]}"
+want c1 && phase "(c1) slow backend: 400 people at once (model 2 s, Twilio 250 ms)" 0 -n 400 -c 64 -k 400 \
   --chat-delay-ms 2000 --twilio-delay-ms 250 "${slow[@]}"
-phase "(c2) slow backend: 100 people, three messages each in a row" 0 -n 300 -c 64 -k 100 \
+want c2 && phase "(c2) slow backend: 100 people, three messages each in a row" 0 -n 300 -c 64 -k 100 \
   --chat-delay-ms 2000 --twilio-delay-ms 250 "${slow[@]}"
-phase "(d) 1,000 conversations in flight (model 5 s)" 0 -n 1000 -c 64 -k 1000 \
+want d && phase "(d) 1,000 conversations in flight (model 5 s)" 0 -n 1000 -c 64 -k 1000 \
   --chat-delay-ms 5000 --twilio-delay-ms 250 "${slow[@]}"
-phase "(e1) history reads with the cache: 40 people × 25 messages, model 0 ms" 0 -n 1000 -c 40 -k 40 "${slow[@]}"
-kill "$worker"; wait "$worker" 2>/dev/null || true
-SMSGATE_WORKER_HISTORY_CACHE=0 start_worker; proc[worker]=$worker
-phase "(e2) history reads without the cache (a consumer per read)" 0 -n 1000 -c 40 -k 40 "${slow[@]}"
+if want e; then
+  phase "(e1) history reads with the cache: 40 people × 25 messages, model 0 ms" 0 -n 1000 -c 40 -k 40 "${slow[@]}"
+  kill "$worker"; wait "$worker" 2>/dev/null || true
+  SMSGATE_WORKER_HISTORY_CACHE=0 start_worker; proc[worker]=$worker; echo "$worker" >"$tmp/pid.worker"
+  phase "(e2) history reads without the cache (a consumer per read)" 0 -n 1000 -c 40 -k 40 "${slow[@]}"
+fi
 grep -h '"level":"ERROR"' "$tmp"/*.log | head -5 || true
