@@ -21,8 +21,10 @@
 //! - a message handed back (a handler's [`Disposition::Retry`], or the
 //!   backlog rule) is remembered as *awaited*: the key's later messages wait
 //!   for it to come back (or for a timeout, in case another replica took it),
-//!   so a reply never overtakes an earlier one. The same holds for what a
-//!   crashed predecessor held: on start, the messages delivered but not
+//!   so a reply never overtakes an earlier one. The same holds across
+//!   replicas (a message is awaited when a later one of its key arrives
+//!   here while it is still in the work queue, delivered elsewhere) and for
+//!   what a crashed predecessor held: on start, the messages delivered but not
 //!   acked are read from the stream and awaited by key. An awaited message
 //!   stops being awaited when it comes back, when it is gone from the work
 //!   queue (acked by another replica), or after twice the ack wait.
@@ -370,6 +372,7 @@ impl<H: Handler> Runtime<H> {
             tasks: JoinSet::new(),
             held: 0,
             stopping: false,
+            scanned: 0,
             liveness: self.liveness,
         };
         d.adopt_pending(&self.consumer).await;
@@ -403,6 +406,8 @@ struct Dispatcher<H: Handler> {
     held: usize,
     /// Shutdown passed the point where new work may start.
     stopping: bool,
+    /// The highest stream sequence seen (delivered here or looked up).
+    scanned: u64,
     liveness: Liveness,
 }
 
@@ -411,6 +416,8 @@ impl<H: Handler> Dispatcher<H> {
         let mut ticks = tokio::time::interval(self.limits.progress_every());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let batch = self.limits.max_in_flight.clamp(8, 256);
+        let mut rechecks = tokio::time::interval(Duration::from_millis(250));
+        rechecks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'pull: while !shutdown.is_cancelled() {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -438,6 +445,7 @@ impl<H: Handler> Dispatcher<H> {
                     _ = shutdown.cancelled() => break 'pull,
                     Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.finished(done),
                     _ = ticks.tick() => self.tick().await,
+                    _ = rechecks.tick() => self.recheck().await,
                     next = messages.next() => match next {
                         Some(Ok(msg)) => self.arrived(msg).await,
                         // Missed heartbeats after a NATS restart and the like:
@@ -455,29 +463,67 @@ impl<H: Handler> Dispatcher<H> {
     /// after the ack wait and must not be overtaken by their key's later
     /// messages.
     async fn adopt_pending(&mut self, consumer: &PullConsumer) {
-        let Some(stream) = &self.stream else { return };
+        if self.stream.is_none() {
+            return;
+        }
         let mut consumer = consumer.clone();
         let Ok(info) = consumer.info().await else { return };
         let (floor, delivered) = (info.ack_floor.stream_sequence, info.delivered.stream_sequence);
+        self.scanned = delivered;
         if info.num_ack_pending == 0 || delivered <= floor {
             return;
         }
-        // Bounded: at most max_ack_pending messages can be pending.
-        let last = delivered.min(floor + u64::try_from(self.limits.max_ack_pending).unwrap_or(u64::MAX));
-        let until = Instant::now() + self.limits.ack_wait * 2;
-        let mut adopted = 0u64;
-        for seq in floor + 1..=last {
-            let Ok(stored) = stream.get_raw_message(seq).await else { continue };
-            let key = self.handler.key(&stored.payload).unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
-            self.keys.entry(key).or_insert_with(KeyState::new).awaited.insert(seq, until);
-            adopted += 1;
-        }
+        let adopted = self.await_stored(floor + 1, delivered + 1).await;
         if adopted > 0 {
             info!(
                 consumer = self.name,
                 messages = adopted,
                 "messages delivered before start and not acked are awaited in order"
             );
+        }
+    }
+
+    /// Awaits, by key, every message still in the stream with a sequence in
+    /// `from..to` (bounded by `max_ack_pending`: no more can be pending).
+    /// Returns how many there were.
+    async fn await_stored(&mut self, from: u64, to: u64) -> u64 {
+        let Some(stream) = &self.stream else { return 0 };
+        let from = from.max(to.saturating_sub(u64::try_from(self.limits.max_ack_pending).unwrap_or(u64::MAX)));
+        let until = Instant::now() + self.limits.ack_wait * 2;
+        let mut found = 0;
+        for seq in from..to {
+            let Ok(stored) = stream.get_raw_message(seq).await else { continue };
+            let key = self.handler.key(&stored.payload).unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
+            self.keys.entry(key).or_insert_with(KeyState::new).awaited.insert(seq, until);
+            found += 1;
+        }
+        found
+    }
+
+    /// Releases awaited messages that are gone from the work queue (acked by
+    /// another replica) where they hold up a key's next message; cheap
+    /// enough to run often, so a conversation shared with another replica
+    /// moves on soon after the other replica's ack.
+    async fn recheck(&mut self) {
+        let Some(stream) = &self.stream else { return };
+        let mut moved = Vec::new();
+        for (key, state) in &mut self.keys {
+            let Some(front) = state.queue.front().map(|d| d.seq) else { continue };
+            if state.running.is_some() {
+                continue;
+            }
+            let blocking: Vec<u64> = state.awaited.range(..front).map(|(seq, _)| *seq).collect();
+            for seq in blocking {
+                if let Err(e) = stream.get_raw_message(seq).await
+                    && e.kind() == RawMessageErrorKind::NoMessageFound
+                {
+                    state.awaited.remove(&seq);
+                    moved.push(*key);
+                }
+            }
+        }
+        for key in moved {
+            self.schedule(key);
         }
     }
 
@@ -490,6 +536,14 @@ impl<H: Handler> Dispatcher<H> {
             }
         };
         let (seq, delivered) = info;
+        // Messages between the last one seen here and this one went to other
+        // replicas (or are not delivered yet): those still in the stream are
+        // awaited by their keys, so a conversation keeps its order across
+        // replicas. One replica alone sees no gaps.
+        if seq > self.scanned + 1 {
+            self.await_stored(self.scanned + 1, seq).await;
+        }
+        self.scanned = self.scanned.max(seq);
         let (key, item) = self.handler.prepare(&msg);
         // A message without a key runs alone (its own key, from its sequence).
         let key = key.unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);

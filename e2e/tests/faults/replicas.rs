@@ -1,7 +1,8 @@
 //! Two workers and two senders on the same durable consumers: JetStream
 //! hands each message to one of them; `P_seen`, the reply's `Nats-Msg-Id`
 //! and `P_sent` keep it to one reply and one send per piece across
-//! processes.
+//! processes, and each person's replies keep their order although the two
+//! workers (and the two senders) each get some of that person's messages.
 
 use std::time::Instant;
 
@@ -25,6 +26,7 @@ async fn two_workers_and_two_senders_share_the_work_without_doubling() {
     let report = common::settle_and_check(&stack, &expect, started).await;
     assert_eq!(report.distinct_acked, 500);
     assert_eq!(report.replied, 500, "{report}");
+    assert_eq!(common::assert_order_per_person(&stack), 500);
     for service in [Service::Worker(0), second_worker] {
         assert!(stack.log_count(service, "message processed") > 0, "{service:?} took part");
     }

@@ -338,3 +338,49 @@ async fn what_a_crashed_predecessor_held_is_not_overtaken_by_its_keys_later_mess
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_consumer_keep_each_keys_order() {
+    let nats = NatsServer::start();
+    let client = connect(&nats.url(), "test").await.unwrap();
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(StreamConfig {
+            name: "WORK".into(),
+            subjects: vec!["work.>".into()],
+            retention: RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let l = limits(8);
+    let script = Arc::new(Scripted::default());
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for name in ["one", "two"] {
+        let consumer = ensure_consumer(&stream, l.pull_config("test", "test".into(), "work.>".into())).await.unwrap();
+        let runtime = Runtime {
+            name,
+            handler: Arc::new(Script(script.clone())),
+            consumer,
+            liveness: l.liveness(name),
+            limits: l.clone(),
+            client: Some(connect(&nats.url(), name).await.unwrap()),
+        };
+        tasks.push(tokio::spawn(runtime.run(stop.clone())));
+    }
+    for n in 0..10 {
+        for k in 0..6 {
+            js.publish("work.x", format!("k{k}|sleep:60|{n}").into()).await.unwrap().await.unwrap();
+        }
+    }
+    testkit::eventually(WAIT, "60 handled", || async { (script.done().len() >= 60).then_some(()) }).await;
+    let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    for k in 0..6 {
+        assert_eq!(script.tags_of(&format!("k{k}")), expected, "key k{k} out of order across replicas");
+    }
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
