@@ -22,6 +22,8 @@
 # Usage:
 #   deploy/bench-pipeline.sh [RATE] [SECONDS] [N_MAX] [C] [K]   (defaults 500 20 20000 32 2000)
 # PHASES="c1 d" runs only those phases (a, b, c1, c2, d, e; default all).
+# NATS_SERVER_BIN picks the nats-server (deploy/nats-2.10.sh fetches 2.10);
+# NATS_SYNC=always adds `sync_interval: always` (2.10+: fsync before every ack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-500}; secs=${2:-20}; n_max=${3:-20000}; c=${4:-32}; k=${5:-2000}
@@ -39,7 +41,11 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-nats-server -js -a 127.0.0.1 -p "$nats_port" -m "$mon_port" -sd "$tmp/js" >"$tmp/nats.log" 2>&1 & nats=$!; pids+=($nats)
+sync=""; [ -z "${NATS_SYNC:-}" ] || sync="sync_interval: $NATS_SYNC"
+printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\n' \
+  "$nats_port" "$mon_port" "$tmp/js" "$sync" >"$tmp/nats.conf"
+"${NATS_SERVER_BIN:-nats-server}" -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 & nats=$!; pids+=($nats)
+echo "nats-server $("${NATS_SERVER_BIN:-nats-server}" --version | awk '{print $2}') ${sync:-(default sync)}"
 cat >"$tmp/channels.json" <<JSON
 {"channels": [
  {"channel_id": "bench", "config": {

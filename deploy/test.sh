@@ -25,8 +25,16 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== nats-server 2.10: the config files in deploy/nats and the bus tests"
+if nats210=$(./deploy/nats-2.10.sh); then
+  for f in deploy/nats/*.conf; do "$nats210" -c "$f" -t; done
+  NATS_SERVER_BIN="$nats210" cargo test -p smsgate-shared --test it
+else
+  echo "test.sh: SKIPPED: could not fetch nats-server 2.10 from Debian trixie (see above)" >&2
+fi
 if [ -f docker-compose.yml ]; then
   echo "== docker-compose config"
   docker-compose --env-file .env.example -f docker-compose.yml config -q
+  docker-compose --env-file .env.example -f docker-compose.yml -f deploy/docker-compose.cluster.yml config -q
 fi
 echo "== all checks passed"
