@@ -24,6 +24,8 @@
 # PHASES="c1 d" runs only those phases (a, b, c1, c2, d, e; default all).
 # NATS_SERVER_BIN picks the nats-server (deploy/nats-2.10.sh fetches 2.10);
 # NATS_SYNC=always adds `sync_interval: always` (2.10+: fsync before every ack).
+# NATS_CLUSTER=1 runs three routed nats-servers and the services with
+# SMSGATE_NATS_REPLICAS=3 (the figures of "nats" and "peak RSS" are node 1's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-500}; secs=${2:-20}; n_max=${3:-20000}; c=${4:-32}; k=${5:-2000}
@@ -42,9 +44,25 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 
 sync=""; [ -z "${NATS_SYNC:-}" ] || sync="sync_interval: $NATS_SYNC"
-printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\n' \
-  "$nats_port" "$mon_port" "$tmp/js" "$sync" >"$tmp/nats.conf"
+nats_urls="nats://127.0.0.1:$nats_port"
+if [ -n "${NATS_CLUSTER:-}" ]; then
+  route1=$(port); route2=$(port); route3=$(port); n2=$(port); n3=$(port)
+  routes="nats-route://127.0.0.1:$route1, nats-route://127.0.0.1:$route2, nats-route://127.0.0.1:$route3"
+  for n in 2 3; do
+    p=$([ $n = 2 ] && echo "$n2" || echo "$n3"); r=$([ $n = 2 ] && echo "$route2" || echo "$route3")
+    printf 'server_name: n%s\nlisten: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\ncluster { name: bench, listen: 127.0.0.1:%s, routes: [%s] }\n' \
+      "$n" "$p" "$tmp/js$n" "$sync" "$r" "$routes" >"$tmp/nats$n.conf"
+    "${NATS_SERVER_BIN:-nats-server}" -c "$tmp/nats$n.conf" >"$tmp/nats$n.log" 2>&1 & pids+=($!)
+  done
+  cluster="server_name: n1
+cluster { name: bench, listen: 127.0.0.1:$route1, routes: [$routes] }"
+  nats_urls="$nats_urls,nats://127.0.0.1:$n2,nats://127.0.0.1:$n3"
+  export SMSGATE_NATS_REPLICAS=3
+fi
+printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\n%s\n' \
+  "$nats_port" "$mon_port" "$tmp/js" "$sync" "${cluster:-}" >"$tmp/nats.conf"
 "${NATS_SERVER_BIN:-nats-server}" -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 & nats=$!; pids+=($nats)
+[ -z "${NATS_CLUSTER:-}" ] || sleep 3   # the cluster elects its JetStream meta leader
 echo "nats-server $("${NATS_SERVER_BIN:-nats-server}" --version | awk '{print $2}') ${sync:-(default sync)}"
 cat >"$tmp/channels.json" <<JSON
 {"channels": [
@@ -64,7 +82,7 @@ cat >"$tmp/channels.json" <<JSON
   "rate_limit": {"per_minute": 100000, "burst": 100000}}}
 ]}
 JSON
-export SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
+export SMSGATE_NATS_URL="$nats_urls" SMSGATE_CHANNELS="$tmp/channels.json" \
   SMSGATE_INGRESS_ADDR="127.0.0.1:$http_port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" \
   SMSGATE_WORKER_ADDR="127.0.0.1:$worker_port" SMSGATE_SENDER_ADDR="127.0.0.1:$sender_port" \
   RUST_LOG="${RUST_LOG:-warn}"

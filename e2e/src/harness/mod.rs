@@ -31,7 +31,7 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use smsgate_shared::testkit::chat::OpenAiStub;
-use smsgate_shared::testkit::nats::{NatsServer, free_port};
+use smsgate_shared::testkit::nats::{NatsCluster, NatsServer, free_port};
 use smsgate_shared::testkit::twilio::TwilioStub;
 use smsgate_shared::testkit::{ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, PATH_TOKEN};
 use smsgate_shared::topology::{self, Topology};
@@ -73,6 +73,9 @@ pub struct StackConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// `RUST_LOG` of the services.
     pub rust_log: String,
+    /// Run on a three-node JetStream cluster with `SMSGATE_NATS_REPLICAS=3`
+    /// instead of one nats-server.
+    pub cluster: bool,
 }
 
 impl StackConfig {
@@ -87,6 +90,30 @@ impl StackConfig {
             history_turns: 0,
             extra: serde_json::Map::new(),
             rust_log: "info".to_owned(),
+            cluster: false,
+        }
+    }
+}
+
+/// The stack's NATS: one server, or a three-node cluster.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// What the services get as `SMSGATE_NATS_URL`.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(s) => s.url(),
+            Self::Cluster(c) => c.urls(),
+        }
+    }
+
+    fn replicas(&self) -> usize {
+        match self {
+            Self::Single(_) => 1,
+            Self::Cluster(_) => 3,
         }
     }
 }
@@ -133,7 +160,7 @@ struct Proc {
 /// The running pipeline. Dropping it kills everything.
 pub struct Stack {
     pub config: StackConfig,
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub twilio: TwilioStub,
     pub chat: OpenAiStub,
     pub prefix: String,
@@ -156,7 +183,7 @@ impl Stack {
         let turn = ONE_AT_A_TIME.acquire().await.context("the stack semaphore is closed")?;
         let bins = binaries::locate()?;
         let dir = tempfile::Builder::new().prefix(&format!("smsgate-e2e-{}-", config.name)).tempdir()?;
-        let nats = NatsServer::start();
+        let nats = if config.cluster { Nats::Cluster(NatsCluster::start()) } else { Nats::Single(NatsServer::start()) };
         let twilio = TwilioStub::start().await;
         let chat = OpenAiStub::start().await;
         let prefix = unique_prefix(&config.name);
@@ -164,11 +191,18 @@ impl Stack {
         let channels = dir.path().join("channels.json");
         std::fs::write(&channels, channel_file(&config, &twilio, &chat).to_string())?;
 
-        let mut topology = Topology::new(&prefix);
+        let mut topology = Topology::new(&prefix).with_replicas(nats.replicas());
         topology.duplicate_window = config.duplicate_window;
         let client = topology::connect(&nats.url(), "e2e").await?;
         let js = jetstream::new(client);
-        topology.ensure(&js).await?;
+        // A fresh cluster elects its JetStream meta leader first.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = topology.ensure(&js).await {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
 
         let ingress_port = free_port();
         let target = Target {
@@ -254,6 +288,7 @@ impl Stack {
         [
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("SMSGATE_NATS_URL", self.nats.url()),
+            ("SMSGATE_NATS_REPLICAS", self.nats.replicas().to_string()),
             ("SMSGATE_NATS_PREFIX", self.prefix.clone()),
             ("SMSGATE_CHANNELS", channels.display().to_string()),
             ("SMSGATE_DUPLICATE_WINDOW_SECS", self.config.duplicate_window.as_secs().max(1).to_string()),
@@ -370,13 +405,42 @@ impl Stack {
     }
 
     /// Kills nats-server (the store stays): ingress answers 503 meanwhile.
+    /// On a cluster, kills every node.
     pub fn stop_nats(&mut self) {
-        self.nats.stop();
+        match &mut self.nats {
+            Nats::Single(s) => s.stop(),
+            Nats::Cluster(c) => (0..3).for_each(|i| c.kill(i)),
+        }
     }
 
-    /// Starts nats-server again on the same port and store.
+    /// Starts nats-server (every node) again on the same ports and stores.
     pub fn start_nats(&mut self) {
-        self.nats.start_again();
+        match &mut self.nats {
+            Nats::Single(s) => s.start_again(),
+            Nats::Cluster(c) => (0..3).for_each(|i| c.restart(i)),
+        }
+    }
+
+    /// SIGKILLs node `i` of the cluster (its store stays).
+    pub fn kill_nats_node(&mut self, i: usize) -> anyhow::Result<()> {
+        match &mut self.nats {
+            Nats::Cluster(c) => {
+                c.kill(i);
+                Ok(())
+            }
+            Nats::Single(_) => bail!("this stack runs one nats-server, not a cluster"),
+        }
+    }
+
+    /// Starts node `i` again; it rejoins the cluster and catches up.
+    pub fn restart_nats_node(&mut self, i: usize) -> anyhow::Result<()> {
+        match &mut self.nats {
+            Nats::Cluster(c) => {
+                c.restart(i);
+                Ok(())
+            }
+            Nats::Single(_) => bail!("this stack runs one nats-server, not a cluster"),
+        }
     }
 
     /// A webhook for message `i` of this run, signed as Twilio signs it.

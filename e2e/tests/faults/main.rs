@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod chat_down;
+mod cluster;
 mod common;
 mod duplicates;
 mod nats_restart;
