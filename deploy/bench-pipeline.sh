@@ -35,7 +35,8 @@ cat >"$tmp/channels.json" <<JSON
   "twilio_from_number": "+15005550006", "webhook_path_token": "$token",
   "public_base_url": "https://sms.example.com", "twilio_api_base": "http://127.0.0.1:$stub_port",
   "chat": {"kind": "echo"}, "mps": 0, "delivery": "twilio",
-  "rate_limit": {"per_minute": 100000, "burst": 100000}}}
+  "rate_limit": {"per_minute": 100000, "burst": 100000},
+  "limits": {"replies_per_minute": 10000000, "replies_per_day": 10000000}}}
 JSON
 export SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
   SMSGATE_INGRESS_ADDR="127.0.0.1:$http_port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" \

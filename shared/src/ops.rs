@@ -32,6 +32,8 @@ pub struct OpsServer {
 
 impl OpsServer {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        // The recorder before any metric handle the service makes.
+        crate::telemetry::metrics_handle();
         Ok(Self { listener: TcpListener::bind(addr).await? })
     }
 
@@ -40,6 +42,7 @@ impl OpsServer {
     }
 
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        tokio::spawn(crate::telemetry::upkeep(shutdown.clone()));
         axum::serve(self.listener, router()).with_graceful_shutdown(shutdown.cancelled_owned()).await
     }
 }
