@@ -21,7 +21,7 @@ use crate::render;
 
 pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     let json = cli.json;
-    let admin = || Admin::new(&cli.admin_url, cli.token.clone());
+    let admin = || Admin::new(&cli.admin_url, cli.token.clone().or_else(api::stored_token));
     match cli.command {
         Command::GenToken => {
             println!("{}", config::generate_token());
@@ -370,7 +370,8 @@ async fn simulate(s: Simulation, json: bool) -> Result<(), CliError> {
             what: "ingress",
             url: post_url.replace(c.path_token.expose_secret(), "…"),
             hint: " (is ingress running? pass --url)",
-            source,
+            // reqwest prints the URL, which holds the secret path token.
+            source: source.without_url(),
         })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
