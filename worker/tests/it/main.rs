@@ -7,6 +7,7 @@
 mod crash;
 mod failures;
 mod helpers;
+mod limits;
 mod order;
 mod pipeline;
 mod shutdown;
