@@ -1,9 +1,10 @@
 //! What every admin request passes before a handler sees it (DESIGN.md
 //! invariant 8, "the admin side is private"), in this order:
 //!
-//! 1. `Host` is the listener's own address, an IP literal when it listens on
-//!    all addresses, or a loopback name (`localhost`): anything else is a
-//!    DNS-rebinding page reaching us under its own name → 421.
+//! 1. `Host` names the listener's own address, any IP literal when it
+//!    listens on all addresses, or loopback (`localhost`, `127.0.0.1`,
+//!    `[::1]`), whatever the port: anything else is a DNS-rebinding page
+//!    reaching us under its own name → 421.
 //! 2. No `Origin` other than the listener's own and no `Sec-Fetch-Site`
 //!    other than `same-origin`/`none`: a web page of another origin (another
 //!    port of localhost included) never gets to act → 403.
@@ -62,12 +63,11 @@ impl Guard {
         Arc::new(Self { token_digest: token_digest(token.expose_secret()), listener })
     }
 
-    /// Whether `host` (a `Host` header's value) names this listener.
+    /// Whether `host` (a `Host` header's value) names this listener. The
+    /// port is not compared: rebinding needs a name, and ports change
+    /// behind port mappings and proxies.
     fn host_allowed(&self, host: &str) -> bool {
-        let (name, port) = split_host(host);
-        if port.is_some_and(|p| p != self.listener.port()) {
-            return false;
-        }
+        let name = split_host(host);
         if name.eq_ignore_ascii_case("localhost") {
             return true;
         }
@@ -103,20 +103,14 @@ impl Guard {
     }
 }
 
-/// `name:port`, `[v6]:port`, `name` → (name, port); a port that does not
-/// parse is 0, which no bound listener has.
-fn split_host(host: &str) -> (&str, Option<u16>) {
-    let port = |p: &str| Some(p.parse().unwrap_or(0));
+/// The name of `name:port`, `[v6]:port` or `name`.
+fn split_host(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((ip, "")) => (ip, None),
-            Some((ip, tail)) => (ip, tail.strip_prefix(':').map_or(Some(0), port)),
-            None => (host, None),
-        };
+        return rest.split_once(']').map_or(host, |(ip, _)| ip);
     }
     match host.rsplit_once(':') {
-        Some((name, p)) if !name.contains(':') => (name, port(p)),
-        _ => (host, None),
+        Some((name, _)) if !name.contains(':') => name,
+        _ => host,
     }
 }
 
@@ -181,10 +175,10 @@ mod tests {
     #[test]
     fn hosts_are_the_listener_or_loopback_names() {
         let g = guard("127.0.0.1:8001");
-        for ok in ["127.0.0.1:8001", "localhost:8001", "LOCALHOST", "[::1]:8001", "127.0.0.1"] {
+        for ok in ["127.0.0.1:8001", "localhost:8001", "LOCALHOST", "[::1]:8001", "127.0.0.1", "127.0.0.1:18001"] {
             assert!(g.host_allowed(ok), "{ok}");
         }
-        for bad in ["evil.example:8001", "127.0.0.1:9999", "10.0.0.5:8001", "", "localhost.evil.example:8001"] {
+        for bad in ["evil.example:8001", "10.0.0.5:8001", "", "localhost.evil.example:8001", "[::1"] {
             assert!(!g.host_allowed(bad), "{bad}");
         }
         let lan = guard("10.0.0.5:8001");

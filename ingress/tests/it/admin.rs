@@ -217,7 +217,7 @@ async fn cross_site_and_rebinding_requests_are_refused_and_a_plain_client_with_t
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "GET with {name}: {value}");
     }
     // DNS rebinding: the page's own name pointed at 127.0.0.1.
-    for host in [format!("rebind.evil.example:{port}"), "127.0.0.1:1".to_owned(), format!("localhost.evil:{port}")] {
+    for host in [format!("rebind.evil.example:{port}"), "10.1.2.3".to_owned(), format!("localhost.evil:{port}")] {
         let r = admin.http.get(&conversations).bearer_auth(TOKEN).header("host", &host).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
     }
