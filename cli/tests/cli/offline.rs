@@ -33,6 +33,7 @@ fn check_config_accepts_the_example_file_and_prints_each_webhook_url() {
     assert!(text.contains("configuration OK: 1 channel"), "{text}");
     assert!(text.contains(&format!("https://sms.example.com/api/channels/sms/twilio/webhook/{PATH_TOKEN}")), "{text}");
     assert!(text.contains("local") && text.contains("echo") && text.contains("log"), "{text}");
+    assert!(text.contains("local: at most 30 replies a minute, 1000 a UTC day; replies to calling codes 1"), "{text}");
     assert!(!text.contains("local-auth-token"), "the auth token must never be printed: {text}");
 }
 
@@ -48,6 +49,8 @@ fn check_config_reads_smsgate_channels_when_no_file_is_given() {
     assert_eq!(v["channels"][0]["channel_id"], "local");
     assert_eq!(v["channels"][0]["chat"], "echo");
     assert_eq!(v["channels"][0]["delivery"], "log");
+    assert_eq!(v["channels"][0]["limits"]["replies_per_day"], 1000);
+    assert_eq!(v["channels"][0]["reply_countries"], serde_json::json!(["1"]));
 }
 
 #[test]
