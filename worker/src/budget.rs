@@ -50,14 +50,16 @@ impl Budget {
         Self { store }
     }
 
-    /// Whether `channel` may send one more reply to `to`, taking one unit of
-    /// the minute's and the day's budget when it may. `Ok(Some(_))` is a
-    /// refusal to record; `Err` is NATS failing (retry the message).
-    pub async fn check(&self, channel: &Channel, to: &E164) -> Result<Option<Refusal>, Error> {
-        self.check_at(channel, to, unix_now()).await
+    /// Whether `channel` may send one more reply to `to`: the country, and
+    /// when `count` the minute's and the day's budget, taking one unit of
+    /// each when it may (a redelivery passes `count = false`: its unit was
+    /// taken the first time). `Ok(Some(_))` is a refusal to record; `Err` is
+    /// NATS failing (retry the message).
+    pub async fn check(&self, channel: &Channel, to: &E164, count: bool) -> Result<Option<Refusal>, Error> {
+        self.check_at(channel, to, count.then(unix_now)).await
     }
 
-    async fn check_at(&self, channel: &Channel, to: &E164, now: Duration) -> Result<Option<Refusal>, Error> {
+    async fn check_at(&self, channel: &Channel, to: &E164, now: Option<Duration>) -> Result<Option<Refusal>, Error> {
         if !channel.reply_countries.admits(to) {
             let allowed = match &channel.reply_countries {
                 ReplyCountries::All => "all".to_owned(),
@@ -70,6 +72,9 @@ impl Budget {
                 format!("country code {} is not in reply_countries ({allowed})", to.calling_code()),
             )));
         }
+        let Some(now) = now else {
+            return Ok(None);
+        };
         let secs = now.as_secs();
         let windows = [
             ("replies_per_minute", format!("m{}", secs / 60), channel.limits.replies_per_minute, "minute"),

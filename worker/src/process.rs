@@ -296,14 +296,15 @@ impl Step<'_> {
             let limit = self.lane.channel.rate_limit;
             let detail = format!("over {} per minute (burst {})", limit.per_minute, limit.burst);
             self.note(NoteReason::RateLimited, detail).await?;
-            if notify && self.within_budget().await? {
+            if notify && self.within_budget(true).await? {
                 let text = self.lane.channel.rate_limit_text.clone();
                 let (d, _) = self.reply(text, Origin::RateLimitNotice, None).await?;
                 return Ok((d, Outcome::RateLimited));
             }
             return self.done(Outcome::RateLimited).await;
         }
-        if is_new && !self.within_budget().await? {
+        // The country always; the counters once (a redelivery took its unit).
+        if !self.within_budget(is_new).await? {
             return self.done(Outcome::OverLimit).await;
         }
         if keyword == Some(Keyword::Help) {
@@ -367,10 +368,10 @@ impl Step<'_> {
         }
     }
 
-    /// The channel's `limits` and `reply_countries` ([`crate::budget`]); a
-    /// refusal is recorded as a note and logged.
-    async fn within_budget(&self) -> Result<bool, Error> {
-        let Some(refusal) = self.p.budget.check(&self.lane.channel, &self.peer).await? else {
+    /// The channel's `reply_countries` and, when `count`, its `limits`
+    /// ([`crate::budget`]); a refusal is recorded as a note and logged.
+    async fn within_budget(&self, count: bool) -> Result<bool, Error> {
+        let Some(refusal) = self.p.budget.check(&self.lane.channel, &self.peer, count).await? else {
             return Ok(true);
         };
         warn!(limit = refusal.limit, detail = %refusal.detail, outcome = "over_limit", "reply refused by the channel's limits");
