@@ -65,9 +65,13 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     let mut last_warning: Option<Instant> = None;
+    // One waiter for the whole loop: a fresh `cancelled()` per iteration
+    // would lock the token's waiter list each time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
             accepted = listener.accept() => accepted,
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -124,10 +128,14 @@ async fn serve_connection(stream: TcpStream, router: Router, limits: Limits, shu
     tokio::pin!(conn);
     let tick = (limits.idle_timeout / 4).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(tick);
+    // Made once: this loop wakes for every request on the connection, and a
+    // fresh `cancelled()` each time contends on the token shared by all.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
             _ = ticks.tick() => {
                 let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                 if started.elapsed().saturating_sub(last) >= limits.idle_timeout {
