@@ -71,7 +71,8 @@ cat >"$tmp/channels.json" <<JSON
   "twilio_from_number": "+15005550006", "webhook_path_token": "$token",
   "public_base_url": "https://sms.example.com", "twilio_api_base": "http://127.0.0.1:$stub_port",
   "chat": {"kind": "echo"}, "mps": 0, "delivery": "twilio",
-  "rate_limit": {"per_minute": 100000, "burst": 100000}}},
+  "rate_limit": {"per_minute": 100000, "burst": 100000},
+  "limits": {"replies_per_minute": 10000000, "replies_per_day": 10000000}}},
  {"channel_id": "slow", "config": {
   "twilio_account_sid": "$account", "twilio_auth_token": "$auth",
   "twilio_from_number": "+15005550006", "webhook_path_token": "$slow_token",
@@ -79,7 +80,8 @@ cat >"$tmp/channels.json" <<JSON
   "chat": {"kind": "openai", "base_url": "http://127.0.0.1:$chat_port/v1", "model": "bench",
            "timeout_ms": 30000, "history_turns": 10},
   "mps": 0, "delivery": "twilio",
-  "rate_limit": {"per_minute": 100000, "burst": 100000}}}
+  "rate_limit": {"per_minute": 100000, "burst": 100000},
+  "limits": {"replies_per_minute": 10000000, "replies_per_day": 10000000}}}
 ]}
 JSON
 export SMSGATE_NATS_URL="$nats_urls" SMSGATE_CHANNELS="$tmp/channels.json" \

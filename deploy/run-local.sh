@@ -6,7 +6,13 @@
 #
 # Environment (all optional): SMSGATE_NATS_URL, SMSGATE_CHANNELS,
 # SMSGATE_PUBLIC_BASE_URL, TWILIO_AUTH_TOKEN, SMS_WEBHOOK_PATH_TOKEN,
-# SMSGATE_PROFILE (release|debug, default release).
+# SMSGATE_ADMIN_TOKEN / SMSGATE_ADMIN_TOKEN_FILE, SMSGATE_PROFILE
+# (release|debug, default release).
+#
+# The admin API always needs its bearer token. Unless SMSGATE_ADMIN_TOKEN is
+# set, ingress generates one at first start into SMSGATE_ADMIN_TOKEN_FILE
+# [$XDG_STATE_HOME/smsgate/admin-token, i.e. ~/.local/state/smsgate/admin-token],
+# readable only by you; the smsgate CLI reads the same file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -38,6 +44,8 @@ if [ -z "${SMS_WEBHOOK_PATH_TOKEN:-}" ]; then
   SMS_WEBHOOK_PATH_TOKEN=$(cat "$state/path_token")
 fi
 export SMS_WEBHOOK_PATH_TOKEN
+# The same place ingress and the CLI look by default, made explicit.
+export SMSGATE_ADMIN_TOKEN_FILE="${SMSGATE_ADMIN_TOKEN_FILE:-${XDG_STATE_HOME:-$HOME/.local/state}/smsgate/admin-token}"
 export SMSGATE_LOG_FORMAT="${SMSGATE_LOG_FORMAT:-pretty}"
 export RUST_LOG="${RUST_LOG:-info}"
 profile="${SMSGATE_PROFILE:-release}"
@@ -101,13 +109,21 @@ export SMSGATE_PUBLIC_BASE_URL='$SMSGATE_PUBLIC_BASE_URL'
 export TWILIO_AUTH_TOKEN='$TWILIO_AUTH_TOKEN'
 export SMS_WEBHOOK_PATH_TOKEN='$SMS_WEBHOOK_PATH_TOKEN'
 export SMSGATE_NATS_URL='$SMSGATE_NATS_URL'
+export SMSGATE_ADMIN_TOKEN_FILE='$SMSGATE_ADMIN_TOKEN_FILE'
 export PATH="$bin:\$PATH"
 ENV
+if [ -n "${SMSGATE_ADMIN_TOKEN:-}" ]; then
+  printf "export SMSGATE_ADMIN_TOKEN='%s'\n" "$SMSGATE_ADMIN_TOKEN" >>"$state/env"
+fi
+chmod 600 "$state/env"
+token_where="$SMSGATE_ADMIN_TOKEN_FILE"
+[ -z "${SMSGATE_ADMIN_TOKEN:-}" ] || token_where="SMSGATE_ADMIN_TOKEN (from your environment)"
 cat <<MSG
 
   smsgate is running.
   Webhook URL (paste into Twilio's console once a tunnel points at port 8000):
     $webhook
+  Admin API token (the CLI finds it there): $token_where
   Try it without a phone, in another terminal:
     source .local/env
     smsgate simulate --channel local --from +15551230000 --body "Hello"

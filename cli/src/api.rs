@@ -34,20 +34,25 @@ impl Admin {
     }
 
     /// Calls the admin API; answers other than 2xx become [`CliError::Api`].
+    /// Writes always carry a JSON body (`{}` when there is nothing to say):
+    /// the admin API takes no other.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
+        let write = method != Method::GET && method != Method::HEAD;
         let mut request = self.http.request(method, &url);
         if let Some(t) = &self.token {
             request = request.bearer_auth(t.expose_secret());
         }
-        if let Some(b) = body {
-            request = request.json(b);
+        match body {
+            Some(b) => request = request.json(b),
+            None if write => request = request.json(&serde_json::json!({})),
+            None => {}
         }
         let response = request.send().await.map_err(|source| CliError::Unreachable {
             what: "the admin API",
             url: self.base.clone(),
             hint: " (is ingress running? set SMSGATE_ADMIN_URL or --admin-url)",
-            source,
+            source: source.without_url(),
         })?;
         let status = response.status();
         let text = response
@@ -55,8 +60,12 @@ impl Admin {
             .await
             .map_err(|e| CliError::Failed(format!("the admin API's answer could not be read: {e}")))?;
         if status.is_success() {
-            return serde_json::from_str(&text)
-                .map_err(|e| CliError::Failed(format!("the admin API's answer is not JSON ({e}): {text:.200}")));
+            return serde_json::from_str(&text).map_err(|e| {
+                CliError::Failed(format!(
+                    "the admin API's answer is not JSON ({e}): {}",
+                    smsgate_shared::redact::clip(&text, 200)
+                ))
+            });
         }
         #[derive(Deserialize)]
         struct ErrorBody {
@@ -68,13 +77,26 @@ impl Admin {
             Err(_) => ("http_error".to_owned(), text.chars().take(300).collect()),
         };
         let hint = match status {
-            StatusCode::UNAUTHORIZED if self.token.is_none() => " (set SMSGATE_ADMIN_TOKEN or --token)",
-            StatusCode::UNAUTHORIZED => " (check SMSGATE_ADMIN_TOKEN: it must equal the ingress's)",
+            StatusCode::UNAUTHORIZED if self.token.is_none() => {
+                " (no token: set SMSGATE_ADMIN_TOKEN or --token, or SMSGATE_ADMIN_TOKEN_FILE to the file ingress wrote)"
+            }
+            StatusCode::UNAUTHORIZED => {
+                " (the token must equal the ingress's: SMSGATE_ADMIN_TOKEN, or the file it names in its log)"
+            }
             StatusCode::SERVICE_UNAVAILABLE => " (ingress cannot reach NATS)",
             _ => "",
         };
         Err(CliError::Api { status: status.as_u16(), code, detail, hint })
     }
+}
+
+/// The token when neither `--token` nor `SMSGATE_ADMIN_TOKEN` gives one:
+/// the file ingress generated at first start (`SMSGATE_ADMIN_TOKEN_FILE`,
+/// `$XDG_STATE_HOME/smsgate/admin-token` or
+/// `~/.local/state/smsgate/admin-token`).
+pub fn stored_token() -> Option<String> {
+    let file = smsgate_shared::admin_token::path(&|k| std::env::var(k).ok())?;
+    smsgate_shared::admin_token::read(&file).ok().flatten().map(|t| t.expose_secret().to_owned())
 }
 
 /// Reads an answer into the type a table needs.

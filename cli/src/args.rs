@@ -10,7 +10,8 @@ pub struct Cli {
     /// Where the admin API listens.
     #[arg(long, global = true, env = "SMSGATE_ADMIN_URL", default_value = "http://127.0.0.1:8001")]
     pub admin_url: String,
-    /// The admin API's bearer token.
+    /// The admin API's bearer token [default: the file ingress generated,
+    /// see SMSGATE_ADMIN_TOKEN_FILE].
     #[arg(long, global = true, env = "SMSGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print JSON instead of a table (the admin API's answer as it came).

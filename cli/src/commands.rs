@@ -21,7 +21,7 @@ use crate::render;
 
 pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     let json = cli.json;
-    let admin = || Admin::new(&cli.admin_url, cli.token.clone());
+    let admin = || Admin::new(&cli.admin_url, cli.token.clone().or_else(api::stored_token));
     match cli.command {
         Command::GenToken => {
             println!("{}", config::generate_token());
@@ -209,6 +209,13 @@ fn delivery_name(d: Delivery) -> &'static str {
     }
 }
 
+fn reply_countries(c: &Channel) -> Vec<String> {
+    match &c.reply_countries {
+        config::ReplyCountries::All => vec!["*".to_owned()],
+        config::ReplyCountries::Codes(codes) => codes.clone(),
+    }
+}
+
 fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
     let config = match load_config(file) {
         Ok(c) => c,
@@ -238,6 +245,8 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     "webhook_url": c.webhook_url(),
                     "status_url": c.status_url(),
                     "insecure_skip_signature": c.insecure_skip_signature,
+                    "limits": {"replies_per_minute": c.limits.replies_per_minute, "replies_per_day": c.limits.replies_per_day},
+                    "reply_countries": reply_countries(c),
                 })
             })
             .collect();
@@ -263,6 +272,15 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
         })
         .collect();
     print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
+    for c in channels {
+        println!(
+            "{}: at most {} replies a minute, {} a UTC day; replies to calling codes {}",
+            c.id,
+            c.limits.replies_per_minute,
+            c.limits.replies_per_day,
+            reply_countries(c).join(", ")
+        );
+    }
     for c in channels.iter().filter(|c| c.insecure_skip_signature) {
         println!("warning: channel {}: insecure_skip_signature is on; anyone who knows the URL can post", c.id);
     }
@@ -370,7 +388,8 @@ async fn simulate(s: Simulation, json: bool) -> Result<(), CliError> {
             what: "ingress",
             url: post_url.replace(c.path_token.expose_secret(), "…"),
             hint: " (is ingress running? pass --url)",
-            source,
+            // reqwest prints the URL, which holds the secret path token.
+            source: source.without_url(),
         })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();

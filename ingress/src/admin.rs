@@ -3,8 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`check_bind`]: refuses a listener beyond loopback without a token.
-//! - [`router`]: the routes, behind [`require_token`] when a token is set.
+//! - [`router`]: the routes, behind [`crate::guard`] (host, origin, token, JSON).
 //! - handlers: `send_message` publishes an [`Outbound`] to `P.outbound.<channel>`
 //!   (the sender takes it from there); `list_conversations` reads only the
 //!   history stream's per-subject counts and each subject's last message;
@@ -20,28 +19,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream as JsStream};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY, WEBHOOK_PATH};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{
     self, DeadLetter, HistoryEntry, HistoryEvent, Media, NoteReason, Origin, Outbound, status_rank,
 };
+use smsgate_shared::redact::clip;
 use smsgate_shared::topology::Topology;
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 /// The longest any single NATS operation of an admin request may take.
@@ -63,26 +60,11 @@ pub struct AdminState {
     pub js: jetstream::Context,
     pub topology: Topology,
     pub channels: Arc<Vec<Channel>>,
-    pub token: Option<SecretString>,
 }
 
-/// Refuses an admin listener reachable from other hosts without a token:
-/// the admin API can send SMS on the operator's account.
-pub fn check_bind(addr: SocketAddr, token: Option<&SecretString>) -> Result<(), String> {
-    let has_token = token.is_some_and(|t| !t.expose_secret().trim().is_empty());
-    if addr.ip().is_loopback() || has_token {
-        Ok(())
-    } else {
-        Err(format!(
-            "SMSGATE_ADMIN_ADDR is {addr}, which is reachable beyond loopback, and SMSGATE_ADMIN_TOKEN is not set: \
-             set a token (`smsgate gen-token`) or bind the admin API to 127.0.0.1"
-        ))
-    }
-}
-
-/// The admin routes (`/api/v1/...` and `/metrics`), all behind the bearer
-/// token when one is set.
-pub fn router(state: AdminState) -> Router {
+/// The admin routes (`/api/v1/...` and `/metrics`), all behind the
+/// [`crate::guard`] (host, origin, bearer token, JSON writes).
+pub fn router(state: AdminState, guard: Arc<crate::guard::Guard>) -> Router {
     Router::new()
         .route("/api/v1/messages", post(send_message))
         .route("/api/v1/conversations", get(list_conversations))
@@ -92,7 +74,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/dead/{seq}/replay", post(replay_dead))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(guard, crate::guard::check))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -112,6 +94,10 @@ pub enum AdminError {
     /// Missing or wrong bearer token: 401.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// Refused before any handler ([`crate::guard`]): wrong host (421),
+    /// another origin (403), not JSON (415).
+    #[error("{detail}")]
+    Refused { status: StatusCode, code: &'static str, detail: &'static str },
     /// NATS is down or did not answer in time: 503.
     #[error("NATS is unavailable: {what}")]
     Unavailable {
@@ -141,8 +127,13 @@ impl AdminError {
         Self::Unavailable { what: what.into(), source: Some(Box::new(e)) }
     }
 
+    pub(crate) fn refused(status: StatusCode, code: &'static str, detail: &'static str) -> Self {
+        Self::Refused { status, code, detail }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
+            Self::Refused { status, .. } => *status,
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -153,7 +144,7 @@ impl AdminError {
 
     fn code(&self) -> &'static str {
         match self {
-            Self::Invalid { code, .. } | Self::NotFound { code, .. } => code,
+            Self::Invalid { code, .. } | Self::NotFound { code, .. } | Self::Refused { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::Unavailable { .. } => "nats_unavailable",
             Self::Internal { .. } => "internal",
@@ -249,33 +240,14 @@ impl AdminState {
     }
 
     fn known_channel(&self, id: &str) -> Result<ChannelId, AdminError> {
-        self.channel(id)
-            .map(|c| c.id.clone())
-            .ok_or_else(|| AdminError::not_found("unknown_channel", format!("no channel {id:.64?} is configured")))
+        self.channel(id).map(|c| c.id.clone()).ok_or_else(|| {
+            AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(id, 64)))
+        })
     }
 }
 
 // ---------------------------------------------------------------------------
 // Auth
-
-async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let Some(expected) = &state.token else {
-        return next.run(request).await;
-    };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let ok = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.expose_secret().as_bytes())));
-    if ok {
-        next.run(request).await
-    } else {
-        metrics::counter!("smsgate_admin_unauthorized_total").increment(1);
-        AdminError::Unauthorized.into_response()
-    }
-}
 
 async fn not_found() -> AdminError {
     AdminError::not_found("no_route", "no such admin route (see DESIGN.md \"HTTP\")")
@@ -308,7 +280,7 @@ pub struct SendRequest {
 /// The answer to `POST /api/v1/messages` (202).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SendAccepted {
-    /// The outbound id: the idempotency key, or a generated `api.<random>`.
+    /// The outbound id: `api.<idempotency key>`, or a generated `api.<random>`.
     pub id: String,
     /// True when the same id was accepted before within the duplicate window
     /// (nothing new is sent).
@@ -318,7 +290,7 @@ pub struct SendAccepted {
 impl SendRequest {
     fn validate(self, state: &AdminState) -> Result<Outbound, AdminError> {
         let channel = state.channel(&self.channel_id).ok_or_else(|| {
-            AdminError::invalid("unknown_channel", format!("no channel {:.64?} is configured", self.channel_id))
+            AdminError::invalid("unknown_channel", format!("no channel {:?} is configured", clip(&self.channel_id, 64)))
         })?;
         if !channel.enabled {
             return Err(AdminError::invalid("channel_disabled", format!("channel {} is disabled", channel.id)));
@@ -347,15 +319,16 @@ impl SendRequest {
                 return Err(AdminError::invalid("invalid_media_url", format!("media_urls[{i}] is not an http(s) URL")));
             }
         }
+        // Caller keys and generated ids alike live under `api.`.
         let id = match self.idempotency_key {
-            Some(key) if !Outbound::valid_id(&key) => {
+            Some(key) if !Outbound::valid_id(&key) || !Outbound::valid_id(&Outbound::api_id(&key)) => {
                 return Err(AdminError::invalid(
                     "invalid_idempotency_key",
-                    "idempotency_key must be 1-128 letters, digits, '_', '-' or '.', not starting or ending with '.'",
+                    "idempotency_key must be 1-124 letters, digits, '_', '-' or '.', not starting or ending with '.'",
                 ));
             }
-            Some(key) => key,
-            None => format!("api.{}", &smsgate_shared::config::generate_token()[..24]),
+            Some(key) => Outbound::api_id(&key),
+            None => Outbound::api_id(&smsgate_shared::config::generate_token()[..24]),
         };
         Ok(Outbound {
             v: envelope::VERSION,
@@ -944,8 +917,8 @@ async fn replay_dead(
         return Err(AdminError::invalid(
             "not_replayable",
             format!(
-                "dead letter {seq} names subject {:.100?}, which is not a work queue of this prefix",
-                letter.subject
+                "dead letter {seq} names subject {:?}, which is not a work queue of this prefix",
+                clip(&letter.subject, 100)
             ),
         ));
     }
@@ -979,17 +952,6 @@ async fn replay_dead(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_binds_need_no_token_others_do() {
-        let token = SecretString::from("t0ken");
-        assert!(check_bind("127.0.0.1:8001".parse().unwrap(), None).is_ok());
-        assert!(check_bind("[::1]:8001".parse().unwrap(), None).is_ok());
-        let err = check_bind("0.0.0.0:8001".parse().unwrap(), None).unwrap_err();
-        assert!(err.contains("SMSGATE_ADMIN_TOKEN"), "{err}");
-        assert!(check_bind("0.0.0.0:8001".parse().unwrap(), Some(&token)).is_ok());
-        assert!(check_bind("10.0.0.5:8001".parse().unwrap(), Some(&SecretString::from("  "))).is_err());
-    }
 
     #[test]
     fn limits_are_checked() {

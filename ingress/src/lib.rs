@@ -12,34 +12,42 @@
 //!   `Nats-Msg-Id`, waiting for the stream's ack (bounded) → `200 <Response/>`.
 //!   Every rejection is a [`webhook::Rejection`] with its status code and a
 //!   logged reason.
-//! - [`admin`]: the private admin API (`/api/v1/...`).
+//! - [`admin`]: the private admin API (`/api/v1/...`, `/metrics`), behind
+//!   [`guard`] (host, origin, bearer token, JSON writes).
+//! - [`serve`]: the HTTP server of both listeners: header, request and idle
+//!   timeouts, a connection cap, a shutdown bounded by its grace period.
 //!
 //! The handler does nothing else on the hot path: no chat call, no history
 //! read. Everything after the ack is the worker's and the sender's.
 
 pub mod admin;
+pub mod guard;
+pub mod serve;
 pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use smsgate_shared::config::Config;
 use smsgate_shared::topology::Topology;
 use smsgate_shared::{ops, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 /// How long ingress waits for JetStream's ack before answering 503. Twilio
 /// waits 15 s; we answer long before that.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a readiness answer is reused: each fresh one costs a JetStream
+/// API call per stream, and `/api/ready` needs no authentication.
+pub const READY_CACHE: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +75,8 @@ pub struct Shared {
     /// Set once every stream exists.
     pub topology_ready: AtomicBool,
     pub publish_timeout: Duration,
+    /// When the streams were last found present (or not).
+    ready_cache: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 pub struct App {
@@ -74,6 +84,8 @@ pub struct App {
     admin: TcpListener,
     shared: Arc<Shared>,
     admin_state: admin::AdminState,
+    guard: Arc<guard::Guard>,
+    limits: serve::Limits,
 }
 
 impl App {
@@ -81,7 +93,7 @@ impl App {
     /// everything comes in `config`.
     pub async fn build(config: Config) -> Result<Self, Error> {
         let Config { settings, channels } = config;
-        admin::check_bind(settings.admin_addr, settings.admin_token.as_ref()).map_err(Error::Unsafe)?;
+        let admin_token = guard::admin_token(&settings).map_err(Error::Unsafe)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
         };
@@ -104,6 +116,9 @@ impl App {
         let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(&settings);
         let channels = Arc::new(channels);
+        // The recorder before any metric handle: a handle made earlier
+        // belongs to the no-op recorder and never shows in /metrics.
+        telemetry::metrics_handle();
         let shared = Arc::new(Shared {
             client,
             js: js.clone(),
@@ -112,9 +127,19 @@ impl App {
             metrics: webhook::Metrics::new(),
             topology_ready: AtomicBool::new(false),
             publish_timeout: PUBLISH_TIMEOUT,
+            ready_cache: tokio::sync::Mutex::new(None),
         });
-        let admin_state = admin::AdminState { js, topology, channels, token: settings.admin_token.clone() };
-        Ok(Self { public, admin: admin_listener, shared, admin_state })
+        let admin_at =
+            admin_listener.local_addr().map_err(|source| Error::Bind { addr: settings.admin_addr, source })?;
+        let guard = guard::Guard::new(&admin_token, admin_at);
+        let admin_state = admin::AdminState { js, topology, channels };
+        Ok(Self { public, admin: admin_listener, shared, admin_state, guard, limits: serve::Limits::default() })
+    }
+
+    /// Other limits for both listeners (tests shorten them).
+    pub fn with_limits(mut self, limits: serve::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The public listener's address (port 0 resolved).
@@ -130,32 +155,31 @@ impl App {
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// the requests in flight and flushes what NATS still holds.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self { public, admin, shared, admin_state } = self;
+        let Self { public, admin, shared, admin_state, guard, limits } = self;
         tokio::spawn(ensure_topology(shared.clone(), shutdown.clone()));
+        tokio::spawn(telemetry::upkeep(shutdown.clone()));
         tracing::info!(
             addr = %public.local_addr().map_err(Error::Serve)?,
             admin_addr = %admin.local_addr().map_err(Error::Serve)?,
             channels = shared.channels.len(),
+            max_connections = limits.max_connections,
             "ingress listening"
         );
-        let public_app = public_router(shared.clone());
-        let admin_app = admin::router(admin_state);
-        // Twilio's requests are small and each wants its answer at once: no Nagle delay.
-        let public = public.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let public_server =
-            axum::serve(public, public_app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
-        let admin_server =
-            axum::serve(admin, admin_app).with_graceful_shutdown(shutdown.cancelled_owned()).into_future();
-        let (a, b) = tokio::join!(public_server, admin_server);
+        let public_app = public_router(shared.clone())
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
+        let admin_app = admin::router(admin_state, guard);
+        tokio::join!(
+            serve::serve(public, public_app, limits, shutdown.clone()),
+            serve::serve(admin, admin_app, limits, shutdown),
+        );
         // Bounded: with NATS gone a flush would wait for a reconnect forever.
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.client.flush()).await;
-        a.and(b).map_err(Error::Serve)
+        Ok(())
     }
 }
 
-/// The public routes.
+/// The public routes: webhooks, status callbacks and health, nothing else
+/// (DESIGN.md invariant 8; `/metrics` is on the admin listener).
 pub fn public_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(&format!("{}{{path_token}}", smsgate_shared::config::WEBHOOK_PATH), post(webhook::inbound))
@@ -163,19 +187,31 @@ pub fn public_router(shared: Arc<Shared>) -> Router {
         .route("/api/health", get(ops::health))
         .route("/api/ready", get(ready))
         .with_state(shared)
-        .merge(Router::new().route("/metrics", get(ops::metrics)).with_state(telemetry::metrics_handle()))
 }
 
-/// Ready: NATS connected and every stream present.
+/// Ready: NATS connected and every stream present (looked up at most once
+/// per [`READY_CACHE`]; concurrent requests wait for that one look-up).
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
     let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
-    if connected && shared.topology.present(&shared.js).await {
+    if connected && streams_present(&shared).await {
         (StatusCode::OK, "{\"status\":\"ready\"}")
     } else if connected {
         (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"streams missing\"}")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"nats disconnected\"}")
     }
+}
+
+async fn streams_present(shared: &Shared) -> bool {
+    let mut cache = shared.ready_cache.lock().await;
+    if let Some((at, present)) = *cache
+        && at.elapsed() < READY_CACHE
+    {
+        return present;
+    }
+    let present = shared.topology.present(&shared.js).await;
+    *cache = Some((Instant::now(), present));
+    present
 }
 
 /// Creates the topology, retrying while NATS is unreachable.

@@ -84,7 +84,9 @@ impl Channels {
     }
 }
 
-fn token_digest(token: &str) -> [u8; 32] {
+/// SHA-256 of a secret: compared in constant time, and of one length
+/// whatever was presented, so neither content nor length shows in timing.
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -370,11 +372,16 @@ async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes)
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
+    has_media_type(headers, "application/x-www-form-urlencoded")
+}
+
+/// Whether `Content-Type` is `mime` (parameters such as `charset` aside).
+pub(crate) fn has_media_type(headers: &HeaderMap, mime: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case(mime))
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The longest gap pacing ever imposes between two sends.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, Default)]
 pub struct Pacer {
     next: Mutex<HashMap<String, Instant>>,
@@ -32,7 +35,8 @@ impl Pacer {
         if !(mps > 0.0 && mps.is_finite()) {
             return now;
         }
-        let interval = Duration::from_secs_f64(1.0 / mps);
+        // check-config refuses a tiny mps; never panic on one that slipped through.
+        let interval = Duration::try_from_secs_f64(1.0 / mps).unwrap_or(Duration::MAX).min(MAX_INTERVAL);
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
         let slot = next.get(key).copied().map_or(now, |n| n.max(now));
         next.insert(key.to_owned(), slot + interval);
@@ -62,5 +66,13 @@ mod tests {
         assert_eq!(pacer.reserve("a", 1.0), Instant::now());
         assert_eq!(pacer.reserve("b", 0.0), Instant::now());
         assert_eq!(pacer.reserve("b", 0.0), Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_mps_waits_at_most_an_hour_instead_of_panicking() {
+        let pacer = Pacer::new();
+        let t0 = Instant::now();
+        pacer.reserve("a", 1e-300);
+        assert_eq!(pacer.reserve("a", 1e-300) - t0, MAX_INTERVAL);
     }
 }

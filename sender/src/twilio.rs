@@ -192,7 +192,10 @@ impl TwilioClient {
         let message = doc
             .as_ref()
             .and_then(|d| d.message.clone().or_else(|| d.title.clone()))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        // Twilio's texts quote the numbers (`The 'To' number +1415... is not
+        // valid`); this message reaches logs, history and dead letters.
+        let message = smsgate_shared::redact::third_party(&message, 300);
         Err(TwilioError::Api {
             status: status.as_u16(),
             code: doc.as_ref().and_then(|d| d.code),
@@ -225,6 +228,8 @@ pub fn form_fields<'a>(channel: &'a Channel, msg: NewMessage<'a>) -> Vec<(&'stat
 }
 
 fn classify(e: reqwest::Error) -> TwilioError {
+    // The URL names the account; logs need only what went wrong.
+    let e = e.without_url();
     if e.is_connect() {
         // A connect timeout is a connect error too: Twilio never saw it.
         TwilioError::Connect(e)

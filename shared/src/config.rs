@@ -90,6 +90,9 @@ pub struct Settings {
     pub ingress_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub admin_token: Option<SecretString>,
+    /// Where ingress keeps (and the CLI finds) the admin token when
+    /// `SMSGATE_ADMIN_TOKEN` is not set ([`crate::admin_token::path`]).
+    pub admin_token_file: Option<std::path::PathBuf>,
     pub worker_addr: SocketAddr,
     pub sender_addr: SocketAddr,
     /// `SMSGATE_PUBLIC_BASE_URL`: the URL Twilio calls, e.g. the tunnel's.
@@ -177,7 +180,8 @@ impl Settings {
             log_format,
             ingress_addr: addr("SMSGATE_INGRESS_ADDR", "0.0.0.0:8000")?,
             admin_addr: addr("SMSGATE_ADMIN_ADDR", "127.0.0.1:8001")?,
-            admin_token: env("SMSGATE_ADMIN_TOKEN").filter(|v| !v.is_empty()).map(SecretString::from),
+            admin_token: env("SMSGATE_ADMIN_TOKEN").filter(|v| !v.trim().is_empty()).map(SecretString::from),
+            admin_token_file: crate::admin_token::path(env),
             worker_addr: addr("SMSGATE_WORKER_ADDR", "127.0.0.1:8002")?,
             sender_addr: addr("SMSGATE_SENDER_ADDR", "127.0.0.1:8003")?,
             public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -192,7 +196,8 @@ impl Settings {
         })
     }
 
-    /// Defaults for tests: every listener on port 0 of loopback.
+    /// Defaults for tests: every listener on port 0 of loopback, a fresh
+    /// admin token (no token file is ever written by a test's ingress).
     pub fn for_tests(nats_url: &str, prefix: &str) -> Self {
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
@@ -202,7 +207,8 @@ impl Settings {
             log_format: LogFormat::Json,
             ingress_addr: any,
             admin_addr: any,
-            admin_token: None,
+            admin_token: Some(SecretString::from(generate_token())),
+            admin_token_file: None,
             worker_addr: any,
             sender_addr: any,
             public_base_url: None,
@@ -238,6 +244,50 @@ fn default_burst() -> u32 {
 impl Default for RateLimit {
     fn default() -> Self {
         Self { per_minute: default_per_minute(), burst: default_burst() }
+    }
+}
+
+/// Per-channel abuse and cost limits (DESIGN.md "Channel config JSON"):
+/// replies of all senders together, counted across every worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_replies_per_minute")]
+    pub replies_per_minute: u32,
+    #[serde(default = "default_replies_per_day")]
+    pub replies_per_day: u32,
+}
+
+fn default_replies_per_minute() -> u32 {
+    30
+}
+fn default_replies_per_day() -> u32 {
+    1000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { replies_per_minute: default_replies_per_minute(), replies_per_day: default_replies_per_day() }
+    }
+}
+
+/// The country calling codes replies may go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyCountries {
+    /// `["*"]`: anywhere.
+    All,
+    /// Calling codes without `+` (`"1"`, `"44"`).
+    Codes(Vec<String>),
+}
+
+impl ReplyCountries {
+    /// Whether a reply may go to `to`. Calling codes are prefix-free, so a
+    /// prefix match is exact.
+    pub fn admits(&self, to: &E164) -> bool {
+        match self {
+            Self::All => true,
+            Self::Codes(codes) => codes.iter().any(|c| to.subject_token().starts_with(c.as_str())),
+        }
     }
 }
 
@@ -337,6 +387,10 @@ pub struct Channel {
     /// Sends per second per sending number; 0 means unpaced.
     pub mps: f64,
     pub max_parts: usize,
+    /// Replies per minute and per day, all senders together.
+    pub limits: Limits,
+    /// Where replies may go: the from number's country unless set.
+    pub reply_countries: ReplyCountries,
     pub allow_from: Vec<E164>,
     pub block_from: Vec<E164>,
     pub help_text: String,
@@ -407,6 +461,10 @@ struct RawChannelConfig {
     #[serde(default)]
     max_parts: Option<usize>,
     #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    reply_countries: Option<Vec<String>>,
+    #[serde(default)]
     allow_from: Vec<String>,
     #[serde(default)]
     block_from: Vec<String>,
@@ -463,7 +521,14 @@ fn channels_from_twilio_env(env: Lookup<'_>, public_base_url: Option<&str>) -> R
             "webhook_path_token": v("SMS_WEBHOOK_PATH_TOKEN"),
         }
     });
-    validate_all(vec![json], "environment", public_base_url)
+    validate_all(vec![json], "environment", public_base_url).map_err(|mut e| {
+        for p in e.0.iter_mut().filter(|p| p.key == "config.chat") {
+            p.message = "the TWILIO_* variables cannot choose a chat, and Twilio delivery needs one: \
+                         put the channel in a file named by SMSGATE_CHANNELS, with its \"chat\""
+                .to_owned();
+        }
+        e
+    })
 }
 
 /// Parses a channel file's text (any of the three shapes), expands `${VAR}`,
@@ -665,9 +730,32 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         fail("config.max_parts", format!("must be 1 to 10, is {max_parts}"));
     }
     let mps = c.mps.unwrap_or(1.0);
-    if !mps.is_finite() || mps < 0.0 {
-        fail("config.mps", format!("must be 0 (unpaced) or a positive number, is {mps}"));
+    // Below the minimum the interval between sends would be days (or
+    // overflow a Duration): surely a typo.
+    if !mps.is_finite() || mps < 0.0 || (mps > 0.0 && mps < MIN_MPS) || mps > MAX_MPS {
+        fail("config.mps", format!("must be 0 (unpaced) or {MIN_MPS} to {MAX_MPS}, is {mps}"));
     }
+    let limits = c.limits.unwrap_or_default();
+    if limits.replies_per_minute == 0 || limits.replies_per_day == 0 {
+        fail("config.limits", "replies_per_minute and replies_per_day must be at least 1".to_owned());
+    } else if limits.replies_per_minute > limits.replies_per_day {
+        fail("config.limits", "replies_per_minute must not be more than replies_per_day".to_owned());
+    }
+    let reply_countries = match c.reply_countries {
+        Some(list) => parse_reply_countries(&list).map_err(|m| fail("config.reply_countries", m)).ok(),
+        None => match &from_number {
+            Some(n) => Some(ReplyCountries::Codes(vec![n.calling_code().to_owned()])),
+            None if messaging_service_sid.is_some() => {
+                fail(
+                    "config.reply_countries",
+                    "is required with a messaging service and no from number (e.g. [\"1\"], or [\"*\"] for all)"
+                        .to_owned(),
+                );
+                None
+            }
+            None => None,
+        },
+    };
     let rate_limit = c.rate_limit.unwrap_or_default();
     if rate_limit.per_minute == 0 || rate_limit.burst == 0 {
         fail("config.rate_limit", "per_minute and burst must be at least 1".to_owned());
@@ -693,7 +781,18 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
     };
     let allow_from = numbers("config.allow_from", c.allow_from);
     let block_from = numbers("config.block_from", c.block_from);
+    let delivery = c.delivery.unwrap_or_default();
     let chat = match c.chat {
+        // Echo from the operator's number to anyone who texts it costs money
+        // and can be abused: a real channel must choose its chat.
+        None | Some(Value::Null) if delivery == Delivery::Twilio => {
+            fail(
+                "config.chat",
+                "is required when delivery is \"twilio\" (e.g. {\"kind\": \"openai\", ...}, or {\"kind\": \"echo\"} on purpose)"
+                    .to_owned(),
+            );
+            ChatConfig::default()
+        }
         None | Some(Value::Null) => ChatConfig::default(),
         Some(v) => match serde_json::from_value::<ChatConfig>(v) {
             Ok(chat) => chat,
@@ -738,15 +837,45 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         rate_limit,
         mps,
         max_parts,
+        limits,
+        reply_countries: reply_countries?,
         allow_from,
         block_from,
         help_text: c.help_text.unwrap_or_else(|| DEFAULT_HELP_TEXT.to_owned()),
         fallback_text: c.fallback_text.unwrap_or_else(|| DEFAULT_FALLBACK_TEXT.to_owned()),
         rate_limit_text: c.rate_limit_text.unwrap_or_else(|| DEFAULT_RATE_LIMIT_TEXT.to_owned()),
         chat,
-        delivery: c.delivery.unwrap_or_default(),
+        delivery,
         insecure_skip_signature: c.insecure_skip_signature,
     })
+}
+
+/// The smallest non-zero `mps`: one send every 1000 s.
+pub const MIN_MPS: f64 = 0.001;
+/// The largest `mps` (Twilio's own limits are far below).
+pub const MAX_MPS: f64 = 1000.0;
+
+/// `reply_countries`: `["*"]`, or calling codes of 1 to 3 digits without `+`.
+fn parse_reply_countries(list: &[String]) -> Result<ReplyCountries, String> {
+    if list.iter().any(|c| c.trim() == "*") {
+        return if list.len() == 1 { Ok(ReplyCountries::All) } else { Err("\"*\" must be alone".to_owned()) };
+    }
+    if list.is_empty() {
+        return Err("is empty: no reply could be sent (use [\"*\"] for all countries)".to_owned());
+    }
+    let mut codes = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let c = c.trim().trim_start_matches('+');
+        let ok = (1..=3).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()) && !c.starts_with('0');
+        if !ok {
+            return Err(format!(
+                "[{i}] {:?} is not a country calling code (1 to 3 digits, e.g. \"44\")",
+                crate::redact::clip(c, 8)
+            ));
+        }
+        codes.push(c.to_owned());
+    }
+    Ok(ReplyCountries::Codes(codes))
 }
 
 /// Everything a service reads at start.
@@ -802,7 +931,7 @@ mod tests {
         format!(
             r#"{{"channel_id": "{id}", "manifest_id": "sms", "enabled": true, "config": {{
                 "twilio_account_sid": "{SID}", "twilio_auth_token": "${{TWILIO_AUTH_TOKEN}}",
-                "twilio_from_number": "+15551234567", "sms_max_len": 480,
+                "twilio_from_number": "+15551234567", "chat": {{"kind": "echo"}}, "sms_max_len": 480,
                 "webhook_path_token": "{token}" }} }}"#
         )
     }
@@ -912,10 +1041,65 @@ mod tests {
         ]);
         let lookup = |k: &str| env.get(k).cloned();
         let settings = Settings::from_lookup(&lookup).unwrap();
-        let channels = load_channels(&lookup, &settings).unwrap();
-        assert_eq!(channels[0].id.as_str(), "default");
+        // Delivery through Twilio needs an explicit chat, which the
+        // variables cannot name: the problem says so.
+        let err = load_channels(&lookup, &settings).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!((err.0[0].channel.as_deref(), err.0[0].key.as_str()), (Some("default"), "config.chat"));
         let none = load_channels(&|_| None, &settings).unwrap_err();
         assert_eq!(none.0.len(), 4);
+    }
+
+    #[test]
+    fn limits_and_reply_countries_have_safe_defaults() {
+        let c = parse(&channel_json("a", TOKEN)).unwrap().remove(0);
+        assert_eq!(c.limits, Limits { replies_per_minute: 30, replies_per_day: 1000 });
+        // The from number's country only.
+        assert_eq!(c.reply_countries, ReplyCountries::Codes(vec!["1".to_owned()]));
+        assert!(c.reply_countries.admits(&E164::parse("+14155550100").unwrap()));
+        assert!(!c.reply_countries.admits(&E164::parse("+447911123456").unwrap()));
+    }
+
+    #[test]
+    fn bad_limits_and_reply_countries_are_reported_by_key() {
+        let with = |extra: &str| channel_json("a", TOKEN).replace(r#""sms_max_len": 480,"#, extra);
+        let keys = |extra: &str| -> Vec<String> {
+            parse(&with(extra)).map(|_| Vec::new()).unwrap_or_else(|e| e.0.into_iter().map(|p| p.key).collect())
+        };
+        assert_eq!(keys(r#""limits": {"replies_per_minute": 0},"#), ["config.limits"]);
+        assert_eq!(keys(r#""limits": {"replies_per_minute": 50, "replies_per_day": 10},"#), ["config.limits"]);
+        assert!(!keys(r#""limits": {"per_hour": 5},"#).is_empty());
+        assert_eq!(keys(r#""reply_countries": [],"#), ["config.reply_countries"]);
+        assert_eq!(keys(r#""reply_countries": ["+44", "abc"],"#), ["config.reply_countries"]);
+        assert_eq!(keys(r#""reply_countries": ["*", "1"],"#), ["config.reply_countries"]);
+        assert!(keys(r#""reply_countries": ["*"],"#).is_empty());
+        let c = parse(&with(r#""reply_countries": ["+44", "1"],"#)).unwrap().remove(0);
+        assert_eq!(c.reply_countries, ReplyCountries::Codes(vec!["44".to_owned(), "1".to_owned()]));
+        let ms = with(r#""twilio_messaging_service_sid": "MG0123456789abcdef0123456789abcdef","#)
+            .replace(r#""twilio_from_number": "+15551234567","#, "");
+        let err = parse(&ms).unwrap_err();
+        assert_eq!(err.0[0].key, "config.reply_countries", "{err}");
+    }
+
+    #[test]
+    fn a_tiny_mps_is_a_config_error_not_a_panic() {
+        for mps in ["1e-300", "0.0000001", "-1", "1e9"] {
+            let text = channel_json("a", TOKEN).replace(r#""sms_max_len": 480,"#, &format!(r#""mps": {mps},"#));
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.0[0].key, "config.mps", "{mps}: {err}");
+        }
+        let text = channel_json("a", TOKEN).replace(r#""sms_max_len": 480,"#, r#""mps": 0,"#);
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn twilio_delivery_without_a_chat_is_refused() {
+        let no_chat = channel_json("a", TOKEN).replace(r#""chat": {"kind": "echo"},"#, "");
+        let err = parse(&no_chat).unwrap_err();
+        assert_eq!(err.0[0].key, "config.chat", "{err}");
+        // Writing replies to the log costs nothing: echo stays the default there.
+        let log = no_chat.replace(r#""sms_max_len": 480,"#, r#""delivery": "log","#);
+        assert_eq!(parse(&log).unwrap()[0].chat.kind(), "echo");
     }
 
     #[test]

@@ -86,6 +86,26 @@ impl E164 {
         &self.0[1..]
     }
 
+    /// The country calling code (`1`, `44`, `353`): ITU's codes are
+    /// prefix-free, zone 1 and 7 have one digit, the two-digit ones are
+    /// listed, every other code has three.
+    pub fn calling_code(&self) -> &str {
+        const TWO_DIGIT: [&str; 44] = [
+            "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46", "47", "48", "49",
+            "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63", "64", "65", "66", "81", "82", "84",
+            "86", "90", "91", "92", "93", "94", "95", "98",
+        ];
+        let digits = self.subject_token();
+        let len = if digits.starts_with('1') || digits.starts_with('7') {
+            1
+        } else if TWO_DIGIT.contains(&&digits[..2]) {
+            2
+        } else {
+            3
+        };
+        &digits[..len]
+    }
+
     /// Inverse of [`E164::subject_token`].
     pub fn from_subject_token(token: &str) -> Result<Self, ParseError> {
         Self::parse(&format!("+{token}"))
@@ -98,18 +118,8 @@ impl fmt::Debug for E164 {
     }
 }
 
-/// Masks a phone-number-like string for logs: keeps the first 5 and last 4
-/// characters of anything longer than 9, hides all of a shorter one.
-pub fn mask(s: &str) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    if chars.len() > 9 {
-        let head: String = chars[..5].iter().collect();
-        let tail: String = chars[chars.len() - 4..].iter().collect();
-        format!("{head}***{tail}")
-    } else {
-        "***".to_owned()
-    }
-}
+use crate::redact::clip;
+pub use crate::redact::mask;
 
 /// A Twilio message SID (`SM…`/`MM…`, 34 characters). Also accepted: any
 /// 2-64 character token of letters, digits, `_` and `-`, so that tests and
@@ -124,7 +134,7 @@ impl MessageSid {
         if is_token(s, 2, 64) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(parse_error("MessageSid", format!("{s:.70?} is not 2-64 letters, digits, '_' or '-'")))
+            Err(parse_error("MessageSid", format!("{:?} is not 2-64 letters, digits, '_' or '-'", clip(s, 70))))
         }
     }
 }
@@ -140,7 +150,7 @@ impl ChannelId {
         if is_token(s, 1, 64) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(parse_error("channel_id", format!("{s:.70?} must be 1-64 letters, digits, '_' or '-'")))
+            Err(parse_error("channel_id", format!("{:?} must be 1-64 letters, digits, '_' or '-'", clip(s, 70))))
         }
     }
 }
@@ -156,7 +166,7 @@ impl AccountSid {
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(parse_error("AccountSid", format!("{s:.40?} must be 'AC' followed by 32 hex digits")))
+            Err(parse_error("AccountSid", format!("{:?} must be 'AC' followed by 32 hex digits", clip(s, 40))))
         }
     }
 }
@@ -183,6 +193,16 @@ mod tests {
         assert_eq!(E164::parse("+14155554567").unwrap().masked(), "+1415***4567");
         assert_eq!(mask("12345"), "***");
         assert!(!format!("{:?}", E164::parse("+14155554567").unwrap()).contains("555"));
+    }
+
+    #[test]
+    fn calling_codes_have_one_to_three_digits() {
+        let code = |n: &str| E164::parse(n).unwrap().calling_code().to_owned();
+        assert_eq!(code("+14155554567"), "1");
+        assert_eq!(code("+447911123456"), "44");
+        assert_eq!(code("+79161234567"), "7");
+        assert_eq!(code("+353861234567"), "353");
+        assert_eq!(code("+2348031234567"), "234");
     }
 
     #[test]

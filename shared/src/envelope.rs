@@ -132,6 +132,13 @@ impl Outbound {
         format!("reply.{inbound}")
     }
 
+    /// The outbound id (and `Nats-Msg-Id`) for an API caller's idempotency
+    /// key: in its own `api.` namespace, so that no key (`reply.<sid>`, say)
+    /// can collide with an id the worker makes and suppress that reply.
+    pub fn api_id(key: &str) -> String {
+        format!("{API_PREFIX}{key}")
+    }
+
     /// Whether `id` can be an outbound id (it becomes a `Nats-Msg-Id` and
     /// part of a key-value key): 1-128 letters, digits, `_`, `-`, `.`, not
     /// starting or ending with `.`.
@@ -142,6 +149,9 @@ impl Outbound {
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     }
 }
+
+/// The namespace of outbound ids made by the admin API.
+pub const API_PREFIX: &str = "api.";
 
 /// A Twilio status callback (`P.status.<channel_id>`, `Nats-Msg-Id` =
 /// `<MessageSid>.<MessageStatus>`).
@@ -183,6 +193,10 @@ pub fn status_rank(status: &str) -> u8 {
 pub enum NoteReason {
     Duplicate,
     RateLimited,
+    /// Over the channel's `limits` (replies per minute or per day).
+    OverLimit,
+    /// The number's country is not in the channel's `reply_countries`.
+    CountryNotAllowed,
     OptedOut,
     OptOutKeyword,
     OptInKeyword,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`admin_token`]: where the admin token is kept when not set, for ingress and the CLI.
 //! - [`config`]: the environment ([`config::Settings`]) and the channel file
 //!   ([`config::Channel`]), validated at start (exit 64 on a bad one).
 //! - [`domain`]: newtypes that only hold valid values: [`domain::E164`],
@@ -12,6 +13,7 @@
 //!   sender), [`envelope::HistoryEntry`] and [`envelope::DeadLetter`].
 //! - [`topology`]: stream, bucket and subject names under the prefix, and
 //!   [`topology::Topology::ensure`], the one place that creates them.
+//! - [`redact`]: masking numbers and clipping third-party text for logs.
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
@@ -22,12 +24,14 @@
 //! - [`ops`]: `/api/health` and `/metrics` for the worker and the sender.
 //! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
 
+pub mod admin_token;
 pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod envelope;
 pub mod nats;
 pub mod ops;
+pub mod redact;
 pub mod shutdown;
 pub mod signature;
 pub mod telemetry;

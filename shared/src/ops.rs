@@ -50,6 +50,8 @@ pub struct OpsServer {
 
 impl OpsServer {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        // The recorder before any metric handle the service makes.
+        crate::telemetry::metrics_handle();
         Ok(Self { listener: TcpListener::bind(addr).await? })
     }
 
@@ -59,6 +61,7 @@ impl OpsServer {
 
     /// Serves until `shutdown`; `/api/health` watches `checks`.
     pub async fn serve(self, shutdown: CancellationToken, checks: Vec<Liveness>) -> std::io::Result<()> {
+        tokio::spawn(crate::telemetry::upkeep(shutdown.clone()));
         axum::serve(self.listener, router(checks)).with_graceful_shutdown(shutdown.cancelled_owned()).await
     }
 }

@@ -143,3 +143,17 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Runs the recorder's upkeep (draining histogram samples into their
+/// buckets) every few seconds until `shutdown`, so samples never pile up
+/// between scrapes.
+pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
+    let handle = metrics_handle();
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => handle.run_upkeep(),
+        }
+    }
+}

@@ -19,6 +19,8 @@ use crate::domain::{ChannelId, E164};
 pub const SEEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// How long a piece's Twilio SID is remembered (≥ 48 h by contract).
 pub const SENT_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// How long reply counters live: a day's window and some margin.
+pub const BUDGET_TTL: Duration = Duration::from_secs(2 * 86_400);
 /// How long dead letters are kept.
 pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
@@ -60,6 +62,8 @@ pub struct Bus {
     pub seen: kv::Store,
     pub optout: kv::Store,
     pub sent: kv::Store,
+    /// Reply counters per channel and window (the worker's `limits`).
+    pub budget: kv::Store,
 }
 
 impl Topology {
@@ -118,6 +122,9 @@ impl Topology {
     pub fn sent_bucket(&self) -> String {
         format!("{}_sent", self.upper)
     }
+    pub fn budget_bucket(&self) -> String {
+        format!("{}_budget", self.upper)
+    }
 
     pub fn inbound_subject(&self, channel: &ChannelId) -> String {
         format!("{}.inbound.{channel}", self.prefix)
@@ -157,6 +164,12 @@ impl Topology {
     /// Key in the `optout` bucket for a number on a channel.
     pub fn optout_key(channel: &ChannelId, peer: &E164) -> String {
         format!("{channel}.{}", peer.subject_token())
+    }
+    /// Key in the `budget` bucket: replies of `channel` in one window
+    /// (`m<unix minute>` or `d<unix day>`). One counter per channel and
+    /// window, shared by every worker, so `limits` hold across processes.
+    pub fn budget_key(channel: &ChannelId, window: &str) -> String {
+        format!("{channel}.{window}")
     }
     /// Key in the `sent` bucket for piece `index` (0-based) of outbound `id`.
     pub fn sent_key(outbound_id: &str, index: usize) -> String {
@@ -236,9 +249,12 @@ impl Topology {
             self.ensure_stream(js, config).await?;
         }
         let mut stores = Vec::new();
-        for (bucket, ttl) in
-            [(self.seen_bucket(), SEEN_TTL), (self.optout_bucket(), Duration::ZERO), (self.sent_bucket(), SENT_TTL)]
-        {
+        for (bucket, ttl) in [
+            (self.seen_bucket(), SEEN_TTL),
+            (self.optout_bucket(), Duration::ZERO),
+            (self.sent_bucket(), SENT_TTL),
+            (self.budget_bucket(), BUDGET_TTL),
+        ] {
             self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
                 .get_key_value(bucket.clone())
@@ -248,7 +264,14 @@ impl Topology {
         }
         let mut stores = stores.into_iter();
         let mut next = || stores.next().ok_or(TopologyError::Internal);
-        Ok(Bus { js: js.clone(), topology: self.clone(), seen: next()?, optout: next()?, sent: next()? })
+        Ok(Bus {
+            js: js.clone(),
+            topology: self.clone(),
+            seen: next()?,
+            optout: next()?,
+            sent: next()?,
+            budget: next()?,
+        })
     }
 
     /// Creates a stream that is missing; brings an existing one to the
@@ -287,7 +310,10 @@ impl Topology {
     /// Whether every stream exists (for readiness checks).
     pub async fn present(&self, js: &jetstream::Context) -> bool {
         let mut names: Vec<String> = self.stream_configs().into_iter().map(|c| c.name).collect();
-        names.extend([self.seen_bucket(), self.optout_bucket(), self.sent_bucket()].map(|b| format!("KV_{b}")));
+        names.extend(
+            [self.seen_bucket(), self.optout_bucket(), self.sent_bucket(), self.budget_bucket()]
+                .map(|b| format!("KV_{b}")),
+        );
         for name in names {
             if js.get_stream(&name).await.is_err() {
                 return false;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use smsgate_shared::config::ChatConfig;
 use smsgate_shared::envelope::{Inbound, Media};
+use smsgate_shared::redact::third_party;
 use time::OffsetDateTime;
 
 /// Who said a turn of the conversation.
@@ -173,10 +174,10 @@ impl ChatBackend {
                 if let Some(key) = api_key {
                     request = request.bearer_auth(key.expose_secret());
                 }
-                let response = request.send().await.map_err(ChatError::Transport)?;
+                let response = request.send().await.map_err(transport)?;
                 let response = check_status(response)?;
                 let answer: Value = response.json().await.map_err(|e| {
-                    if e.is_timeout() { ChatError::Transport(e) } else { ChatError::BadAnswer(e.to_string()) }
+                    if e.is_timeout() { transport(e) } else { ChatError::BadAnswer(third_party(&e.to_string(), 200)) }
                 })?;
                 openai_reply(&answer)
             }
@@ -194,16 +195,22 @@ impl ChatBackend {
                 if let Some(secret) = secret {
                     request = request.header("webhook-signature", sign_webhook(secret, id, timestamp, &payload));
                 }
-                let response = request.body(payload).send().await.map_err(ChatError::Transport)?;
+                let response = request.body(payload).send().await.map_err(transport)?;
                 let response = check_status(response)?;
                 if response.status() == StatusCode::NO_CONTENT {
                     return Ok(None);
                 }
-                let bytes = response.bytes().await.map_err(ChatError::Transport)?;
+                let bytes = response.bytes().await.map_err(transport)?;
                 webhook_reply(&bytes)
             }
         }
     }
+}
+
+/// A transport error without its URL: an agent's URL may hold a secret,
+/// and this error reaches logs and dead letters.
+fn transport(e: reqwest::Error) -> ChatError {
+    ChatError::Transport(e.without_url())
 }
 
 fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatError> {
@@ -277,7 +284,9 @@ fn openai_reply(answer: &Value) -> Result<Option<String>, ChatError> {
     match message.get("content") {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
         Some(Value::String(_) | Value::Null) | None => Ok(None),
-        Some(other) => Err(ChatError::BadAnswer(format!("content is not text: {other:.80}"))),
+        Some(other) => {
+            Err(ChatError::BadAnswer(format!("content is not text: {}", third_party(&other.to_string(), 80))))
+        }
     }
 }
 
@@ -300,11 +309,15 @@ fn webhook_reply(bytes: &[u8]) -> Result<Option<String>, ChatError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let answer: Value = serde_json::from_slice(bytes).map_err(|e| ChatError::BadAnswer(e.to_string()))?;
+    let answer: Value =
+        serde_json::from_slice(bytes).map_err(|e| ChatError::BadAnswer(third_party(&e.to_string(), 200)))?;
     match answer.get("reply") {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
         Some(Value::String(_) | Value::Null) | None if answer.is_object() => Ok(None),
-        _ => Err(ChatError::BadAnswer(format!("expected {{\"reply\": string|null}}, got {answer:.80}"))),
+        _ => Err(ChatError::BadAnswer(format!(
+            "expected {{\"reply\": string|null}}, got {}",
+            third_party(&answer.to_string(), 80)
+        ))),
     }
 }
 

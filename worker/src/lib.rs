@@ -20,6 +20,7 @@
 //! listener (`/api/health`, `/metrics`), connects NATS, ensures the topology,
 //! and runs until its cancellation token is cancelled.
 
+pub mod budget;
 pub mod chat;
 pub mod history;
 pub mod keywords;
@@ -70,6 +71,8 @@ pub enum Error {
     Seen(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read or write the opt-out bucket")]
     OptOut(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot read or advance the channel's reply counters")]
+    Budget(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the conversation history")]
     HistoryRead(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("unexpected JetStream message: {0}")]
@@ -213,6 +216,7 @@ impl App {
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
             limiter,
+            budget: budget::Budget::new(bus.budget),
             tuning,
         });
         Ok(Self { ops, local_addr, processor, consumer, limits, client })

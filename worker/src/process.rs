@@ -6,8 +6,10 @@
 //!    a redelivery of a message whose reply was already decided → publish
 //!    that same reply again, no chat call);
 //! 3. record the inbound in history (once, even across redeliveries);
-//! 4. STOP/START keywords, opted-out senders, allow/block lists, HELP, the
-//!    rate limit: each recorded as a note, none reaches the chat pipeline;
+//! 4. STOP/START keywords, opted-out senders, allow/block lists, the
+//!    per-sender rate limit, the channel's limits and reply countries
+//!    ([`crate::budget`]), then HELP: each recorded as a note, none reaches
+//!    the chat pipeline (HELP after the limits: each answer costs a reply);
 //! 5. the chat call (with `Progress` acks while it runs); a transient
 //!    failure is retried through redelivery, the last one or a permanent one
 //!    gives the fallback text and a dead letter;
@@ -28,6 +30,7 @@ use smsgate_shared::topology::{Stage, Topology};
 use time::OffsetDateTime;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::budget::Budget;
 use crate::chat::{ChatBackend, ChatRequest, ErrorKind};
 use crate::history::History;
 use crate::keywords::{self, Keyword};
@@ -57,6 +60,8 @@ pub enum Outcome {
     Blocked,
     Help,
     RateLimited,
+    /// Refused by the channel's `limits` or `reply_countries`.
+    OverLimit,
     Retry,
     Fallback,
     /// The reply was over the size cap: cut, sent and dead-lettered.
@@ -79,6 +84,7 @@ impl Outcome {
             Self::Blocked => "blocked",
             Self::Help => "help",
             Self::RateLimited => "rate_limited",
+            Self::OverLimit => "over_limit",
             Self::Retry => "retry",
             Self::Fallback => "fallback",
             Self::Oversized => "oversized",
@@ -103,6 +109,7 @@ pub struct Processor {
     pub optout: kv::Store,
     pub history: History,
     pub limiter: Limiter,
+    pub budget: Budget,
     pub tuning: Tuning,
 }
 
@@ -374,22 +381,26 @@ impl Step<'_> {
             self.note(NoteReason::Blocked, "the sender is not allowed on this channel").await?;
             return self.done(Outcome::Blocked).await;
         }
-        if keyword == Some(Keyword::Help) {
-            self.note(NoteReason::HelpKeyword, "answered with the channel's help text").await?;
-            let help = self.lane.channel.help_text.clone();
-            return self.reply(help, Origin::Help, None).await;
-        }
-        // A redelivery was counted the first time.
+        // A redelivery was counted the first time. HELP counts too: it costs a reply.
         if is_new && let Verdict::Limited { notify } = p.limiter.check(&self.inbound.channel_id, &self.peer) {
             let limit = self.lane.channel.rate_limit;
             let detail = format!("over {} per minute (burst {})", limit.per_minute, limit.burst);
             self.note(NoteReason::RateLimited, detail).await?;
-            if notify {
+            if notify && self.within_budget(true).await? {
                 let text = self.lane.channel.rate_limit_text.clone();
                 let (d, _) = self.reply(text, Origin::RateLimitNotice, None).await?;
                 return Ok((d, Outcome::RateLimited));
             }
             return self.done(Outcome::RateLimited).await;
+        }
+        // The country always; the counters once (a redelivery took its unit).
+        if !self.within_budget(is_new).await? {
+            return self.done(Outcome::OverLimit).await;
+        }
+        if keyword == Some(Keyword::Help) {
+            self.note(NoteReason::HelpKeyword, "answered with the channel's help text").await?;
+            let help = self.lane.channel.help_text.clone();
+            return self.reply(help, Origin::Help, None).await;
         }
         let turns = recent.map(|r| r.turns).unwrap_or_default();
         self.chat(&turns).await
@@ -469,6 +480,17 @@ impl Step<'_> {
                 }
             }
         }
+    }
+
+    /// The channel's `reply_countries` and, when `count`, its `limits`
+    /// ([`crate::budget`]); a refusal is recorded as a note and logged.
+    async fn within_budget(&self, count: bool) -> Result<bool, Error> {
+        let Some(refusal) = self.p.budget.check(&self.lane.channel, &self.peer, count).await? else {
+            return Ok(true);
+        };
+        warn!(limit = refusal.limit, detail = %refusal.detail, outcome = "over_limit", "reply refused by the channel's limits");
+        self.note(refusal.reason, refusal.detail).await?;
+        Ok(false)
     }
 
     async fn note(&self, reason: NoteReason, detail: impl Into<String>) -> Result<(), Error> {

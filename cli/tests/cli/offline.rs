@@ -33,6 +33,7 @@ fn check_config_accepts_the_example_file_and_prints_each_webhook_url() {
     assert!(text.contains("configuration OK: 1 channel"), "{text}");
     assert!(text.contains(&format!("https://sms.example.com/api/channels/sms/twilio/webhook/{PATH_TOKEN}")), "{text}");
     assert!(text.contains("local") && text.contains("echo") && text.contains("log"), "{text}");
+    assert!(text.contains("local: at most 30 replies a minute, 1000 a UTC day; replies to calling codes 1"), "{text}");
     assert!(!text.contains("local-auth-token"), "the auth token must never be printed: {text}");
 }
 
@@ -48,6 +49,8 @@ fn check_config_reads_smsgate_channels_when_no_file_is_given() {
     assert_eq!(v["channels"][0]["channel_id"], "local");
     assert_eq!(v["channels"][0]["chat"], "echo");
     assert_eq!(v["channels"][0]["delivery"], "log");
+    assert_eq!(v["channels"][0]["limits"]["replies_per_day"], 1000);
+    assert_eq!(v["channels"][0]["reply_countries"], serde_json::json!(["1"]));
 }
 
 #[test]
@@ -98,9 +101,45 @@ fn without_a_channel_file_the_twilio_variables_make_one_channel() {
         ("SMS_WEBHOOK_PATH_TOKEN", PATH_TOKEN),
         ("SMSGATE_PUBLIC_BASE_URL", "https://sms.example.com/"),
     ];
+    // Delivery through Twilio needs a chat chosen on purpose, which the
+    // variables cannot do: the answer says where to put it.
     let out = smsgate(&["webhook-url", "--channel", "default"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), format!("https://sms.example.com/api/channels/sms/twilio/webhook/{PATH_TOKEN}"));
+    assert_eq!(out.status.code(), Some(64), "{}", stdout(&out));
+    let text = stderr(&out);
+    assert!(text.contains("config.chat") && text.contains("SMSGATE_CHANNELS"), "{text}");
+}
+
+#[test]
+fn check_config_reports_the_abuse_limits_pacing_and_chat_problems_by_key() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        r#"[{{"channel_id": "costly", "config": {{"twilio_account_sid": "AC0123456789abcdef0123456789abcdef",
+              "twilio_auth_token": "t", "twilio_from_number": "+15551234567",
+              "webhook_path_token": "{PATH_TOKEN}", "mps": 1e-300,
+              "limits": {{"replies_per_minute": 0}}, "reply_countries": ["+1", "x"] }} }}]"#
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap().to_owned();
+    let out = smsgate(&["check-config", &path], &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", stdout(&out));
+    let text = stderr(&out);
+    for key in ["config.mps", "config.limits", "config.reply_countries", "config.chat"] {
+        assert!(text.contains(&format!("channel costly: {key}:")), "{key} missing from: {text}");
+    }
+}
+
+#[test]
+fn simulate_never_prints_the_path_token_when_ingress_is_unreachable() {
+    let file = example_channels();
+    let port = smsgate_shared::testkit::nats::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = ["simulate", "--channel", "local", "--from", "+15551230000", "--body", "hi", "--url", &url];
+    let out = smsgate(&args, &example_env_with(&file));
+    assert_eq!(out.status.code(), Some(1));
+    let (err, text) = (stderr(&out), stdout(&out));
+    assert!(err.contains("cannot reach ingress"), "{err}");
+    assert!(!err.contains(PATH_TOKEN) && !text.contains(PATH_TOKEN), "the secret path token was printed: {err}{text}");
 }
 
 #[test]

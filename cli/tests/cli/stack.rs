@@ -23,6 +23,7 @@ struct Stack {
     ingress_url: String,
     shutdown: CancellationToken,
     _nats: NatsServer,
+    _state: tempfile::TempDir,
 }
 
 impl Drop for Stack {
@@ -33,7 +34,14 @@ impl Drop for Stack {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// `admin_token`: set SMSGATE_ADMIN_TOKEN; otherwise ingress generates
+    /// one under XDG_STATE_HOME (a temporary directory), as on a fresh machine.
+    async fn start_with(admin_token: bool) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
+        let state = tempfile::tempdir().unwrap();
         let nats = NatsServer::start();
         let prefix = format!("cli{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let any = "127.0.0.1:0".to_owned();
@@ -50,9 +58,10 @@ impl Stack {
             ("SMSGATE_ADMIN_ADDR", any.clone()),
             ("SMSGATE_WORKER_ADDR", any.clone()),
             ("SMSGATE_SENDER_ADDR", any),
-            ("SMSGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("XDG_STATE_HOME", state.path().display().to_string()),
         ]
         .into_iter()
+        .chain(admin_token.then(|| ("SMSGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("the example config loads");
@@ -75,7 +84,7 @@ impl Stack {
         // from, plus where the admin API is.
         let mut env: Vec<(String, String)> = vars.into_iter().collect();
         env.push(("SMSGATE_ADMIN_URL".to_owned(), format!("http://{admin}")));
-        Self { env, ingress_url: format!("http://{public}"), shutdown, _nats: nats }
+        Self { env, ingress_url: format!("http://{public}"), shutdown, _nats: nats, _state: state }
     }
 
     /// Runs the binary off the runtime's threads (the services keep running).
@@ -158,6 +167,21 @@ async fn a_simulated_sms_gets_a_reply_that_shows_in_the_conversation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_token_the_cli_finds_the_one_ingress_generated() {
+    let stack = Stack::start_with(false).await;
+    let file = stack.env.iter().find(|(k, _)| k == "XDG_STATE_HOME").unwrap().1.clone() + "/smsgate/admin-token";
+    assert!(std::fs::read_to_string(&file).unwrap().trim().len() >= 32, "ingress wrote {file}");
+    let out = stack.run(&["channels"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = stack.run(&["send", "--channel", "local", "--to", PEER, "--body", "no extra step"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Another token is refused, with a hint where the right one lives.
+    let out = stack.run(&["channels", "--token", "not-the-token"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_work_against_the_running_stack() {
     let stack = Stack::start().await;
 
@@ -169,7 +193,7 @@ async fn operator_commands_work_against_the_running_stack() {
     let key = ["send", "--channel", "local", "--to", PEER, "--body", "once", "--idempotency-key", "k-1", "--json"];
     let first: Value = serde_json::from_slice(&stack.run(&key).await.stdout).unwrap();
     let second: Value = serde_json::from_slice(&stack.run(&key).await.stdout).unwrap();
-    assert_eq!(first["id"], "k-1");
+    assert_eq!(first["id"], "api.k-1");
     assert_eq!((first["duplicate"].as_bool(), second["duplicate"].as_bool()), (Some(false), Some(true)));
 
     let out = stack.run(&["send", "--channel", "local", "--to", "555", "--body", "x"]).await;

@@ -296,6 +296,7 @@ impl Stack {
             ("SMSGATE_SENDER_ACK_WAIT_SECS", self.config.sender_ack_wait.as_secs().max(1).to_string()),
             ("SMSGATE_LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", self.config.rust_log.clone()),
+            ("SMSGATE_ADMIN_TOKEN", "e2e-admin-token-0123456789abcdef".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -721,6 +722,7 @@ fn channel_file(config: &StackConfig, twilio: &TwilioStub, chat: &OpenAiStub) ->
         "mps": 0,
         // Load must not be rate-limited unless a test wants it.
         "rate_limit": {"per_minute": 100_000, "burst": 100_000},
+        "limits": {"replies_per_minute": 1_000_000, "replies_per_day": 1_000_000},
         "chat": {
             "kind": "openai",
             "base_url": chat.base_url(),

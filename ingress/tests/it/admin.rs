@@ -160,16 +160,102 @@ async fn every_route_needs_the_bearer_token() {
 }
 
 #[tokio::test]
-async fn refuses_to_start_beyond_loopback_without_a_token() {
+async fn without_a_configured_token_one_is_generated_into_a_private_file_and_required() {
     let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state/smsgate/admin-token");
     let mut settings = Settings::for_tests(&nats.url(), &unique_prefix());
-    settings.admin_addr = "0.0.0.0:0".parse().unwrap();
-    let Err(err) = App::build(Config { settings: settings.clone(), channels: channels() }).await else {
-        panic!("an open admin listener without a token must not start");
+    settings.admin_token = None;
+    settings.admin_token_file = Some(file.clone());
+    let app = App::build(Config { settings: settings.clone(), channels: channels() }).await.expect("ingress builds");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(token.len() >= 32, "{token}");
+    let base = format!("http://{}", app.admin_addr());
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { app.run_until_stopped(stop).await.expect("ingress runs") });
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/v1/channels");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(http.get(&url).bearer_auth(&token).send().await.unwrap().status(), StatusCode::OK);
+    shutdown.cancel();
+    // The next start keeps the same token.
+    drop(App::build(Config { settings: settings.clone(), channels: channels() }).await.expect("builds again"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    // No token and nowhere to keep one: refuse to start, naming the variable.
+    settings.admin_token_file = None;
+    let Err(err) = App::build(Config { settings, channels: channels() }).await else {
+        panic!("an admin API without a token must not start");
     };
     assert!(format!("{err}").contains("SMSGATE_ADMIN_TOKEN"), "{err}");
-    settings.admin_token = Some(TOKEN.into());
-    assert!(App::build(Config { settings, channels: channels() }).await.is_ok());
+}
+
+#[tokio::test]
+async fn cross_site_and_rebinding_requests_are_refused_and_a_plain_client_with_the_token_works() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let send = json!({"channel_id": "test", "to": PEER, "body": "from a web page"});
+    let messages = format!("{}/api/v1/messages", admin.base);
+    let conversations = format!("{}/api/v1/conversations", admin.base);
+    let port = admin.base.rsplit(':').next().unwrap().to_owned();
+    // A page of another origin, with or without the token (a page may have guessed it).
+    for (name, value) in [
+        ("origin", "http://evil.example".to_owned()),
+        ("origin", "http://localhost:3000".to_owned()),
+        ("origin", "null".to_owned()),
+        ("sec-fetch-site", "cross-site".to_owned()),
+        ("sec-fetch-site", "same-site".to_owned()),
+    ] {
+        let r = admin.http.post(&messages).bearer_auth(TOKEN).header(name, &value).json(&send).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+        let r = admin.http.get(&conversations).bearer_auth(TOKEN).header(name, &value).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "GET with {name}: {value}");
+    }
+    // DNS rebinding: the page's own name pointed at 127.0.0.1.
+    for host in [format!("rebind.evil.example:{port}"), "10.1.2.3".to_owned(), format!("localhost.evil:{port}")] {
+        let r = admin.http.get(&conversations).bearer_auth(TOKEN).header("host", &host).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "{host}");
+    }
+    // The "simple request" a form or fetch() can send without a preflight.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let r = admin
+            .http
+            .post(&messages)
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(send.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+    }
+    let r = admin.http.post(&messages).bearer_auth(TOKEN).body(send.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "no content type");
+    assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 0, "nothing was sent");
+
+    // What curl or the CLI sends: the token, JSON, the listener's own host
+    // (or localhost), and the same origin when a browser adds one.
+    let (status, body) = admin.post("/api/v1/messages", &send).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let r = admin
+        .http
+        .post(&messages)
+        .bearer_auth(TOKEN)
+        .header("host", format!("localhost:{port}"))
+        .header("origin", format!("http://localhost:{port}"))
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/json; charset=utf-8")
+        .body(send.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(admin.get("/api/v1/conversations").await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -180,13 +266,13 @@ async fn send_publishes_an_api_outbound_with_the_idempotency_key_as_msg_id() {
         json!({"channel_id": "test", "to": PEER, "body": "Your code is 1234", "idempotency_key": "order-42.sms"});
     let (status, body) = admin.post("/api/v1/messages", &request).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body, json!({"id": "order-42.sms", "duplicate": false}));
+    assert_eq!(body, json!({"id": "api.order-42.sms", "duplicate": false}));
 
     let stream = admin.js.get_stream(admin.topology.outbound_stream()).await.unwrap();
     let stored = stream.get_last_raw_message_by_subject(&admin.topology.outbound_subject(&channel_id())).await.unwrap();
-    assert_eq!(stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some("order-42.sms"));
+    assert_eq!(stored.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some("api.order-42.sms"));
     let outbound: Outbound = envelope::decode(&stored.payload).unwrap();
-    assert_eq!(outbound.id, "order-42.sms");
+    assert_eq!(outbound.id, "api.order-42.sms");
     assert_eq!(outbound.origin, Origin::Api);
     assert_eq!(outbound.to.as_str(), PEER);
     assert_eq!(outbound.body, "Your code is 1234");
@@ -195,7 +281,7 @@ async fn send_publishes_an_api_outbound_with_the_idempotency_key_as_msg_id() {
     // The same key again: accepted, flagged, and nothing new to send.
     let (status, body) = admin.post("/api/v1/messages", &request).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(body, json!({"id": "order-42.sms", "duplicate": true}));
+    assert_eq!(body, json!({"id": "api.order-42.sms", "duplicate": true}));
     assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 1);
 
     // Without a key each request gets its own id.
@@ -243,7 +329,7 @@ async fn send_validation_errors_are_400_with_a_code() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "writes take JSON only");
     assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 0, "nothing invalid is published");
 
     let (status, _) = admin.post("/api/v1/messages", &json!({"channel_id": "test", "to": PEER, "body": ok_1600})).await;

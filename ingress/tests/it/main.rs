@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod admin;
+mod hardening;
 mod helpers;
 mod outage;
 mod webhook;

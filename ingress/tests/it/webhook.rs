@@ -173,14 +173,15 @@ async fn status_callbacks_land_in_status_with_an_empty_200() {
 }
 
 #[tokio::test]
-async fn health_ready_and_metrics_answer() {
+async fn health_and_ready_answer_and_nothing_else_is_public() {
     let nats = NatsServer::start();
     let app = TestApp::start(&nats).await;
     let get = |p: &str| app.http.get(format!("http://{}{p}", app.addr)).send();
     assert_eq!(get("/api/health").await.unwrap().status(), 200);
     assert_eq!(get("/api/ready").await.unwrap().status(), 200);
     app.post_signed(&app.webhook_path(), &inbound_params("SM00000000000000000000000000000008", "m")).await;
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("smsgate_ingress_requests_total"), "{metrics}");
-    assert!(metrics.contains("smsgate_ingress_publish_seconds"), "{metrics}");
+    // Metrics and the admin API live on the admin listener only.
+    for path in ["/metrics", "/api/v1/channels", "/api/v1/conversations"] {
+        assert_eq!(get(path).await.unwrap().status(), 404, "{path}");
+    }
 }

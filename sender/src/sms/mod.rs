@@ -39,8 +39,16 @@ impl Prepared {
 /// `max_parts`. Deterministic: a redelivered message yields the same pieces,
 /// which is what makes the per-piece idempotency keys meaningful.
 pub fn prepare(body: &str, sms_max_len: usize, max_parts: usize) -> Prepared {
-    let text = normalize(body);
+    // Only what max_parts pieces can carry is normalized: a huge reply costs
+    // no more work than a long one. Twice the capacity leaves room for the
+    // markup and spaces normalizing removes; a cut shows as `...`.
+    let room = 2 * max_parts.max(1) * sms_max_len.clamp(1, split::TWILIO_MAX_BODY) + 64;
+    let (text, cut) = match body.char_indices().nth(room) {
+        Some((at, _)) => (normalize(&format!("{}...", &body[..at])), true),
+        None => (normalize(body), false),
+    };
     let Split { pieces, truncated, .. } = split(&text, sms_max_len, max_parts);
+    let truncated = truncated || cut;
     let pieces = pieces
         .into_iter()
         .map(|body| {
@@ -66,6 +74,25 @@ mod tests {
         assert_eq!(p.pieces.len(), 1);
         assert_eq!(p.pieces[0].encoding, Encoding::Gsm7);
         assert_eq!(p.pieces[0].segments, 1);
+    }
+
+    #[test]
+    fn a_huge_adversarial_reply_is_prepared_quickly_and_cut() {
+        // Openers without closers and links without ends made the old
+        // passes quadratic (a 24 kB reply took seconds).
+        for unit in ["*a ", "[x", "_b ", "<", "[a](", "`` ` "] {
+            let body = unit.repeat(200_000 / unit.len());
+            let started = std::time::Instant::now();
+            let p = prepare(&body, 1600, 10);
+            assert!(started.elapsed() < std::time::Duration::from_secs(2), "{unit:?}: {:?}", started.elapsed());
+            assert!(p.truncated, "{unit:?}");
+            assert!(p.pieces.len() <= 10);
+        }
+        // Whole-text normalization is linear too, cut or not.
+        let body = "*a [b](c ".repeat(20_000);
+        let started = std::time::Instant::now();
+        normalize(&body);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -197,15 +197,23 @@ fn inline_plain(text: &str) -> String {
 
 /// `[text](url "title")` → `text url`, `![alt](url)` → `alt url`,
 /// `<https://…>` → the URL. A link whose text is its URL is written once.
+/// Linear: brackets are matched once up front, not searched per `[`.
 fn links(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
+    let square = matching(&chars, '[', ']');
+    let round = matching(&chars, '(', ')');
+    // next_gt[i]: the first '>' at or after i.
+    let mut next_gt = vec![None; chars.len() + 1];
+    for i in (0..chars.len()).rev() {
+        next_gt[i] = if chars[i] == '>' { Some(i) } else { next_gt[i + 1] };
+    }
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
         let image = chars[i] == '!' && chars.get(i + 1) == Some(&'[');
         let open = if image { i + 1 } else { i };
         if chars[open] == '['
-            && let Some((label, url, end)) = link_at(&chars, open)
+            && let Some((label, url, end)) = link_at(&chars, open, &square, &round)
         {
             let label = label.trim();
             let url = url.trim();
@@ -222,14 +230,14 @@ fn links(text: &str) -> String {
             continue;
         }
         if chars[i] == '<'
-            && let Some(close) = chars[i + 1..].iter().position(|c| *c == '>')
+            && let Some(close) = next_gt[i + 1]
         {
-            let inner: String = chars[i + 1..i + 1 + close].iter().collect();
+            let inner: String = chars[i + 1..close].iter().collect();
             if (inner.starts_with("http://") || inner.starts_with("https://") || inner.starts_with("mailto:"))
                 && !inner.contains(' ')
             {
                 out.push_str(inner.strip_prefix("mailto:").unwrap_or(&inner));
-                i += close + 2;
+                i = close + 1;
                 continue;
             }
         }
@@ -239,43 +247,35 @@ fn links(text: &str) -> String {
     out
 }
 
-/// At `[`: the label, the URL (without a title) and the index after `)`.
-fn link_at(chars: &[char], open: usize) -> Option<(String, String, usize)> {
-    let mut depth = 0usize;
-    let mut close = None;
-    for (k, c) in chars.iter().enumerate().skip(open) {
-        match c {
-            '[' => depth += 1,
-            ']' => {
-                depth -= 1;
-                if depth == 0 {
-                    close = Some(k);
-                    break;
-                }
-            }
-            _ => {}
+/// For each `open` character, the index of its matching `close` (nesting
+/// respected), found in one pass with a stack.
+fn matching(chars: &[char], open: char, close: char) -> Vec<Option<usize>> {
+    let mut matches = vec![None; chars.len()];
+    let mut stack = Vec::new();
+    for (i, c) in chars.iter().enumerate() {
+        if *c == open {
+            stack.push(i);
+        } else if *c == close
+            && let Some(o) = stack.pop()
+        {
+            matches[o] = Some(i);
         }
     }
-    let close = close?;
+    matches
+}
+
+/// At `[`: the label, the URL (without a title) and the index after `)`.
+fn link_at(
+    chars: &[char],
+    open: usize,
+    square: &[Option<usize>],
+    round: &[Option<usize>],
+) -> Option<(String, String, usize)> {
+    let close = square[open]?;
     if chars.get(close + 1) != Some(&'(') {
         return None;
     }
-    let mut depth = 0usize;
-    let mut end = None;
-    for (k, c) in chars.iter().enumerate().skip(close + 1) {
-        match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth == 0 {
-                    end = Some(k);
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    let end = end?;
+    let end = round[close + 1]?;
     let label: String = chars[open + 1..close].iter().collect();
     let target: String = chars[close + 2..end].iter().collect();
     let target = target.trim();
@@ -318,11 +318,17 @@ fn emphasis(text: &str, delim: &str) -> String {
             && before.is_some_and(|c| !c.is_whitespace())
             && (intraword_ok && n == 2 || after.is_none_or(|c| !c.is_alphanumeric()))
     };
+    // next_closer[i]: the first closer at or after i, so that finding an
+    // opener's closer is a look-up, not a scan (linear overall).
+    let mut next_closer = vec![None; chars.len() + 1];
+    for i in (0..chars.len()).rev() {
+        next_closer[i] = if is_closer(i) { Some(i) } else { next_closer[i + 1] };
+    }
     let mut remove = vec![false; chars.len()];
     let mut i = 0;
     while i < chars.len() {
         if is_opener(i)
-            && let Some(j) = (i + n + 1..chars.len()).find(|&j| is_closer(j))
+            && let Some(j) = next_closer.get(i + n + 1).copied().flatten()
         {
             for k in 0..n {
                 remove[i + k] = true;

@@ -68,6 +68,7 @@ async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
             "public_base_url": "http://127.0.0.1:8000",
             "twilio_api_base": twilio.base_url(),
             "sms_max_len": 40,
+            "chat": {"kind": "echo"},
             "mps": 0.5
         }
     });

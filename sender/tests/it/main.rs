@@ -7,5 +7,6 @@ mod crash;
 mod delivery;
 mod errors;
 mod helpers;
+mod logs;
 mod pacing;
 mod status;

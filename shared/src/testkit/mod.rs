@@ -22,9 +22,10 @@ pub const PATH_TOKEN: &str = "test-path-token-abcdefghijklmnopqrstuvwxyz";
 /// The sending number of [`channel`].
 pub const FROM_NUMBER: &str = "+15550001111";
 
-/// A channel for tests: id `test`, public base `http://127.0.0.1:8000` unless
-/// `extra` overrides it. `extra` is merged into `config` (JSON object text
-/// without braces, e.g. `"\"mps\": 0"`, or empty).
+/// A channel for tests: id `test`, public base `http://127.0.0.1:8000`, the
+/// echo chat and limits too high to matter, unless `extra` overrides them
+/// (a key repeated in `extra` wins). `extra` is merged into `config` (JSON
+/// object text without braces, e.g. `"\"mps\": 0"`, or empty).
 pub fn channel(extra: &str) -> Channel {
     channel_with_id("test", PATH_TOKEN, extra)
 }
@@ -36,7 +37,8 @@ pub fn channel_with_id(id: &str, path_token: &str, extra: &str) -> Channel {
         r#"{{"channel_id": "{id}", "config": {{
             "twilio_account_sid": "{ACCOUNT_SID}", "twilio_auth_token": "{AUTH_TOKEN}",
             "twilio_from_number": "{FROM_NUMBER}", "webhook_path_token": "{path_token}",
-            "public_base_url": "http://127.0.0.1:8000"{comma} {extra} }} }}"#
+            "public_base_url": "http://127.0.0.1:8000", "chat": {{"kind": "echo"}},
+            "limits": {{"replies_per_minute": 1000000, "replies_per_day": 1000000}}{comma} {extra} }} }}"#
     );
     match parse_channels(&text, "testkit", &|_| None, None) {
         Ok(mut v) => v.remove(0),

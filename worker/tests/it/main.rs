@@ -8,6 +8,7 @@ mod concurrency;
 mod crash;
 mod failures;
 mod helpers;
+mod limits;
 mod order;
 mod pipeline;
 mod shutdown;

@@ -1,0 +1,225 @@
+//! What every admin request passes before a handler sees it (DESIGN.md
+//! invariant 8, "the admin side is private"), in this order:
+//!
+//! 1. `Host` names the listener's own address, any IP literal when it
+//!    listens on all addresses, or loopback (`localhost`, `127.0.0.1`,
+//!    `[::1]`), whatever the port: anything else is a DNS-rebinding page
+//!    reaching us under its own name → 421.
+//! 2. No `Origin` other than the listener's own and no `Sec-Fetch-Site`
+//!    other than `same-origin`/`none`: a web page of another origin (another
+//!    port of localhost included) never gets to act → 403.
+//! 3. The bearer token, compared as SHA-256 digests in constant time, so
+//!    neither its content nor its length shows in the timing → 401.
+//! 4. Writes (`POST`, `PUT`, `PATCH`, `DELETE`) carry `application/json`:
+//!    a cross-site form or `text/plain` body (no CORS preflight) cannot →
+//!    415.
+//!
+//! The token always exists: [`admin_token`] takes `SMSGATE_ADMIN_TOKEN`, or
+//! the file ingress generates at first start (`shared::admin_token`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use smsgate_shared::config::Settings;
+use subtle::ConstantTimeEq;
+
+use crate::admin::AdminError;
+use crate::webhook::token_digest;
+
+/// The admin token: `SMSGATE_ADMIN_TOKEN`, else the token file (created with
+/// a fresh token at first start). Never None: the admin API always needs one.
+pub fn admin_token(settings: &Settings) -> Result<SecretString, String> {
+    if let Some(t) = settings.admin_token.as_ref().filter(|t| !t.expose_secret().trim().is_empty()) {
+        return Ok(t.clone());
+    }
+    let Some(file) = &settings.admin_token_file else {
+        return Err("SMSGATE_ADMIN_TOKEN is not set and there is no place for a generated one: \
+                    set SMSGATE_ADMIN_TOKEN (`smsgate gen-token`) or SMSGATE_ADMIN_TOKEN_FILE (or HOME)"
+            .to_owned());
+    };
+    let (token, created) = smsgate_shared::admin_token::load_or_create(file)
+        .map_err(|e| format!("cannot read or create the admin token file {}: {e}", file.display()))?;
+    if created {
+        tracing::info!(file = %file.display(), "generated the admin token (the CLI reads it from this file)");
+    } else {
+        tracing::info!(file = %file.display(), "admin token read from its file");
+    }
+    Ok(token)
+}
+
+/// What the guard compares against.
+pub struct Guard {
+    token_digest: [u8; 32],
+    listener: SocketAddr,
+}
+
+impl Guard {
+    pub fn new(token: &SecretString, listener: SocketAddr) -> Arc<Self> {
+        Arc::new(Self { token_digest: token_digest(token.expose_secret()), listener })
+    }
+
+    /// Whether `host` (a `Host` header's value) names this listener. The
+    /// port is not compared: rebinding needs a name, and ports change
+    /// behind port mappings and proxies.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = split_host(host);
+        if name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        match name.parse::<IpAddr>() {
+            Ok(ip) => ip.is_loopback() || ip == self.listener.ip() || self.listener.ip().is_unspecified(),
+            Err(_) => false,
+        }
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap, host: &str) -> bool {
+        let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+        if fetch_site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+            return false;
+        }
+        match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+            None => true,
+            // Our own origin is the scheme and the very host the request names.
+            Some(Ok(origin)) => origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(host)),
+            Some(Err(_)) => false,
+        }
+    }
+
+    fn token_ok(&self, headers: &HeaderMap) -> bool {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .unwrap_or("");
+        // Digests have one length whatever was presented: nothing leaks.
+        let equal = token_digest(presented).ct_eq(&self.token_digest);
+        bool::from(equal) && !presented.is_empty()
+    }
+}
+
+/// The name of `name:port`, `[v6]:port` or `name`.
+fn split_host(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(host, |(ip, _)| ip);
+    }
+    match host.rsplit_once(':') {
+        Some((name, _)) if !name.contains(':') => name,
+        _ => host,
+    }
+}
+
+fn is_write(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    crate::webhook::has_media_type(headers, "application/json")
+}
+
+/// The middleware: see the module docs for the order of the checks.
+pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let refusal = if !guard.host_allowed(host) {
+        Some((
+            "host",
+            AdminError::refused(
+                StatusCode::MISDIRECTED_REQUEST,
+                "wrong_host",
+                "this listener does not serve that host name",
+            ),
+        ))
+    } else if !guard.origin_allowed(headers, host) {
+        Some((
+            "origin",
+            AdminError::refused(StatusCode::FORBIDDEN, "cross_origin", "requests from another origin are refused"),
+        ))
+    } else if !guard.token_ok(headers) {
+        Some(("token", AdminError::Unauthorized))
+    } else if is_write(request.method()) && !is_json(headers) {
+        Some((
+            "content_type",
+            AdminError::refused(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not_json",
+                "writes take Content-Type: application/json",
+            ),
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        None => next.run(request).await,
+        Some((why, error)) => {
+            metrics::counter!("smsgate_admin_refused_total", "why" => why).increment(1);
+            tracing::warn!(service = "ingress", stage = "admin", why, method = %request.method(), path = %request.uri().path(), outcome = "refused", "admin request refused");
+            error.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(listener: &str) -> Arc<Guard> {
+        Guard::new(&SecretString::from("s3cret-token"), listener.parse().unwrap())
+    }
+
+    #[test]
+    fn hosts_are_the_listener_or_loopback_names() {
+        let g = guard("127.0.0.1:8001");
+        for ok in ["127.0.0.1:8001", "localhost:8001", "LOCALHOST", "[::1]:8001", "127.0.0.1", "127.0.0.1:18001"] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:8001", "10.0.0.5:8001", "", "localhost.evil.example:8001", "[::1"] {
+            assert!(!g.host_allowed(bad), "{bad}");
+        }
+        let lan = guard("10.0.0.5:8001");
+        assert!(lan.host_allowed("10.0.0.5:8001"));
+        assert!(!lan.host_allowed("10.0.0.6:8001"));
+        assert!(guard("0.0.0.0:8001").host_allowed("192.168.1.9:8001"));
+        assert!(!guard("0.0.0.0:8001").host_allowed("rebind.example:8001"));
+    }
+
+    #[test]
+    fn only_our_own_origin_and_same_origin_fetches_pass() {
+        let g = guard("127.0.0.1:8001");
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let host = "127.0.0.1:8001";
+        assert!(g.origin_allowed(&with(&[]), host));
+        assert!(
+            g.origin_allowed(&with(&[("origin", "http://127.0.0.1:8001"), ("sec-fetch-site", "same-origin")]), host)
+        );
+        assert!(!g.origin_allowed(&with(&[("origin", "http://localhost:3000")]), host));
+        assert!(!g.origin_allowed(&with(&[("origin", "null")]), host));
+        assert!(!g.origin_allowed(&with(&[("sec-fetch-site", "cross-site")]), host));
+        assert!(!g.origin_allowed(&with(&[("sec-fetch-site", "same-site")]), host));
+    }
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let g = guard("127.0.0.1:8001");
+        let auth = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert!(g.token_ok(&auth("Bearer s3cret-token")));
+        assert!(!g.token_ok(&auth("Bearer s3cret-toke")));
+        assert!(!g.token_ok(&auth("Bearer s3cret-token2")));
+        assert!(!g.token_ok(&HeaderMap::new()));
+    }
+}
