@@ -14,7 +14,15 @@
 //! [`Budget::check`] is the one call `process.rs` makes: country first (no
 //! counter is touched for a number that may never get a reply), then the
 //! minute, then the day.
+//!
+//! Hundreds of replies run at once in one worker, so a process does not
+//! race its own tasks for the counters: it takes units under one lock, and
+//! when the limit is large it takes them in blocks (up to 16, a hundredth of
+//! the limit) and hands them out locally. Units a process reserved and did
+//! not use are lost when their window ends; that errs on the side of fewer
+//! replies, never more than the limit.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
@@ -43,11 +51,13 @@ pub struct Refusal {
 /// The shared reply counters.
 pub struct Budget {
     store: kv::Store,
+    /// Units this process took from a counter and has not used yet, by key.
+    reserved: tokio::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Budget {
     pub fn new(store: kv::Store) -> Self {
-        Self { store }
+        Self { store, reserved: tokio::sync::Mutex::new(HashMap::new()) }
     }
 
     /// Whether `channel` may send one more reply to `to`: the country, and
@@ -102,8 +112,33 @@ impl Budget {
         Refusal { reason, limit, detail }
     }
 
-    /// Adds one to the counter at `key` unless it has reached `max`.
+    /// Takes one unit of the counter at `key` unless it has reached `max`:
+    /// from this process's reserve, or from the shared counter.
     async fn take(&self, key: &str, max: u32) -> Result<bool, Error> {
+        let mut reserved = self.reserved.lock().await;
+        if let Some(left) = reserved.get_mut(key)
+            && *left > 0
+        {
+            *left -= 1;
+            return Ok(true);
+        }
+        let block = u64::from(max / 100).clamp(1, 16);
+        match self.take_shared(key, max, block).await? {
+            0 => Ok(false),
+            taken => {
+                if reserved.len() > 1024 {
+                    // Old windows' leftovers: losing them only means fewer replies.
+                    reserved.clear();
+                }
+                reserved.insert(key.to_owned(), taken - 1);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Adds up to `block` to the counter at `key` without passing `max`;
+    /// returns how many units it took (0: the limit is reached).
+    async fn take_shared(&self, key: &str, max: u32, block: u64) -> Result<u64, Error> {
         for _ in 0..MAX_CONFLICTS {
             let entry = self.store.entry(key).await.map_err(|e| Error::Budget(Box::new(e)))?;
             let (count, revision) = match &entry {
@@ -113,9 +148,10 @@ impl Budget {
                 None => (0, None),
             };
             if count >= u64::from(max) {
-                return Ok(false);
+                return Ok(0);
             }
-            let value = Bytes::from((count + 1).to_string());
+            let taken = block.min(u64::from(max) - count);
+            let value = Bytes::from((count + taken).to_string());
             let written = match revision {
                 Some(rev) => self.store.update(key, value, rev).await.map(|_| ()).map_err(|e| {
                     (e.kind() == kv::UpdateErrorKind::WrongLastRevision).then_some(()).ok_or(Box::new(e) as BoxError)
@@ -125,7 +161,7 @@ impl Budget {
                 }),
             };
             match written {
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(taken),
                 // Another worker moved the counter first: read it again.
                 Err(Ok(())) => continue,
                 Err(Err(e)) => return Err(Error::Budget(e)),
