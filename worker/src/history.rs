@@ -43,7 +43,7 @@ struct Cached {
 }
 
 /// Inbound MessageSids remembered per conversation.
-const SIDS_KEPT: usize = 32;
+const SIDS_KEPT: usize = 8;
 
 #[derive(Clone)]
 pub struct History {

@@ -192,6 +192,10 @@ impl App {
 
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // A burst opens up to max-in-flight connections to the model;
+            // afterwards keep a few warm, not all of them with their buffers.
+            .pool_max_idle_per_host(32)
+            .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("smsgate-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(Error::Http)?;
