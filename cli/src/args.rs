@@ -1,4 +1,4 @@
-//! The command line. Names and flags follow DESIGN.md "CLI (contract)".
+//! The command line. Names and flags follow docs/ARCHITECTURE.md §6, "CLI (contract)".
 
 use std::path::PathBuf;
 

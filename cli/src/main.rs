@@ -1,4 +1,4 @@
-//! `smsgate`, the operator's tool (DESIGN.md "CLI (contract)").
+//! `smsgate`, the operator's tool (docs/ARCHITECTURE.md §6, "CLI (contract)").
 //!
 //! # Layout
 //!

@@ -8,7 +8,7 @@
 //! JSON, multipart, text/plain, missing, garbage, non-ASCII), chunked bodies,
 //! and signature headers (valid, wrong token, random, non-base64, missing).
 //!
-//! Each request's status is compared with what DESIGN.md's invariant 4 says
+//! Each request's status is compared with what invariant 4 (docs/ARCHITECTURE.md §4) says
 //! it must be (the [`expected`] oracle): unknown or disabled path token → 404,
 //! not a form → 415, over 64 KiB → 413, no valid signature → 403, missing
 //! MessageSid/From/To or wrong AccountSid → 400, else 200; 503 only with NATS
@@ -298,7 +298,7 @@ fn signed_string(params: &[(String, String)]) -> String {
     canonical(params).into_iter().map(|(k, v)| k + &v).collect()
 }
 
-/// The status DESIGN.md's invariant 4 gives this request, NATS being up.
+/// The status invariant 4 (docs/ARCHITECTURE.md §4) gives this request, NATS being up.
 fn expected(req: &Request) -> u16 {
     if matches!(req.target, Target::Unknown(_) | Target::Disabled) {
         return 404;

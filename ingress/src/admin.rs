@@ -1,5 +1,5 @@
 //! The admin API on the private listener (`SMSGATE_ADMIN_ADDR`), bearer
-//! `SMSGATE_ADMIN_TOKEN` (DESIGN.md "HTTP (contract)").
+//! `SMSGATE_ADMIN_TOKEN` (docs/ARCHITECTURE.md §6, "HTTP (contract)").
 //!
 //! # Layout
 //!
@@ -250,7 +250,7 @@ impl AdminState {
 // Auth
 
 async fn not_found() -> AdminError {
-    AdminError::not_found("no_route", "no such admin route (see DESIGN.md \"HTTP\")")
+    AdminError::not_found("no_route", "no such admin route (see docs/ARCHITECTURE.md §6)")
 }
 
 async fn metrics() -> impl IntoResponse {

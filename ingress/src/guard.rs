@@ -1,4 +1,4 @@
-//! What every admin request passes before a handler sees it (DESIGN.md
+//! What every admin request passes before a handler sees it (docs/ARCHITECTURE.md
 //! invariant 8, "the admin side is private"), in this order:
 //!
 //! 1. `Host` names the listener's own address, any IP literal when it

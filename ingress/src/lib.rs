@@ -179,7 +179,7 @@ impl App {
 }
 
 /// The public routes: webhooks, status callbacks and health, nothing else
-/// (DESIGN.md invariant 8; `/metrics` is on the admin listener).
+/// (invariant 8 (docs/ARCHITECTURE.md §4); `/metrics` is on the admin listener).
 pub fn public_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(&format!("{}{{path_token}}", smsgate_shared::config::WEBHOOK_PATH), post(webhook::inbound))

@@ -1,6 +1,6 @@
 //! The two Twilio routes: inbound messages and status callbacks.
 //!
-//! Both run the same checks in the same order (DESIGN.md invariant 4): path
+//! Both run the same checks in the same order (invariant 4 (docs/ARCHITECTURE.md §4)): path
 //! token (404) → content type (415) → body size (413) → signature (403) →
 //! required fields (400) → publish and wait for the ack (503 when NATS does
 //! not answer in time) → 200.

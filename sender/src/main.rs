@@ -1,5 +1,5 @@
 //! `smsgate-sender`: delivers replies from `P_OUTBOUND` through Twilio and
-//! records status callbacks. Configuration: DESIGN.md (environment and the
+//! records status callbacks. Configuration: docs/ARCHITECTURE.md (environment and the
 //! channel file); exits 64 on a bad one.
 
 use smsgate_shared::config::Config;

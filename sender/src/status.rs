@@ -1,7 +1,7 @@
 //! Twilio's status callbacks from `P_STATUS` (published by ingress with
 //! `Nats-Msg-Id` `<MessageSid>.<MessageStatus>`).
 //!
-//! Callbacks can arrive out of order (TWILIO.md section 2), so each piece's
+//! Callbacks can arrive out of order (docs/TWILIO.md §3), so each piece's
 //! state lives in the `P_sent` bucket under `status.<SID>` and only moves
 //! forward by [`status_rank`]: a late `sent` never overwrites `delivered`.
 //! When a status advances, a `Status` history entry is appended (with
@@ -23,8 +23,8 @@ use crate::deliver::Disposition;
 use crate::record::{self, Failure};
 use smsgate_shared::consume::{BoxError, Delivery, Handler, Key, Stranded, key_of};
 
-/// Asynchronous delivery errors that retrying cannot fix (TWILIO.md
-/// section 4): blocked, unknown handset, landline or unreachable carrier,
+/// Asynchronous delivery errors that retrying cannot fix (docs/TWILIO.md
+/// §6): blocked, unknown handset, landline or unreachable carrier,
 /// filtered as spam, unregistered 10DLC sender, unverified toll-free.
 pub const PERMANENT_ASYNC_CODES: [&str; 6] = ["30004", "30005", "30006", "30007", "30034", "30032"];
 

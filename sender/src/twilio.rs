@@ -1,4 +1,4 @@
-//! The client of Twilio's Messages API (TWILIO.md section 4): one
+//! The client of Twilio's Messages API (docs/TWILIO.md §6): one
 //! `reqwest::Client`, one call, and errors that say what to do next.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::E164;
 
-/// Twilio codes that are never retried (TWILIO.md section 4): invalid To,
+/// Twilio codes that are never retried (docs/TWILIO.md §6): invalid To,
 /// region/geo permission, recipient opted out, not a mobile number, body
 /// over 1600 characters.
 pub const PERMANENT_CODES: [i64; 5] = [21211, 21408, 21610, 21614, 21617];

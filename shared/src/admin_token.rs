@@ -1,5 +1,5 @@
 //! Where the admin API's bearer token lives when `SMSGATE_ADMIN_TOKEN` is
-//! not set (DESIGN.md "HTTP (contract)": the token is always required).
+//! not set (docs/ARCHITECTURE.md §6, "HTTP (contract)": the token is always required).
 //!
 //! ingress generates one at first start into a file only its user can read
 //! (mode 0600, in a directory of mode 0700); the CLI reads the same file.

@@ -78,7 +78,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Process-wide settings from the environment (DESIGN.md "Other environment").
+/// Process-wide settings from the environment (docs/ARCHITECTURE.md §6, "Other environment").
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `SMSGATE_NATS_URL` as given (one server or several, comma-separated).
@@ -247,7 +247,7 @@ impl Default for RateLimit {
     }
 }
 
-/// Per-channel abuse and cost limits (DESIGN.md "Channel config JSON"):
+/// Per-channel abuse and cost limits (docs/ARCHITECTURE.md §6, "Channel config JSON"):
 /// replies of all senders together, counted across every worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -173,7 +173,7 @@ pub struct StatusUpdate {
 }
 
 /// How far a message has got; a status never moves a piece backwards.
-/// Twilio's callbacks can arrive out of order (TWILIO.md section 2).
+/// Twilio's callbacks can arrive out of order (docs/TWILIO.md §3).
 pub fn status_rank(status: &str) -> u8 {
     match status {
         "accepted" | "scheduled" => 1,

@@ -1,4 +1,4 @@
-//! What may reach a log line, a dead letter or an error message (DESIGN.md
+//! What may reach a log line, a dead letter or an error message (docs/ARCHITECTURE.md
 //! invariant 5): phone numbers masked, third-party text masked and clipped.
 //!
 //! - [`mask`]: one number (or number-like string), its middle hidden.

@@ -1,4 +1,4 @@
-//! Twilio's `X-Twilio-Signature` (TWILIO.md section 1).
+//! Twilio's `X-Twilio-Signature` (docs/TWILIO.md §1).
 //!
 //! base64(HMAC-SHA1(auth_token, url + for each param sorted bytewise by name:
 //! name + value)). Repeated keys are handled as twilio-python and twilio-node

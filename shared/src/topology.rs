@@ -1,4 +1,4 @@
-//! The JetStream topology of DESIGN.md, in one place: stream and bucket
+//! The JetStream topology of docs/ARCHITECTURE.md, in one place: stream and bucket
 //! names, subjects, and [`Topology::ensure`], which creates all of them
 //! idempotently.
 //!

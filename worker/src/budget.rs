@@ -1,4 +1,4 @@
-//! The channel's abuse and cost limits (DESIGN.md "Channel config JSON":
+//! The channel's abuse and cost limits (docs/ARCHITECTURE.md §6, "Channel config JSON":
 //! `limits` and `reply_countries`).
 //!
 //! SMS pumping comes from many distinct senders, which the per-sender rate

@@ -1,4 +1,4 @@
-//! Twilio's opt-out keywords (TWILIO.md section 6): the whole body, trimmed,
+//! Twilio's opt-out keywords (docs/TWILIO.md §7): the whole body, trimmed,
 //! compared without regard to case. Twilio itself answers STOP and START on
 //! long codes; the worker records them so the conversation is honoured here
 //! too, and answers HELP with the channel's own text.

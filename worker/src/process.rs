@@ -1,5 +1,5 @@
 //! One inbound message, start to finish: the decisions of the worker in the
-//! order that keeps invariants 1 and 2 of DESIGN.md together.
+//! order that keeps invariants 1 and 2 (docs/ARCHITECTURE.md §4) together.
 //!
 //! 1. decode (a bad payload, an unknown channel or sender → dead letter);
 //! 2. claim the MessageSid in `P_seen` (a second copy → note `duplicate`;

@@ -1,5 +1,5 @@
 //! The ledger: what the pipeline did, read back from the real streams and
-//! the Twilio stub, checked against DESIGN.md's invariants 1 and 2.
+//! the Twilio stub, checked against invariants 1 and 2 (docs/ARCHITECTURE.md §4).
 //!
 //! Sources:
 //! - the test's own record of what ingress answered ([`Expect`]): a
@@ -22,7 +22,7 @@
 //! `P_INBOUND` stored (its sequence count minus the distinct MessageSids).
 //!
 //! Twilio has no idempotency key, so a sender SIGKILLed between Twilio's 201
-//! and its `P_sent` put sends that piece again on redelivery (DESIGN.md,
+//! and its `P_sent` put sends that piece again on redelivery (docs/ARCHITECTURE.md,
 //! sender/src/deliver.rs). Such a second send is not hidden: it is counted,
 //! and it is accepted only when its first copy reached the stub within
 //! [`KILL_WINDOW`] before a sender was killed ([`Expect::sender_kills`]).

@@ -13,7 +13,7 @@
 //! - [`binaries`]: finds (and if needed builds) `smsgate-ingress`,
 //!   `smsgate-worker` and `smsgate-sender`.
 //! - [`ledger`]: reads back what the pipeline did (history, dead letters,
-//!   `P_sent`, the stub's calls) and checks DESIGN.md's invariants 1 and 2.
+//!   `P_sent`, the stub's calls) and checks invariants 1 and 2 (docs/ARCHITECTURE.md §4).
 //!
 //! Only one stack runs at a time per test process (a process-wide semaphore
 //! taken by [`Stack::start`]): the machine has two cores, and two stacks

@@ -1,7 +1,7 @@
 //! Fault tests of the whole pipeline (issue 6): the real ingress, worker and
 //! sender binaries against a real nats-server, the Twilio stub and the chat
 //! stub (`smsgate_e2e::harness`). Each test runs about 500 webhooks through
-//! one fault and ends with the ledger check of DESIGN.md's invariants 1 and
+//! one fault and ends with the ledger check of invariants 1 and
 //! 2 (`harness::ledger`): every acked MessageSid has exactly one outcome;
 //! replies = distinct acked MessageSids − skips − dead letters; no
 //! (outbound id, piece) sent twice.

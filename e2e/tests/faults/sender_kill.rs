@@ -2,7 +2,7 @@
 //! multi-piece replies: `P_sent` makes a redelivered message resume at its
 //! first unsent piece.
 //!
-//! The one inherent exception (DESIGN.md, sender/src/deliver.rs): Twilio has
+//! The one inherent exception (docs/ARCHITECTURE.md, sender/src/deliver.rs): Twilio has
 //! no idempotency key, so a kill between Twilio's 201 and the `P_sent` put
 //! sends that piece again after the redelivery. The ledger does not hide
 //! it: such a second send is counted and accepted only if its first copy

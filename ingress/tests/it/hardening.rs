@@ -1,4 +1,4 @@
-//! The public listener against slow and idle clients (DESIGN.md invariant
+//! The public listener against slow and idle clients (docs/ARCHITECTURE.md §4, invariant
 //! 3 must hold while they try), what it serves, and its metrics.
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! ingress against a real nats-server: the webhook lands in JetStream, every
-//! rejection of DESIGN.md invariant 4, and the NATS outage answer.
+//! rejection of invariant 4 (docs/ARCHITECTURE.md §4), and the NATS outage answer.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 

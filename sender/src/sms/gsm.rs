@@ -1,4 +1,4 @@
-//! Segment counting as carriers do it (TWILIO.md section 5).
+//! Segment counting as carriers do it (docs/TWILIO.md §8).
 //!
 //! A message is GSM-7 when every character is in the GSM 03.38 basic set or
 //! its extension table, else UCS-2 as a whole. One segment holds 160 septets

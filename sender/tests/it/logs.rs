@@ -1,4 +1,4 @@
-//! DESIGN.md invariant 5 with the real binary: Twilio's error messages
+//! invariant 5 (docs/ARCHITECTURE.md §4) with the real binary: Twilio's error messages
 //! quote the number they refuse, and none of it reaches a log line whole.
 
 use std::process::{Command, Stdio};
