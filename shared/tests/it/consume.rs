@@ -97,6 +97,18 @@ impl Handler for Script {
     }
 }
 
+/// A work-queue stream `name` on `<prefix>.>`, as the services' streams are.
+async fn work_queue(js: &jetstream::Context, name: &str, prefix: &str) -> jetstream::stream::Stream {
+    js.get_or_create_stream(StreamConfig {
+        name: name.into(),
+        subjects: vec![format!("{prefix}.>")],
+        retention: RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 struct Rig {
     _nats: NatsServer,
     js: jetstream::Context,
@@ -110,15 +122,7 @@ impl Rig {
         let nats = NatsServer::start();
         let client = connect(&nats.url(), "test").await.unwrap();
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_or_create_stream(StreamConfig {
-                name: "WORK".into(),
-                subjects: vec!["work.>".into()],
-                retention: RetentionPolicy::WorkQueue,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let stream = work_queue(&js, "WORK", "work").await;
         let consumer =
             ensure_consumer(&stream, limits.pull_config("test", "test".into(), "work.>".into())).await.unwrap();
         let script = Arc::new(Scripted::default());
@@ -269,15 +273,7 @@ async fn what_jetstream_stops_delivering_is_dead_lettered_from_its_advisory() {
 async fn a_changed_ack_wait_and_max_deliver_reach_an_existing_consumer() {
     let nats = NatsServer::start();
     let js = jetstream::new(connect(&nats.url(), "test").await.unwrap());
-    let stream = js
-        .get_or_create_stream(StreamConfig {
-            name: "UPD".into(),
-            subjects: vec!["upd.>".into()],
-            retention: RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = work_queue(&js, "UPD", "upd").await;
     let old = Limits::for_in_flight(4, Duration::from_secs(30), 11, Duration::from_secs(5));
     ensure_consumer(&stream, old.pull_config("c", "old".into(), "upd.>".into())).await.unwrap();
     let new = Limits::for_in_flight(8, Duration::from_secs(45), 7, Duration::from_secs(5));
@@ -299,15 +295,7 @@ async fn what_a_crashed_predecessor_held_is_not_overtaken_by_its_keys_later_mess
     let nats = NatsServer::start();
     let client = connect(&nats.url(), "test").await.unwrap();
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_or_create_stream(StreamConfig {
-            name: "WORK".into(),
-            subjects: vec!["work.>".into()],
-            retention: RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = work_queue(&js, "WORK", "work").await;
     let l = Limits::for_in_flight(4, Duration::from_secs(2), 4, Duration::from_secs(5));
     let consumer = ensure_consumer(&stream, l.pull_config("test", "test".into(), "work.>".into())).await.unwrap();
     js.publish("work.x", "k|ok|1".into()).await.unwrap().await.unwrap();
@@ -344,15 +332,7 @@ async fn two_replicas_on_one_consumer_keep_each_keys_order() {
     let nats = NatsServer::start();
     let client = connect(&nats.url(), "test").await.unwrap();
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_or_create_stream(StreamConfig {
-            name: "WORK".into(),
-            subjects: vec!["work.>".into()],
-            retention: RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = work_queue(&js, "WORK", "work").await;
     let l = limits(8);
     let script = Arc::new(Scripted::default());
     let stop = CancellationToken::new();
