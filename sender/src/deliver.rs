@@ -243,11 +243,9 @@ pub fn done_key(id: &str) -> String {
 /// not write the entry twice.
 async fn finish(ctx: &Ctx, out: &Outbound, event: HistoryEvent, outcome: &str) -> Disposition {
     let disposition = history_then_ack(ctx, out, event, &format!("out.{}", out.id)).await;
-    if disposition == Disposition::Ack
-        && let Err(e) = ctx.bus.sent.put(done_key(&out.id), outcome.to_owned().into_bytes().into()).await
-    {
-        // Only a late redelivery's duplicate history entry is at stake.
-        tracing::warn!(error = &e as &dyn std::error::Error, "cannot mark the message done");
+    if disposition == Disposition::Ack {
+        // If this never lands, only a late redelivery's duplicate history entry is at stake.
+        put_patiently(ctx, &done_key(&out.id), outcome.to_owned().into_bytes().into(), "the message as done").await;
     }
     disposition
 }
@@ -356,19 +354,40 @@ async fn opt_out(ctx: &Ctx, channel: &ChannelId, peer: &E164) {
     }
 }
 
-/// Puts the SID under the piece's key, retrying briefly: until it is stored
-/// a redelivery would send the piece again.
+/// Records a sent piece's Twilio SID under `key` in `P_sent`. Until this
+/// put lands, a redelivery would send the piece again, so it is retried for
+/// up to [`RECORD_FOR`]: long enough for a NATS cluster to elect a new
+/// leader for the bucket after a node dies (a few seconds; the runtime
+/// keeps the message alive meanwhile).
 async fn remember_sent(ctx: &Ctx, key: &str, sid: &str) {
-    for attempt in 0..5u32 {
-        match ctx.bus.sent.put(key, sid.to_owned().into()).await {
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(attempt, error = &e as &dyn std::error::Error, "cannot record a sent piece; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
-            }
-        }
+    if !put_patiently(ctx, key, sid.to_owned().into(), "a sent piece").await {
+        tracing::error!(key, outcome = "unrecorded", "sent piece not recorded: a redelivery may send it again");
     }
-    tracing::error!(key, outcome = "unrecorded", "sent piece not recorded: a redelivery may send it again");
+}
+
+/// How long a `P_sent` put is retried before giving up.
+const RECORD_FOR: Duration = Duration::from_secs(30);
+
+/// Puts `value` under `key` in `P_sent`, retrying with a growing pause (200
+/// ms up to 2 s) for up to [`RECORD_FOR`]; false if it never landed.
+async fn put_patiently(ctx: &Ctx, key: &str, value: bytes::Bytes, what: &str) -> bool {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    for attempt in 0u32.. {
+        let Err(e) = ctx.bus.sent.put(key, value.clone()).await else {
+            return true;
+        };
+        if started.elapsed() + pause > RECORD_FOR {
+            tracing::warn!(attempt, error = &e as &dyn std::error::Error, "cannot record {what}; giving up");
+            return false;
+        }
+        if attempt % 5 == 0 {
+            tracing::warn!(attempt, error = &e as &dyn std::error::Error, "cannot record {what}; retrying");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+    false
 }
 
 /// `delivery: "log"`: the pieces go to the log and the history, not Twilio.
@@ -421,7 +440,7 @@ async fn send_piece(
     let mut attempts = 0u32;
     let mut retried_unknown = false;
     loop {
-        let slot = ctx.pacer.reserve(&sender_key, channel.mps);
+        let slot = ctx.pacer.reserve(&sender_key, channel.mps).await;
         wait_until(ctx, msg, slot).await?;
         // The clock of ack_wait restarts before every call.
         let _ = msg.ack_with(AckKind::Progress).await;

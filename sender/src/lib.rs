@@ -9,7 +9,8 @@
 //!   markers, `max_parts`), [`sms::gsm`] (segments as carriers count them).
 //! - [`twilio`]: the Messages API client; [`twilio::TwilioError::kind`] is
 //!   the one place that decides retry behaviour.
-//! - [`pacer`]: next-slot pacing per sending number at the channel's `mps`.
+//! - [`pacer`]: next-slot pacing per sending number at the channel's `mps`,
+//!   shared by every sender through the `P_budget` bucket.
 //! - the consumer runtime ([`smsgate_shared::consume`]) runs both consumers:
 //!   one recipient's messages in order, recipients concurrently up to
 //!   `SMSGATE_SENDER_MAX_IN_FLIGHT`, stopping and draining on shutdown.
@@ -229,11 +230,12 @@ impl App {
     /// Runs both consumers and the ops listener until `shutdown`, then stops
     /// pulling and lets in-flight messages finish within the grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let budget = self.bus.budget.clone();
         let ctx = Arc::new(Ctx {
             bus: self.bus,
             channels: self.channels,
             twilio: self.twilio,
-            pacer: Pacer::new(),
+            pacer: Pacer::new(Arc::new(smsgate_shared::cas::Cas::new(budget))),
             tuning: self.tuning,
             shutdown: shutdown.clone(),
         });

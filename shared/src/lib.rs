@@ -17,6 +17,8 @@
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
+//! - [`cas`]: state every replica shares (reply budgets, rate limits,
+//!   pacing) in a key-value bucket, changed with compare-and-set.
 //! - [`consume`]: the consumer runtime of the worker and the sender:
 //!   per-conversation order, concurrency up to a bound, nothing stranded.
 //! - [`nats`]: connecting to one NATS server or a cluster, with creds,
@@ -25,6 +27,7 @@
 //! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
 
 pub mod admin_token;
+pub mod cas;
 pub mod config;
 pub mod consume;
 pub mod domain;

@@ -171,6 +171,19 @@ impl Topology {
     pub fn budget_key(channel: &ChannelId, window: &str) -> String {
         format!("{channel}.{window}")
     }
+    /// Key in the `budget` bucket for the rate-limit state of a sender on
+    /// a channel (three tokens, so never a window counter's key).
+    pub fn rate_key(channel: &ChannelId, from: &E164) -> String {
+        format!("{channel}.rate.{}", from.subject_token())
+    }
+    /// Key in the `budget` bucket for the next free send slot of a sending
+    /// number or messaging service (`pace.<sender>.next`: its last token is
+    /// never a number, so never a rate key).
+    pub fn pace_key(sender: &str) -> String {
+        let token: String = sender.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).collect();
+        let token = if token.is_empty() { "_" } else { token.as_str() };
+        format!("pace.{token}.next")
+    }
     /// Key in the `sent` bucket for piece `index` (0-based) of outbound `id`.
     pub fn sent_key(outbound_id: &str, index: usize) -> String {
         format!("{outbound_id}.{index}")
@@ -229,7 +242,12 @@ impl Topology {
             // The KV layer relies on these exactly as `create_key_value` sets them.
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            // Direct gets may be answered by any replica, and a node that has
+            // just rejoined answers from what it has caught up on so far: a
+            // stale `P_sent` would send a piece twice, a stale counter would
+            // fail every compare-and-set. With replicas, reads go to the
+            // stream's leader instead (docs/ARCHITECTURE.md §7).
+            allow_direct: self.replicas <= 1,
             discard: DiscardPolicy::New,
             storage: StorageType::File,
             // A bucket's duplicate window must not exceed its max age.
@@ -280,6 +298,7 @@ impl Topology {
     async fn ensure_stream(&self, js: &jetstream::Context, config: stream::Config) -> Result<(), TopologyError> {
         let name = config.name.clone();
         let wanted = config.num_replicas.max(1);
+        let config_direct = config.allow_direct;
         let mut stream = js
             .get_or_create_stream(config)
             .await
@@ -287,22 +306,29 @@ impl Topology {
         let info =
             stream.info().await.map_err(|e| TopologyError::Stream { name: name.clone(), source: Box::new(e) })?;
         let have = info.config.num_replicas.max(1);
-        if have != wanted {
-            let mut updated = info.config.clone();
-            updated.num_replicas = wanted;
-            match js.update_stream(updated).await {
-                Ok(_) => {
-                    tracing::info!(stream = %name, from = have, to = wanted, outcome = "updated", "stream replicas changed")
-                }
-                Err(e) => tracing::warn!(
-                    stream = %name,
-                    have,
-                    wanted,
-                    error = &e as &dyn std::error::Error,
-                    "cannot change the stream's replicas; run `nats stream edit {name} --replicas {wanted}` on a \
-                     cluster with enough JetStream servers"
-                ),
-            }
+        if have == wanted && info.config.allow_direct == config_direct {
+            return Ok(());
+        }
+        let mut updated = info.config.clone();
+        updated.num_replicas = wanted;
+        updated.allow_direct = config_direct;
+        match js.update_stream(updated).await {
+            Ok(_) => tracing::info!(
+                stream = %name,
+                from = have,
+                to = wanted,
+                allow_direct = config_direct,
+                outcome = "updated",
+                "stream replicas changed"
+            ),
+            Err(e) => tracing::warn!(
+                stream = %name,
+                have,
+                wanted,
+                error = &e as &dyn std::error::Error,
+                "cannot change the stream's replicas; run `nats stream edit {name} --replicas {wanted}` on a cluster \
+                 with enough JetStream servers"
+            ),
         }
         Ok(())
     }

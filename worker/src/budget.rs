@@ -7,7 +7,7 @@
 //! goes to, takes one unit of two windows: the current UTC minute and the
 //! current UTC day. The counters live in the `P_budget` key-value bucket
 //! (one key per channel and window, see [`Topology::budget_key`]) and are
-//! advanced with compare-and-set, so the limits hold however many worker
+//! advanced with compare-and-set ([`smsgate_shared::cas`]), so the limits hold however many worker
 //! processes share the channel. A unit taken is never given back: a crash
 //! after taking it costs one unit, never a reply above the limit.
 //!
@@ -23,20 +23,17 @@
 //! replies, never more than the limit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::kv;
 use bytes::Bytes;
+use smsgate_shared::cas::{Cas, Write, parse_u64};
 use smsgate_shared::config::{Channel, ReplyCountries};
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::NoteReason;
 use smsgate_shared::topology::Topology;
 
 use crate::Error;
-
-/// How often a compare-and-set may lose to another worker before giving up
-/// (the message is then retried through redelivery).
-const MAX_CONFLICTS: usize = 32;
 
 /// Why a reply may not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +47,14 @@ pub struct Refusal {
 
 /// The shared reply counters.
 pub struct Budget {
-    store: kv::Store,
+    cells: Arc<Cas>,
     /// Units this process took from a counter and has not used yet, by key.
     reserved: tokio::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Budget {
-    pub fn new(store: kv::Store) -> Self {
-        Self { store, reserved: tokio::sync::Mutex::new(HashMap::new()) }
+    pub fn new(cells: Arc<Cas>) -> Self {
+        Self { cells, reserved: tokio::sync::Mutex::new(HashMap::new()) }
     }
 
     /// Whether `channel` may send one more reply to `to`: the country, and
@@ -139,56 +136,21 @@ impl Budget {
     /// Adds up to `block` to the counter at `key` without passing `max`;
     /// returns how many units it took (0: the limit is reached).
     async fn take_shared(&self, key: &str, max: u32, block: u64) -> Result<u64, Error> {
-        for _ in 0..MAX_CONFLICTS {
-            let entry = self.store.entry(key).await.map_err(|e| Error::Budget(Box::new(e)))?;
-            let (count, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (parse_count(&e.value), Some(e.revision)),
-                // Deleted or purged: start again from zero at its revision.
-                Some(e) => (0, Some(e.revision)),
-                None => (0, None),
-            };
-            if count >= u64::from(max) {
-                return Ok(0);
-            }
-            let taken = block.min(u64::from(max) - count);
-            let value = Bytes::from((count + taken).to_string());
-            let written = match revision {
-                Some(rev) => self.store.update(key, value, rev).await.map(|_| ()).map_err(|e| {
-                    (e.kind() == kv::UpdateErrorKind::WrongLastRevision).then_some(()).ok_or(Box::new(e) as BoxError)
-                }),
-                None => self.store.create(key, value).await.map(|_| ()).map_err(|e| {
-                    (e.kind() == kv::CreateErrorKind::AlreadyExists).then_some(()).ok_or(Box::new(e) as BoxError)
-                }),
-            };
-            match written {
-                Ok(()) => return Ok(taken),
-                // Another worker moved the counter first: read it again.
-                Err(Ok(())) => continue,
-                Err(Err(e)) => return Err(Error::Budget(e)),
-            }
-        }
-        Err(Error::Budget(format!("the counter {key} kept changing under {MAX_CONFLICTS} attempts").into()))
+        let max = u64::from(max);
+        self.cells
+            .update(key, |value| {
+                let count = value.map_or(0, parse_u64);
+                if count >= max {
+                    return (Write::Keep, 0);
+                }
+                let taken = block.min(max - count);
+                (Write::Put(Bytes::from((count + taken).to_string())), taken)
+            })
+            .await
+            .map_err(|e| Error::Budget(Box::new(e)))
     }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn parse_count(value: &[u8]) -> u64 {
-    std::str::from_utf8(value).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 fn unix_now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unreadable_counters_count_as_zero() {
-        assert_eq!(parse_count(b"41"), 41);
-        assert_eq!(parse_count(b""), 0);
-        assert_eq!(parse_count(b"x"), 0);
-    }
 }

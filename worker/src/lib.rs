@@ -71,7 +71,7 @@ pub enum Error {
     Seen(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read or write the opt-out bucket")]
     OptOut(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cannot read or advance the channel's reply counters")]
+    #[error("cannot read or advance the channel's reply counters or the sender's rate limit")]
     Budget(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the conversation history")]
     HistoryRead(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -209,8 +209,8 @@ impl App {
             let chat = chat::ChatBackend::new(&channel.chat, &http);
             channels.insert(channel.id.clone(), process::Lane { channel, chat });
         }
-        let limiter =
-            limiter::Limiter::new(&channels.values().map(|l: &process::Lane| l.channel.clone()).collect::<Vec<_>>());
+        // The budget counters and the rate-limit state share one bucket and one cache.
+        let cells = Arc::new(smsgate_shared::cas::Cas::new(bus.budget));
         let processor = Arc::new(Processor {
             js: bus.js.clone(),
             history: history::History::open(bus.js.clone(), topology.clone(), config.settings.worker_history_cache)
@@ -219,8 +219,8 @@ impl App {
             channels,
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
-            limiter,
-            budget: budget::Budget::new(bus.budget),
+            limiter: limiter::Limiter::new(cells.clone()),
+            budget: budget::Budget::new(cells),
             tuning,
         });
         Ok(Self { ops, local_addr, processor, consumer, limits, client })
@@ -238,7 +238,6 @@ impl App {
         let ops_stop = CancellationToken::new();
         let liveness = self.limits.liveness("worker");
         let ops = tokio::spawn(self.ops.serve(ops_stop.clone(), vec![liveness.clone()]));
-        let shrink = tokio::spawn(shrink_limiter(self.processor.clone(), shutdown.clone()));
         let runtime = Runtime {
             name: "worker",
             handler: self.processor,
@@ -248,7 +247,6 @@ impl App {
             liveness,
         };
         runtime.run(shutdown).await;
-        let _ = shrink.await;
         ops_stop.cancel();
         match ops.await {
             Ok(Ok(())) => Ok(()),
@@ -257,17 +255,6 @@ impl App {
                 warn!(error = %e, "ops listener task failed");
                 Ok(())
             }
-        }
-    }
-}
-
-/// Forgets senders that are back under their rate limit, now and then.
-async fn shrink_limiter(processor: Arc<Processor>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => processor.limiter.shrink(),
         }
     }
 }

@@ -382,8 +382,16 @@ impl Step<'_> {
             return self.done(Outcome::Blocked).await;
         }
         // A redelivery was counted the first time. HELP counts too: it costs a reply.
-        if is_new && let Verdict::Limited { notify } = p.limiter.check(&self.inbound.channel_id, &self.peer) {
-            let limit = self.lane.channel.rate_limit;
+        let limit = self.lane.channel.rate_limit;
+        let verdict = if is_new {
+            p.limiter
+                .check(&self.inbound.channel_id, &self.peer, limit)
+                .await
+                .map_err(|e| Error::Budget(Box::new(e)))?
+        } else {
+            Verdict::Allowed
+        };
+        if let Verdict::Limited { notify } = verdict {
             let detail = format!("over {} per minute (burst {})", limit.per_minute, limit.burst);
             self.note(NoteReason::RateLimited, detail).await?;
             if notify && self.within_budget(true).await? {

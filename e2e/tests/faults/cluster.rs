@@ -3,7 +3,6 @@
 //! middle of 500 webhooks and restarted. Nothing acked is lost or doubled,
 //! each person's replies keep their order, and ingress answers 200
 //! throughout except for a short window of 503s (measured and printed).
-//! Known issue: ignored by default, see the test.
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +10,6 @@ use smsgate_e2e::harness::{Expect, Service, Stack, StackConfig};
 
 use crate::common::{self, hook};
 
-// Not in the default run yet: in one of three runs the ledger found pieces
-// recorded in history but missing from `P_sent` after the killed node came
-// back. Key-value gets are direct gets, which any replica may answer, and a
-// node still catching up answers with old data: the ledger (and, worse, the
-// sender's "was this piece sent?" check) can read a stale `P_sent`. Run it
-// with `cargo test -p smsgate-e2e --test faults cluster -- --ignored`.
-#[ignore = "stale direct gets from a catching-up replica; see the comment above"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_in_a_three_node_cluster_loses_and_doubles_nothing() {
     let mut config = StackConfig::new("cluster");

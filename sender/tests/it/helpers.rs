@@ -76,6 +76,17 @@ impl TestSender {
         Self { _nats: nats, twilio, bus, channel, addr, shutdown, task: Some(task) }
     }
 
+    /// A second sender process on the same NATS and prefix whose channel
+    /// sends through `twilio` (so the test sees which process sent what).
+    pub async fn another(&self, twilio: &TwilioStub, extra: &str, tuning: Tuning) -> Another {
+        let base = twilio.base_url();
+        let channel = testkit::channel(&format!(r#""twilio_api_base": "{base}", {extra}"#));
+        let config = Config { settings: Settings::for_tests(&self._nats.url(), "it"), channels: vec![channel] };
+        let app = App::build_with(config, tuning).await.expect("the second sender builds");
+        let shutdown = CancellationToken::new();
+        Another { task: tokio::spawn(app.run_until_stopped(shutdown.clone())), shutdown }
+    }
+
     /// Stops the sender and waits for it (the graceful path).
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
@@ -146,6 +157,19 @@ impl TestSender {
 impl Drop for TestSender {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A sender started by [`TestSender::another`].
+pub struct Another {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), smsgate_sender::Error>>,
+}
+
+impl Another {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task).await.expect("stops in time").unwrap().unwrap();
     }
 }
 

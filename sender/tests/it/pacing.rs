@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use smsgate_sender::Tuning;
+use smsgate_shared::testkit::{self, twilio::TwilioStub};
 
 use crate::helpers::*;
 
@@ -66,4 +67,55 @@ async fn twilio_calls_overlap_across_recipients_and_keep_each_recipients_order()
     }
     t.wait_outbound_empty().await;
     t.stop().await;
+}
+
+/// Two sender processes on one number at `mps` 5 take turns through the
+/// shared slot: 200 sends take 40 s, not 20, and each recipient's two
+/// replies keep their order although either process may send either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_on_one_number_keep_its_mps_together() {
+    const N: u32 = 100;
+    let tuning = || Tuning { max_in_flight: Some(32), ..fast_tuning() };
+    let mut first = TestSender::start_with(r#""mps": 5"#, tuning()).await;
+    let other_stub = TwilioStub::start().await;
+    let second = first.another(&other_stub, r#""mps": 5"#, tuning()).await;
+    for k in 0..N {
+        for n in 1..=2 {
+            first.publish(&outbound(&format!("reply.SMtw{k}n{n}"), &peer(300 + k), &format!("part {n}"))).await;
+        }
+    }
+    let wait = Duration::from_secs(120);
+    let mut calls = testkit::eventually(wait, "200 sends across both senders", || async {
+        let calls = [first.twilio.created(), other_stub.created()].concat();
+        (calls.len() >= 2 * N as usize).then_some(calls)
+    })
+    .await;
+    let (a, b) = (first.twilio.created().len(), other_stub.created().len());
+    assert!(a > 0 && b > 0, "both senders took part: {a} and {b}");
+    calls.sort_by_key(|c| c.at);
+    let span = calls.last().unwrap().at - calls[0].at;
+    // 199 gaps of 200 ms.
+    assert!(span >= Duration::from_millis(39_500), "200 sends in {span:?}: faster than 5 per second");
+    // Arrival times carry a few ms of jitter on top of the slots, so a one
+    // second window may catch a sixth send at its edge, never more.
+    let busiest = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| calls[i..].iter().take_while(|d| d.at - c.at < Duration::from_secs(1)).count())
+        .max()
+        .unwrap();
+    assert!(busiest <= 6, "{busiest} sends within one second at mps 5");
+    for k in 0..N {
+        let to = peer(300 + k).to_string();
+        let bodies: Vec<&str> =
+            calls.iter().filter(|c| c.get("To") == Some(to.as_str())).filter_map(|c| c.get("Body")).collect();
+        assert_eq!(bodies, ["part 1", "part 2"], "replies to {to} out of order");
+    }
+    let closest = calls.windows(2).map(|w| w[1].at - w[0].at).min().unwrap();
+    assert!(closest >= Duration::from_millis(100), "two sends {closest:?} apart: a slot was given twice");
+    eprintln!(
+        "two senders at mps 5: 200 sends in {span:?} ({a} + {b}), busiest second {busiest}, closest two {closest:?}"
+    );
+    second.stop().await;
+    first.stop().await;
 }

@@ -86,12 +86,7 @@ async fn country_codes_outside_reply_countries_get_a_recorded_skip_and_no_reply(
 async fn channel_limits_hold_across_two_workers_and_many_senders() {
     let limits = r#""limits": {"replies_per_minute": 6, "replies_per_day": 6}"#;
     let mut w = TestWorker::start_with(vec![channel(limits)], test_tuning()).await;
-    // A second worker process's App on the same NATS and prefix.
-    let config = Config { settings: Settings::for_tests(&w.nats.url(), &w.prefix), channels: vec![channel(limits)] };
-    let second = App::build_with(config, test_tuning()).await.unwrap();
-    let stop_second = CancellationToken::new();
-    let token = stop_second.clone();
-    let second = tokio::spawn(async move { second.run_until_stopped(token).await.unwrap() });
+    let second = Second::start(&w, limits).await;
 
     // Forty distinct senders, one message each: a per-sender limit sees
     // nothing wrong; the channel's budget must.
@@ -106,8 +101,57 @@ async fn channel_limits_hold_across_two_workers_and_many_senders() {
     assert_eq!(over.len(), 34, "every other message has its reason recorded");
     assert!(over.iter().all(|d| d.contains("limits.replies_per")), "{over:?}");
 
-    stop_second.cancel();
-    tokio::time::timeout(Duration::from_secs(30), second).await.unwrap().unwrap();
+    second.stop().await;
+    w.stop().await;
+}
+
+/// A second worker process's App on the same NATS and prefix.
+struct Second {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Second {
+    async fn start(w: &TestWorker, channel_extra: &str) -> Self {
+        let config =
+            Config { settings: Settings::for_tests(&w.nats.url(), &w.prefix), channels: vec![channel(channel_extra)] };
+        let app = App::build_with(config, test_tuning()).await.unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        Self { stop, task: tokio::spawn(async move { app.run_until_stopped(token).await.unwrap() }) }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_rate_limit_holds_across_two_workers_in_order() {
+    let limit = r#""rate_limit": {"per_minute": 3, "burst": 3}"#;
+    let mut w = TestWorker::start_with(vec![channel(limit)], test_tuning()).await;
+    let second = Second::start(&w, limit).await;
+    const CAROL: &str = "+14155550103";
+    // Ten messages, 20 s into a 3-a-minute limit at most: the burst of three
+    // and one notice, whichever worker took which message.
+    for i in 0..10 {
+        w.bus.send(&inbound("test", &format!("SMrate{i:02}"), CAROL, &format!("message {i}"))).await;
+    }
+    w.bus.wait_drained().await;
+    let out = w.bus.outbound().await;
+    let answered: Vec<String> = out
+        .iter()
+        .filter(|o| o.origin != Origin::RateLimitNotice)
+        .map(|o| o.in_reply_to.as_ref().map(ToString::to_string).unwrap_or_default())
+        .collect();
+    let notices = out.iter().filter(|o| o.origin == Origin::RateLimitNotice).count();
+    let history = kinds(&w.bus.history("test", CAROL).await);
+    assert_eq!(answered, ["SMrate00", "SMrate01", "SMrate02"], "the first three, in order: {history:?}");
+    assert_eq!(notices, 1, "{history:?}");
+    let limited = notes(&w, &[CAROL.to_owned()], NoteReason::RateLimited).await;
+    assert_eq!(limited.len(), 7, "every message over the limit has its note: {history:?}");
+    second.stop().await;
     w.stop().await;
 }
 
