@@ -433,6 +433,18 @@ impl Stack {
         }
     }
 
+    /// Which cluster node (0-based) leads `stream` now.
+    pub async fn stream_leader(&self, stream: &str) -> anyhow::Result<usize> {
+        let info = self.js.get_stream(stream).await?.info().await?.clone();
+        let leader = info.cluster.and_then(|c| c.leader).ok_or_else(|| anyhow::anyhow!("{stream} has no leader"))?;
+        // The test kit names the nodes n1, n2, n3.
+        leader
+            .strip_prefix('n')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+            .ok_or_else(|| anyhow::anyhow!("leader {leader:?} is not a test kit node"))
+    }
+
     /// Starts node `i` again; it rejoins the cluster and catches up.
     pub fn restart_nats_node(&mut self, i: usize) -> anyhow::Result<()> {
         match &mut self.nats {
@@ -681,24 +693,30 @@ impl Poster {
     }
 
     /// Posts `hook` until ingress answers 200 (as a Twilio that retried would),
-    /// pausing `pause` between attempts; every attempt's status and latency.
-    pub async fn post_until_acked(
-        &self,
-        hook: &SignedWebhook,
-        pause: Duration,
-        timeout: Duration,
-    ) -> Vec<(u16, Duration)> {
+    /// pausing `pause` between attempts; every attempt.
+    pub async fn post_until_acked(&self, hook: &SignedWebhook, pause: Duration, timeout: Duration) -> Vec<Attempt> {
         let deadline = Instant::now() + timeout;
         let mut attempts = Vec::new();
         loop {
-            let answer = self.post(hook).await;
-            attempts.push(answer);
-            if answer.0 == 200 || Instant::now() > deadline {
+            let at = Instant::now();
+            let (status, latency) = self.post(hook).await;
+            attempts.push(Attempt { status, latency, at });
+            if status == 200 || Instant::now() > deadline {
                 return attempts;
             }
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// One post of a webhook: what ingress answered, how fast, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// The HTTP status (0 when no answer came at all).
+    pub status: u16,
+    pub latency: Duration,
+    /// When the post started.
+    pub at: Instant,
 }
 
 /// A NATS prefix no other test (or earlier run) uses.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use smsgate_e2e::harness::{Expect, Leftovers, Report, Stack};
+use smsgate_e2e::harness::{Attempt, Expect, Leftovers, Report, Stack};
 use smsgate_e2e::webhook::{SignedWebhook, message_sid, sender_number};
 
 /// Generous: the machine has two cores and is shared.
@@ -56,8 +56,8 @@ pub async fn check(stack: &Stack, expect: &Expect, started: Instant) -> Report {
     report
 }
 
-/// Every attempt of one webhook: (status, latency).
-pub type Attempts = Vec<(u16, Duration)>;
+/// Every attempt of one webhook.
+pub type Attempts = Vec<Attempt>;
 
 /// Posts `hooks` from a background task (8 connections, at most `per_second`
 /// first posts a second), each until ingress answers 200 (a retrying
@@ -90,9 +90,36 @@ pub fn post_in_background(
 /// Records what a background poster saw.
 pub fn record_all(expect: &mut Expect, results: &[(String, Attempts)]) {
     for (sid, attempts) in results {
-        for (status, _) in attempts {
-            expect.record(sid, *status);
+        for a in attempts {
+            expect.record(sid, a.status);
         }
+    }
+}
+
+/// What ingress answered a background poster while a fault was injected.
+#[derive(Debug)]
+pub struct Answers {
+    /// Every status seen.
+    pub statuses: std::collections::BTreeSet<u16>,
+    /// Posts not answered 200.
+    pub refused: usize,
+    /// The slowest of those answers.
+    pub slowest_refusal: Duration,
+    /// From the start of the first refused post to the end of the last one
+    /// (zero when none was refused).
+    pub window: Duration,
+}
+
+pub fn answers(results: &[(String, Attempts)]) -> Answers {
+    let all = || results.iter().flat_map(|(_, a)| a.iter());
+    let refused: Vec<&Attempt> = all().filter(|a| a.status != 200).collect();
+    let first = refused.iter().map(|a| a.at).min();
+    let last = refused.iter().map(|a| a.at + a.latency).max();
+    Answers {
+        statuses: all().map(|a| a.status).collect(),
+        refused: refused.len(),
+        slowest_refusal: refused.iter().map(|a| a.latency).max().unwrap_or_default(),
+        window: first.zip(last).map(|(f, l)| l - f).unwrap_or_default(),
     }
 }
 
@@ -105,19 +132,43 @@ pub async fn until<F: FnMut() -> bool>(what: &str, mut f: F) {
     .await
 }
 
-/// Invariant 7: each person's replies reached Twilio in the order the person
-/// sent the messages (the reply bodies carry the message numbers of
-/// [`hook`]). Returns how many replies were checked.
-pub fn assert_order_per_person(stack: &Stack) -> usize {
-    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+/// Invariant 7: each person's replies reached Twilio in the order ingress
+/// accepted the person's messages (the inbound stream's order, which
+/// `P_seen` records per MessageSid). That is the order they were sent in,
+/// unless a webhook refused with a 503 was accepted on a later retry: then
+/// Twilio itself delivers it late, and smsgate answers in the order it got
+/// them. The reply bodies carry the message numbers of [`hook`]. Returns
+/// how many replies were checked.
+pub async fn assert_order_per_person(stack: &Stack) -> usize {
+    let seen = stack.topology.seen_bucket();
+    let prefix = format!("$KV.{seen}.");
+    // Message number (the last 16 hex digits of its SID) → inbound sequence.
+    let accepted: std::collections::HashMap<u64, u64> =
+        smsgate_e2e::harness::ledger::read_stream(&stack.js, &format!("KV_{seen}"))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|(subject, payload)| {
+                let sid = subject.strip_prefix(&prefix)?;
+                let n = u64::from_str_radix(sid.get(sid.len().checked_sub(16)?..)?, 16).ok()?;
+                let seq = serde_json::from_slice::<serde_json::Value>(&payload).ok()?.get("seq")?.as_u64()?;
+                Some((n, seq))
+            })
+            .collect();
+    let mut last: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
     let mut checked = 0;
     for call in stack.twilio.created() {
         let (Some(to), Some(body)) = (call.get("To"), call.get("Body")) else { continue };
         let Some(n) = body.split("Message ").nth(1).and_then(|rest| rest.get(..4)).and_then(|d| d.parse().ok()) else {
             continue;
         };
-        if let Some(prev) = last.insert(to.to_owned(), n) {
-            assert!(n >= prev, "{to} got the reply to message {n} after the reply to message {prev}");
+        let seq = *accepted.get(&n).unwrap_or_else(|| panic!("message {n} has no inbound sequence in P_seen"));
+        if let Some((prev_n, prev_seq)) = last.insert(to.to_owned(), (n, seq)) {
+            assert!(
+                seq >= prev_seq,
+                "{to} got the reply to message {n} (inbound seq {seq}) after the reply to message {prev_n} (seq \
+                 {prev_seq})"
+            );
         }
         checked += 1;
     }

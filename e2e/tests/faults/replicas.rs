@@ -26,7 +26,7 @@ async fn two_workers_and_two_senders_share_the_work_without_doubling() {
     let report = common::settle_and_check(&stack, &expect, started).await;
     assert_eq!(report.distinct_acked, 500);
     assert_eq!(report.replied, 500, "{report}");
-    assert_eq!(common::assert_order_per_person(&stack), 500);
+    assert_eq!(common::assert_order_per_person(&stack).await, 500);
     for service in [Service::Worker(0), second_worker] {
         assert!(stack.log_count(service, "message processed") > 0, "{service:?} took part");
     }

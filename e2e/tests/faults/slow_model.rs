@@ -32,6 +32,6 @@ async fn a_slow_model_with_the_worker_killed_twice_loses_doubles_and_reorders_no
     let report = common::settle_and_check(&stack, &expect, started).await;
     assert_eq!(report.distinct_acked, 200);
     assert_eq!(report.replied, 200, "{report}");
-    assert_eq!(common::assert_order_per_person(&stack), 200);
+    assert_eq!(common::assert_order_per_person(&stack).await, 200);
     assert!(stack.log_count(Service::Worker(0), "e2e harness: start #3") == 1, "restarted twice");
 }
