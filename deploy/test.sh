@@ -29,6 +29,8 @@ echo "== nats-server 2.10: the config files in deploy/nats and the bus tests"
 if nats210=$(./deploy/nats-2.10.sh); then
   for f in deploy/nats/*.conf; do "$nats210" -c "$f" -t; done
   NATS_SERVER_BIN="$nats210" cargo test -p smsgate-shared --test it
+  echo "== nats-server 2.10: a three-node cluster losing the inbound stream's leader"
+  NATS_SERVER_BIN="$nats210" cargo test -p smsgate-e2e --test faults cluster -- --ignored
 else
   echo "test.sh: SKIPPED: could not fetch nats-server 2.10 from Debian trixie (see above)" >&2
 fi

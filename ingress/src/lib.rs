@@ -42,9 +42,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 
-/// How long ingress waits for JetStream's ack before answering 503. Twilio
-/// waits 15 s; we answer long before that.
+/// How long ingress waits for one JetStream ack. Twilio waits 15 s; we
+/// answer long before that.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long ingress keeps trying to store a webhook while it is connected
+/// but the stream cannot take it: a NATS cluster electing a new leader
+/// after a node died (a few seconds), or an ack that never came. Twilio
+/// does not retry a 503 by default, so waiting here saves the text; it stays
+/// below the 10 s request timeout and Twilio's 15 s.
+pub const STORE_WAIT: Duration = Duration::from_secs(8);
 /// How long a readiness answer is reused: each fresh one costs a JetStream
 /// API call per stream, and `/api/ready` needs no authentication.
 pub const READY_CACHE: Duration = Duration::from_millis(1500);
@@ -75,6 +81,8 @@ pub struct Shared {
     /// Set once every stream exists.
     pub topology_ready: AtomicBool,
     pub publish_timeout: Duration,
+    /// [`STORE_WAIT`]; shorter in tests.
+    pub store_wait: Duration,
     /// When the streams were last found present (or not).
     ready_cache: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
@@ -127,6 +135,7 @@ impl App {
             metrics: webhook::Metrics::new(),
             topology_ready: AtomicBool::new(false),
             publish_timeout: PUBLISH_TIMEOUT,
+            store_wait: STORE_WAIT,
             ready_cache: tokio::sync::Mutex::new(None),
         });
         let admin_at =

@@ -2,8 +2,8 @@
 //!
 //! Both run the same checks in the same order (invariant 4 (docs/ARCHITECTURE.md §4)): path
 //! token (404) → content type (415) → body size (413) → signature (403) →
-//! required fields (400) → publish and wait for the ack (503 when NATS does
-//! not answer in time) → 200.
+//! required fields (400) → publish and wait for the ack (503 when NATS is
+//! down, or the stream has not taken it within `STORE_WAIT`) → 200.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -343,32 +343,52 @@ async fn accept(
     Ok(Accepted { message_sid, duplicate })
 }
 
-/// Publishes and waits for the stream's ack, within `publish_timeout`.
-/// Returns whether JetStream saw the id before (a repeated webhook).
+/// Publishes and waits for the stream's ack, within `publish_timeout` per
+/// attempt. While connected, a publish the stream did not take (no leader:
+/// "no stream found", or no ack in time) is tried again every 250 ms for up
+/// to `store_wait`; the message id makes a repeat harmless. Returns whether
+/// JetStream saw the id before (a repeated webhook).
 async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes) -> Result<bool, Rejection> {
-    // Fail fast while disconnected: Twilio gets its 503 at once and nothing
-    // sits in the client's buffer to be published behind our back.
-    if shared.client.connection_state() != async_nats::connection::State::Connected {
-        return Err(NATS_DOWN);
-    }
     let started = Instant::now();
-    let attempt = async {
-        let ack = shared
-            .js
-            .send_publish(subject, PublishMessage::build().payload(payload).message_id(msg_id))
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = &e as &dyn std::error::Error, "publish failed");
+    let deadline = started + shared.store_wait;
+    for attempt in 0u32.. {
+        // Fail fast while disconnected: Twilio gets its 503 at once and nothing
+        // sits in the client's buffer to be published behind our back.
+        if shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(NATS_DOWN);
+        }
+        let budget = shared.publish_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let rejection = match tokio::time::timeout(budget, publish_once(shared, &subject, msg_id, &payload)).await {
+            Ok(Ok(ack)) => {
+                shared.metrics.publish_seconds.record(started.elapsed().as_secs_f64());
+                if attempt > 0 {
+                    tracing::info!(attempt, waited_ms = started.elapsed().as_millis() as u64, "stored after retrying");
+                }
+                return Ok(ack.duplicate);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(attempt, error = &e as &dyn std::error::Error, "publish not acknowledged");
                 PUBLISH_FAILED
-            })?;
-        ack.await.map_err(|e| {
-            tracing::warn!(error = &e as &dyn std::error::Error, "publish not acknowledged");
-            PUBLISH_FAILED
-        })
-    };
-    let ack = tokio::time::timeout(shared.publish_timeout, attempt).await.map_err(|_| ACK_TIMEOUT)??;
-    shared.metrics.publish_seconds.record(started.elapsed().as_secs_f64());
-    Ok(ack.duplicate)
+            }
+            Err(_) => ACK_TIMEOUT,
+        };
+        let pause = std::time::Duration::from_millis(250);
+        if Instant::now() + pause >= deadline {
+            return Err(rejection);
+        }
+        tokio::time::sleep(pause).await;
+    }
+    Err(PUBLISH_FAILED)
+}
+
+async fn publish_once(
+    shared: &Shared,
+    subject: &str,
+    msg_id: &str,
+    payload: &Bytes,
+) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+    let message = PublishMessage::build().payload(payload.clone()).message_id(msg_id);
+    shared.js.send_publish(subject.to_owned(), message).await?.await
 }
 
 fn is_form(headers: &HeaderMap) -> bool {

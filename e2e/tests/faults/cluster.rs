@@ -11,6 +11,13 @@ use smsgate_e2e::harness::{Expect, Service, Stack, StackConfig};
 
 use crate::common::{self, hook};
 
+// Run by deploy/test.sh against nats-server 2.10 (`NATS_SERVER_BIN=...
+// cargo test -p smsgate-e2e --test faults cluster -- --ignored`). On
+// Debian bookworm's 2.9.10, in one run of two, a message of the killed
+// leader's last moments was handled after a later message of the same
+// person (the inbound sequences in P_seen disagree with the order the
+// worker saw): run a cluster on 2.10 or later (deploy/OPERATIONS.md).
+#[ignore = "needs nats-server 2.10+ (NATS_SERVER_BIN); deploy/test.sh runs it"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_in_a_three_node_cluster_loses_and_doubles_nothing() {
     let mut config = StackConfig::new("cluster");
@@ -38,19 +45,21 @@ async fn a_nats_node_killed_in_a_three_node_cluster_loses_and_doubles_nothing() 
     common::record_all(&mut expect, &results);
     let answers = common::answers(&results);
     assert!(answers.statuses.iter().all(|s| *s == 200 || *s == 503), "only 200 and 503: {answers:?}");
-    // A new leader is elected within seconds; Twilio gives up after 15 s
-    // per attempt but retries, and ingress must never leave it hanging.
-    assert!(answers.slowest_refusal < Duration::from_secs(5), "{answers:?}");
+    // While the stream elects a new leader ingress holds webhooks for up to
+    // 8 s (STORE_WAIT), then answers 503; never as long as Twilio's 15 s.
+    assert!(answers.slowest_refusal < Duration::from_secs(10), "{answers:?}");
+    assert!(answers.slowest_accepted < Duration::from_secs(10), "{answers:?}");
     assert!(answers.window < Duration::from_secs(15), "503s for too long: {answers:?}");
     let report = common::settle_and_check(&stack, &expect, started).await;
     eprintln!(
         "cluster: node n{} (leader of the inbound stream) killed at {:.1} s for 5 s; {} posts answered 503 \
-         within {:?} (slowest answer {:?}); {report}",
+         within {:?} (slowest 503 {:?}, slowest 200 {:?}); {report}",
         victim + 1,
         killed_at.duration_since(started).as_secs_f64(),
         answers.refused,
         answers.window,
         answers.slowest_refusal,
+        answers.slowest_accepted,
     );
     assert_eq!(report.distinct_acked, 500);
     assert_eq!(report.replied, 500, "{report}");

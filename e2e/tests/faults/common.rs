@@ -105,6 +105,8 @@ pub struct Answers {
     pub refused: usize,
     /// The slowest of those answers.
     pub slowest_refusal: Duration,
+    /// The slowest 200 (ingress holds a webhook while a cluster elects a leader).
+    pub slowest_accepted: Duration,
     /// From the start of the first refused post to the end of the last one
     /// (zero when none was refused).
     pub window: Duration,
@@ -119,6 +121,7 @@ pub fn answers(results: &[(String, Attempts)]) -> Answers {
         statuses: all().map(|a| a.status).collect(),
         refused: refused.len(),
         slowest_refusal: refused.iter().map(|a| a.latency).max().unwrap_or_default(),
+        slowest_accepted: all().filter(|a| a.status == 200).map(|a| a.latency).max().unwrap_or_default(),
         window: first.zip(last).map(|(f, l)| l - f).unwrap_or_default(),
     }
 }
