@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream as JsStream};
+use async_nats::jetstream::{self, consumer, stream::Stream as JsStream};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
@@ -32,6 +32,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY, WEBHOOK_PATH};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{
@@ -360,9 +361,10 @@ async fn send_message(
     let outbound = request.validate(&state)?;
     state.require_nats()?;
     let subject = state.topology.outbound_subject(&outbound.channel_id);
-    let message = PublishMessage::build().payload(envelope::encode(&outbound)).message_id(&outbound.id);
-    let ack = bounded("publish to the outbound stream", async { state.js.send_publish(subject, message).await?.await })
-        .await?;
+    let id = MsgId::Outbound(&outbound.id);
+    let ack =
+        bounded("publish to the outbound stream", bus::publish(&state.js, subject, id, envelope::encode(&outbound)))
+            .await?;
     metrics::counter!("smsgate_admin_messages_total", "channel_id" => outbound.channel_id.to_string(), "outcome" => if ack.duplicate { "duplicate" } else { "accepted" }).increment(1);
     tracing::info!(
         service = "ingress",
@@ -925,15 +927,11 @@ async fn replay_dead(
     // A fresh Nats-Msg-Id: the original one may still be inside the
     // duplicate window and would be dropped. Replaying the same letter twice
     // within the window is a no-op.
-    let msg_id = match &letter.msg_id {
-        Some(orig) => format!("replay.{seq}.{orig}"),
-        None => format!("replay.{seq}"),
-    };
-    let message = PublishMessage::build().payload(Bytes::from(letter.payload.clone())).message_id(&msg_id);
-    let ack = bounded("republish the dead letter", async {
-        state.js.send_publish(letter.subject.clone(), message).await?.await
-    })
-    .await?;
+    let id = MsgId::Replay { seq, original: letter.msg_id.as_deref() };
+    let msg_id = id.to_string();
+    let payload = Bytes::from(letter.payload.clone());
+    let ack =
+        bounded("republish the dead letter", bus::publish(&state.js, letter.subject.clone(), id, payload)).await?;
     if let Err(e) = bounded("delete the dead letter", stream.delete_message(seq)).await {
         // Republished but still listed: a second replay dedupes on msg_id.
         tracing::warn!(

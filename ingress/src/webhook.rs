@@ -9,13 +9,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::jetstream::message::PublishMessage;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
+use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::MessageSid;
 use smsgate_shared::envelope::{self, InboundRef, Media, StatusUpdate};
@@ -305,6 +305,8 @@ async fn accept(
         return Err(WRONG_ACCOUNT);
     }
     let now = OffsetDateTime::now_utc();
+    // The status callback's id borrows its status from here.
+    let status: String;
     let (subject, msg_id, payload) = match route {
         Route::Inbound => {
             let inbound = InboundRef {
@@ -319,10 +321,10 @@ async fn accept(
                 received_at: now,
                 params: &params,
             };
-            (entry.inbound_subject.clone(), message_sid.to_string(), envelope::encode(&inbound))
+            (entry.inbound_subject.clone(), MsgId::Inbound(&message_sid), envelope::encode(&inbound))
         }
         Route::Status => {
-            let status = fields.get("MessageStatus").ok_or(missing("MessageStatus missing"))?.to_owned();
+            status = fields.get("MessageStatus").ok_or(missing("MessageStatus missing"))?.to_owned();
             if !status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || status.is_empty() {
                 return Err(missing("MessageStatus malformed"));
             }
@@ -336,10 +338,11 @@ async fn accept(
                 params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 status: status.clone(),
             };
-            (entry.status_subject.clone(), format!("{message_sid}.{status}"), envelope::encode(&update))
+            let payload = envelope::encode(&update);
+            (entry.status_subject.clone(), MsgId::Status { sid: &message_sid, status: &status }, payload)
         }
     };
-    let duplicate = publish(shared, subject, &msg_id, payload).await?;
+    let duplicate = publish(shared, subject, msg_id, payload).await?;
     Ok(Accepted { message_sid, duplicate })
 }
 
@@ -348,7 +351,7 @@ async fn accept(
 /// "no stream found", or no ack in time) is tried again every 250 ms for up
 /// to `store_wait`; the message id makes a repeat harmless. Returns whether
 /// JetStream saw the id before (a repeated webhook).
-async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes) -> Result<bool, Rejection> {
+async fn publish(shared: &Shared, subject: String, msg_id: MsgId<'_>, payload: Bytes) -> Result<bool, Rejection> {
     let started = Instant::now();
     let deadline = started + shared.store_wait;
     for attempt in 0u32.. {
@@ -358,7 +361,8 @@ async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes)
             return Err(NATS_DOWN);
         }
         let budget = shared.publish_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let rejection = match tokio::time::timeout(budget, publish_once(shared, &subject, msg_id, &payload)).await {
+        let once = bus::publish(&shared.js, subject.clone(), msg_id, payload.clone());
+        let rejection = match tokio::time::timeout(budget, once).await {
             Ok(Ok(ack)) => {
                 shared.metrics.publish_seconds.record(started.elapsed().as_secs_f64());
                 if attempt > 0 {
@@ -379,16 +383,6 @@ async fn publish(shared: &Shared, subject: String, msg_id: &str, payload: Bytes)
         tokio::time::sleep(pause).await;
     }
     Err(PUBLISH_FAILED)
-}
-
-async fn publish_once(
-    shared: &Shared,
-    subject: &str,
-    msg_id: &str,
-    payload: &Bytes,
-) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
-    let message = PublishMessage::build().payload(payload.clone()).message_id(msg_id);
-    shared.js.send_publish(subject.to_owned(), message).await?.await
 }
 
 fn is_form(headers: &HeaderMap) -> bool {

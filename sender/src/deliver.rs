@@ -30,6 +30,7 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use rand::Rng;
 use serde::Deserialize;
+use smsgate_shared::bus::{self, Failure, MsgId, SentKey};
 use smsgate_shared::config::{self, Channel};
 use smsgate_shared::consume::{BoxError, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164};
@@ -39,7 +40,6 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Ctx;
-use crate::record::{self, Failure};
 use crate::sms::{self, Encoding, SmsPiece};
 use crate::twilio::{self, CreatedMessage, ErrorKind, NewMessage, TwilioError};
 
@@ -82,7 +82,7 @@ impl Handler for Replies {
     async fn dead_letter(&self, s: Stranded<'_>) -> Result<(), BoxError> {
         tracing::warn!(seq = s.seq, reason = %s.reason, outcome = "dead_letter", "outbound message dead-lettered");
         let failure = Failure { stage: Stage::Sender, reason: s.reason.clone(), code: None, channel: None };
-        record::dead_letter_of(&self.0.bus, &s, failure).await?;
+        bus::dead_letter(&self.0.bus.js, &self.0.bus.topology, &s, failure).await?;
         Ok(())
     }
 }
@@ -116,7 +116,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
     }
 
-    match ctx.bus.sent.get(done_key(&out.id)).await {
+    match ctx.bus.sent.get(SentKey::Done(&out.id).to_string()).await {
         Ok(Some(_)) => {
             tracing::info!(outcome = "already_delivered", "delivered before (a redelivery); nothing to do");
             return Disposition::Ack;
@@ -132,8 +132,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         Ok(Some(_)) => {
             tracing::info!(outcome = "opted_out", "recipient opted out; not sent");
             metrics::counter!("smsgate_sender_sends_total", "outcome" => "opted_out").increment(1);
-            let event = note(&out, NoteReason::OptedOut, "recipient opted out; reply not sent".to_owned());
-            return history_then_ack(ctx, &out, event, &format!("note.{}.opted_out", out.id)).await;
+            return note_then_ack(ctx, &out, NoteReason::OptedOut, "recipient opted out; reply not sent").await;
         }
         Ok(None) => {}
         Err(e) => {
@@ -146,8 +145,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     let pieces = if prepared.pieces.is_empty() {
         if out.media_urls.is_empty() {
             tracing::info!(outcome = "empty", "nothing to send: empty body and no media");
-            let event = note(&out, NoteReason::NoReply, "empty body and no media; nothing sent".to_owned());
-            return history_then_ack(ctx, &out, event, &format!("note.{}.empty", out.id)).await;
+            return note_then_ack(ctx, &out, NoteReason::NoReply, "empty body and no media; nothing sent").await;
         }
         // Media only: one message without a body.
         vec![SmsPiece { body: String::new(), encoding: Encoding::Gsm7, segments: 0 }]
@@ -165,7 +163,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     let n = pieces.len();
     let mut sids: Vec<Option<String>> = Vec::with_capacity(n);
     for (i, piece) in pieces.iter().enumerate() {
-        let key = Topology::sent_key(&out.id, i);
+        let key = SentKey::Piece { outbound: &out.id, index: i }.to_string();
         match ctx.bus.sent.get(&key).await {
             Ok(Some(sid)) => {
                 tracing::info!(piece = i + 1, of = n, outcome = "already_sent", "piece sent before; skipped");
@@ -232,20 +230,20 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     finish(ctx, &out, event, "delivered").await
 }
 
-/// The `P_sent` key marking outbound `id` as completely delivered (piece
-/// keys end in a digit, so the two never collide).
-pub fn done_key(id: &str) -> String {
-    format!("{id}.done")
-}
-
 /// Writes the Outbound history entry, then marks the message done so that a
 /// redelivery later than the history stream's duplicate window (2 min) does
 /// not write the entry twice.
 async fn finish(ctx: &Ctx, out: &Outbound, event: HistoryEvent, outcome: &str) -> Disposition {
-    let disposition = history_then_ack(ctx, out, event, &format!("out.{}", out.id)).await;
+    let disposition = history_then_ack(ctx, out, event, MsgId::HistoryOutbound(&out.id)).await;
     if disposition == Disposition::Ack {
         // If this never lands, only a late redelivery's duplicate history entry is at stake.
-        put_patiently(ctx, &done_key(&out.id), outcome.to_owned().into_bytes().into(), "the message as done").await;
+        put_patiently(
+            ctx,
+            &SentKey::Done(&out.id).to_string(),
+            outcome.to_owned().into_bytes().into(),
+            "the message as done",
+        )
+        .await;
     }
     disposition
 }
@@ -273,8 +271,19 @@ fn note(out: &Outbound, reason: NoteReason, detail: String) -> HistoryEvent {
     HistoryEvent::Note { reason, message_sid: out.in_reply_to.clone(), outbound_id: Some(out.id.clone()), detail }
 }
 
-async fn history_then_ack(ctx: &Ctx, out: &Outbound, event: HistoryEvent, msg_id: &str) -> Disposition {
-    match record::history(&ctx.bus, &out.channel_id, &out.to, event, msg_id).await {
+/// Appends to the conversation of `out`.
+async fn history(ctx: &Ctx, out: &Outbound, id: MsgId<'_>, event: HistoryEvent) -> Result<(), bus::PublishError> {
+    bus::append_history(&ctx.bus.js, &ctx.bus.topology, (&out.channel_id, &out.to), id, event).await
+}
+
+/// Records why `out` was not sent, then acks.
+async fn note_then_ack(ctx: &Ctx, out: &Outbound, reason: NoteReason, detail: &str) -> Disposition {
+    let event = note(out, reason, detail.to_owned());
+    history_then_ack(ctx, out, event, MsgId::SenderNote { outbound: &out.id, reason }).await
+}
+
+async fn history_then_ack(ctx: &Ctx, out: &Outbound, event: HistoryEvent, id: MsgId<'_>) -> Disposition {
+    match history(ctx, out, id, event).await {
         Ok(()) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
@@ -285,7 +294,8 @@ async fn history_then_ack(ctx: &Ctx, out: &Outbound, event: HistoryEvent, msg_id
 
 async fn dead(ctx: &Ctx, msg: &Message, channel: Option<&ChannelId>, reason: String, code: Option<i64>) -> Disposition {
     tracing::warn!(outcome = "dead_letter", reason = %reason, "outbound message dead-lettered");
-    match record::dead_letter(&ctx.bus, msg, Failure { stage: Stage::Sender, reason, code, channel }).await {
+    let failure = Failure { stage: Stage::Sender, reason, code, channel };
+    match bus::dead_letter(&ctx.bus.js, &ctx.bus.topology, &Stranded::of(msg, String::new()), failure).await {
         Ok(()) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot dead-letter; retrying later");
@@ -327,14 +337,15 @@ async fn failed(
             pieces: history_pieces(&pieces[..sids.len()], sids),
             delivery: "twilio".to_owned(),
         };
-        if let Err(e) = record::history(&ctx.bus, &out.channel_id, &out.to, event, &format!("out.{}", out.id)).await {
+        if let Err(e) = history(ctx, out, MsgId::HistoryOutbound(&out.id), event).await {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
             return Disposition::Retry(ctx.tuning.redelivery_delay);
         }
     }
     let detail = format!("piece {}/{n} not sent: {reason}", i + 1);
     let event = note(out, NoteReason::SendFailed, detail);
-    if let Err(e) = record::history(&ctx.bus, &out.channel_id, &out.to, event, &format!("note.{}.failed", out.id)).await
+    if let Err(e) =
+        history(ctx, out, MsgId::SenderNote { outbound: &out.id, reason: NoteReason::SendFailed }, event).await
     {
         tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
         return Disposition::Retry(ctx.tuning.redelivery_delay);

@@ -19,7 +19,7 @@
 //!   history entry → ack; failures → dead letter + history note.
 //! - [`status`]: a `StatusUpdate` from `P_STATUS`: compare-and-set of the
 //!   piece's state in `P_sent` (never backwards) → history entry → ack.
-//! - [`record`]: history entries and dead letters on the bus.
+//! - history entries and dead letters go through `smsgate_shared::bus`.
 //!
 //! A message's path: `P.outbound.<channel>` → the runtime (queue by
 //! (channel, to)) → [`deliver::Replies`] → [`sms::prepare`] → [`pacer`] →
@@ -27,7 +27,6 @@
 
 pub mod deliver;
 pub mod pacer;
-pub mod record;
 pub mod sms;
 pub mod status;
 pub mod twilio;

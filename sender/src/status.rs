@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{Message, kv};
 use serde::Deserialize;
+use smsgate_shared::bus::{self, Failure, MsgId, SentKey};
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::{self, HistoryEvent, StatusUpdate, status_rank};
 use smsgate_shared::topology::Stage;
@@ -20,18 +21,12 @@ use tracing::Instrument;
 
 use crate::Ctx;
 use crate::deliver::Disposition;
-use crate::record::{self, Failure};
 use smsgate_shared::consume::{BoxError, Delivery, Handler, Key, Stranded, key_of};
 
 /// Asynchronous delivery errors that retrying cannot fix (docs/TWILIO.md
 /// §6): blocked, unknown handset, landline or unreachable carrier,
 /// filtered as spam, unregistered 10DLC sender, unverified toll-free.
 pub const PERMANENT_ASYNC_CODES: [&str; 6] = ["30004", "30005", "30006", "30007", "30034", "30032"];
-
-/// The bucket key of a piece's delivery state.
-pub fn state_key(sid: &str) -> String {
-    format!("status.{sid}")
-}
 
 /// The consumer runtime's view of `P_STATUS`: one piece's callbacks in
 /// order (keyed by its MessageSid), pieces in parallel.
@@ -66,7 +61,7 @@ impl Handler for Status {
     async fn dead_letter(&self, s: Stranded<'_>) -> Result<(), BoxError> {
         tracing::warn!(seq = s.seq, reason = %s.reason, outcome = "dead_letter", "status callback dead-lettered");
         let failure = Failure { stage: Stage::Status, reason: s.reason.clone(), code: None, channel: None };
-        record::dead_letter_of(&self.0.bus, &s, failure).await?;
+        bus::dead_letter(&self.0.bus.js, &self.0.bus.topology, &s, failure).await?;
         Ok(())
     }
 }
@@ -90,7 +85,7 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         tracing::info!(status = %update.status, outcome = "ignored", "status with no place in the order; not recorded");
         return Disposition::Ack;
     }
-    let key = state_key(update.message_sid.as_str());
+    let key = SentKey::Status(update.message_sid.as_str()).to_string();
     let sid = update.message_sid.as_str();
     // Compare-and-set, retried when another replica moved the state meanwhile.
     for _ in 0..8 {
@@ -122,8 +117,10 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
             tracing::info!(status = %update.status, outcome = "recorded", "delivery status");
         }
         let event = HistoryEvent::Status { sid: sid.to_owned(), status: update.status.clone(), error_code };
-        let msg_id = format!("status.{sid}.{}", update.status);
-        if let Err(e) = record::history(&ctx.bus, &update.channel_id, &peer, event, &msg_id).await {
+        let id = MsgId::HistoryStatus { sid: &update.message_sid, status: &update.status };
+        if let Err(e) =
+            bus::append_history(&ctx.bus.js, &ctx.bus.topology, (&update.channel_id, &peer), id, event).await
+        {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
             return Disposition::Retry(ctx.tuning.redelivery_delay);
         }
@@ -162,8 +159,8 @@ fn known_status(s: &str) -> &'static str {
 
 async fn dead(ctx: &Ctx, msg: &Message, reason: String) -> Disposition {
     tracing::warn!(outcome = "dead_letter", reason = %reason, "status callback dead-lettered");
-    match record::dead_letter(&ctx.bus, msg, Failure { stage: Stage::Status, reason, code: None, channel: None }).await
-    {
+    let failure = Failure { stage: Stage::Status, reason, code: None, channel: None };
+    match bus::dead_letter(&ctx.bus.js, &ctx.bus.topology, &Stranded::of(msg, String::new()), failure).await {
         Ok(()) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot dead-letter; retrying later");

@@ -225,9 +225,22 @@ impl<T> Delivery<T> {
 pub struct Stranded<'a> {
     pub subject: &'a str,
     pub payload: &'a [u8],
-    pub msg_id: Option<&'a str>,
+    pub msg_id: Option<String>,
     pub seq: u64,
     pub reason: String,
+}
+
+impl<'a> Stranded<'a> {
+    /// A delivery in hand.
+    pub fn of(msg: &'a jetstream::Message, reason: String) -> Self {
+        Self {
+            subject: msg.subject.as_str(),
+            payload: &msg.payload,
+            msg_id: crate::bus::msg_id_of(msg.headers.as_ref()),
+            seq: msg.info().map(|i| i.stream_sequence).unwrap_or_default(),
+            reason,
+        }
+    }
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -776,14 +789,7 @@ async fn run_one<H: Handler>(name: &'static str, handler: Arc<H>, key: Key, d: A
 /// Dead-letters a delivery and acks it; if even that fails, hands it back
 /// (the advisory listener is the last resort).
 async fn give_up<H: Handler>(name: &'static str, handler: &H, d: &Delivery<H::Item>, reason: String) -> Disposition {
-    let msg_id = d.msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
-    let stranded = Stranded {
-        subject: d.msg.subject.as_str(),
-        payload: &d.msg.payload,
-        msg_id: msg_id.as_deref(),
-        seq: d.seq,
-        reason,
-    };
+    let stranded = Stranded { seq: d.seq, ..Stranded::of(&d.msg, reason) };
     match AssertUnwindSafe(handler.dead_letter(stranded)).catch_unwind().await {
         Ok(Ok(())) => Disposition::Ack,
         Ok(Err(e)) => {
@@ -865,11 +871,10 @@ async fn watch_advisories<H: Handler>(
                 continue;
             }
         };
-        let msg_id = raw.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
         let stranded = Stranded {
             subject: raw.subject.as_str(),
             payload: &raw.payload,
-            msg_id: msg_id.as_deref(),
+            msg_id: crate::bus::msg_id_of(Some(&raw.headers)),
             seq,
             reason: format!("JetStream stopped delivering it after {} deliveries", advisory.deliveries),
         };

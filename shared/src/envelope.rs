@@ -209,6 +209,45 @@ pub enum NoteReason {
     Logged,
 }
 
+impl NoteReason {
+    /// The name on the wire (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Duplicate => "duplicate",
+            Self::RateLimited => "rate_limited",
+            Self::OverLimit => "over_limit",
+            Self::CountryNotAllowed => "country_not_allowed",
+            Self::OptedOut => "opted_out",
+            Self::OptOutKeyword => "opt_out_keyword",
+            Self::OptInKeyword => "opt_in_keyword",
+            Self::HelpKeyword => "help_keyword",
+            Self::Blocked => "blocked",
+            Self::ChatError => "chat_error",
+            Self::NoReply => "no_reply",
+            Self::SendFailed => "send_failed",
+            Self::Delivered => "delivered",
+            Self::Logged => "logged",
+        }
+    }
+
+    pub const ALL: [NoteReason; 14] = [
+        Self::Duplicate,
+        Self::RateLimited,
+        Self::OverLimit,
+        Self::CountryNotAllowed,
+        Self::OptedOut,
+        Self::OptOutKeyword,
+        Self::OptInKeyword,
+        Self::HelpKeyword,
+        Self::Blocked,
+        Self::ChatError,
+        Self::NoReply,
+        Self::SendFailed,
+        Self::Delivered,
+        Self::Logged,
+    ];
+}
+
 /// One piece of an outbound message as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Piece {
@@ -370,5 +409,12 @@ mod tests {
         assert!(status_rank("delivered") > status_rank("sent"));
         assert!(status_rank("sent") > status_rank("queued"));
         assert!(status_rank("undelivered") > status_rank("sent"));
+    }
+
+    #[test]
+    fn note_reason_names_match_serde() {
+        for reason in NoteReason::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str(), "{reason:?}");
+        }
     }
 }

@@ -11,6 +11,9 @@
 //!   [`envelope::Inbound`] (ingress → worker), an [`envelope::Outbound`]
 //!   (worker or admin API → sender), a [`envelope::StatusUpdate`] (ingress →
 //!   sender), [`envelope::HistoryEntry`] and [`envelope::DeadLetter`].
+//! - [`bus`]: the bus protocol written once: every `Nats-Msg-Id`
+//!   ([`bus::MsgId`]), every `P_sent` key ([`bus::SentKey`]), publishing with
+//!   an id, the history and dead-letter writers.
 //! - [`topology`]: stream, bucket and subject names under the prefix, and
 //!   [`topology::Topology::ensure`], the one place that creates them.
 //! - [`redact`]: masking numbers and clipping third-party text for logs.
@@ -27,6 +30,7 @@
 //! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
 
 pub mod admin_token;
+pub mod bus;
 pub mod cas;
 pub mod config;
 pub mod consume;

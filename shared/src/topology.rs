@@ -184,10 +184,6 @@ impl Topology {
         let token = if token.is_empty() { "_" } else { token.as_str() };
         format!("pace.{token}.next")
     }
-    /// Key in the `sent` bucket for piece `index` (0-based) of outbound `id`.
-    pub fn sent_key(outbound_id: &str, index: usize) -> String {
-        format!("{outbound_id}.{index}")
-    }
 
     fn stream_configs(&self) -> Vec<stream::Config> {
         let work_queue = |name: String, what: &str| stream::Config {

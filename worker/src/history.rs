@@ -9,9 +9,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream::DirectGetErrorKind};
 use futures::StreamExt;
+use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{self, HistoryEntry, HistoryEvent, Inbound, NoteReason, Origin};
 use smsgate_shared::topology::Topology;
@@ -70,18 +70,10 @@ impl History {
         Ok(Self { js, topology, stream, cache: Arc::new(Mutex::new(cache)) })
     }
 
-    async fn append(&self, channel: &ChannelId, peer: &E164, msg_id: String, event: HistoryEvent) -> Result<(), Error> {
-        let entry = HistoryEntry::now(channel.clone(), peer.clone(), event);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let subject = self.topology.history_subject(channel, peer);
-        self.js
-            .publish_with_headers(subject, headers, envelope::encode(&entry))
+    async fn append(&self, channel: &ChannelId, peer: &E164, id: MsgId<'_>, event: HistoryEvent) -> Result<(), Error> {
+        bus::append_history(&self.js, &self.topology, (channel, peer), id, event)
             .await
-            .map_err(|e| Error::Publish { what: "history", source: Box::new(e) })?
-            .await
-            .map_err(|e| Error::Publish { what: "history", source: Box::new(e) })?;
-        Ok(())
+            .map_err(|e| Error::Publish { what: "history", source: Box::new(e) })
     }
 
     /// Records an inbound message (`Nats-Msg-Id: in.<sid>`).
@@ -91,7 +83,7 @@ impl History {
             body: inbound.body.clone(),
             media: inbound.media.clone(),
         };
-        self.append(&inbound.channel_id, peer, format!("in.{}", inbound.message_sid), event).await
+        self.append(&inbound.channel_id, peer, MsgId::HistoryInbound(&inbound.message_sid), event).await
     }
 
     /// Records why a message got no chat reply (`Nats-Msg-Id:
@@ -105,10 +97,9 @@ impl History {
         reason: NoteReason,
         detail: impl Into<String>,
     ) -> Result<(), Error> {
-        let tag = serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let event =
             HistoryEvent::Note { reason, message_sid: Some(sid.clone()), outbound_id: None, detail: detail.into() };
-        self.append(channel, peer, format!("note.{sid}.{tag}.{seq}"), event).await
+        self.append(channel, peer, MsgId::WorkerNote { sid, reason, seq }, event).await
     }
 
     /// The last `turns` turns of the conversation with `peer` before

@@ -19,13 +19,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use serde_json::json;
+use smsgate_shared::bus::{self, Failure, MsgId};
 use smsgate_shared::config::Channel;
 use smsgate_shared::consume::{self, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
-use smsgate_shared::envelope::{self, DeadLetter, DecodeError, Inbound, NoteReason, Origin, Outbound};
+use smsgate_shared::envelope::{self, DecodeError, Inbound, NoteReason, Origin, Outbound};
 use smsgate_shared::topology::{Stage, Topology};
 use time::OffsetDateTime;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -179,10 +179,8 @@ impl Handler for Processor {
     }
 
     async fn dead_letter(&self, s: Stranded<'_>) -> Result<(), consume::BoxError> {
-        let channel = s.subject.rsplit('.').next().and_then(|c| ChannelId::parse(c).ok());
-        let channel = channel.or_else(|| ChannelId::parse("unknown").ok()).ok_or("no channel id")?;
         warn!(subject = %s.subject, seq = s.seq, reason = %s.reason, outcome = "dead_letter", "inbound message dead-lettered");
-        self.publish_dead_raw(&channel, s.subject, s.payload, s.msg_id, s.seq, s.reason).await?;
+        self.dead(&s, s.reason.clone()).await?;
         // A redelivery that still slips through (say its ack was lost) does nothing more.
         if let Ok(inbound) = envelope::decode::<Inbound>(s.payload) {
             let _ =
@@ -239,66 +237,24 @@ impl Processor {
     }
 
     async fn dead_letter_only(&self, job: &Job, seq: u64, reason: String) -> Result<(Disposition, Outcome), Error> {
-        let channel = job.msg.subject.as_str().rsplit('.').next().and_then(|c| ChannelId::parse(c).ok());
-        let channel = channel.or_else(|| ChannelId::parse("unknown").ok());
         warn!(subject = %job.msg.subject, seq, reason = %reason, outcome = "dead_letter", "inbound message cannot be processed");
-        if let Some(channel) = channel {
-            self.publish_dead(&job.msg, &channel, seq, reason).await?;
-        }
+        self.publish_dead(&job.msg, seq, reason).await?;
         Ok((Disposition::Ack, Outcome::DeadLetter))
     }
 
-    async fn publish_dead(
-        &self,
-        msg: &jetstream::Message,
-        channel: &ChannelId,
-        seq: u64,
-        reason: String,
-    ) -> Result<(), Error> {
-        let msg_id = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
-        self.publish_dead_raw(channel, msg.subject.as_str(), &msg.payload, msg_id.as_deref(), seq, reason).await
+    /// Dead-letters `msg` (stream sequence `seq`) with `reason`.
+    async fn publish_dead(&self, msg: &jetstream::Message, seq: u64, reason: String) -> Result<(), Error> {
+        let original = Stranded { seq, ..Stranded::of(msg, String::new()) };
+        self.dead(&original, reason).await
     }
 
-    async fn publish_dead_raw(
-        &self,
-        channel: &ChannelId,
-        subject: &str,
-        payload: &[u8],
-        msg_id: Option<&str>,
-        seq: u64,
-        reason: String,
-    ) -> Result<(), Error> {
-        let dead = DeadLetter {
-            v: envelope::VERSION,
-            stage: Stage::Worker.as_str().to_owned(),
-            channel_id: channel.to_string(),
-            reason,
-            code: None,
-            subject: subject.to_owned(),
-            msg_id: msg_id.map(str::to_owned),
-            payload: String::from_utf8_lossy(payload).into_owned(),
-            at: OffsetDateTime::now_utc(),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("dead.worker.{seq}").as_str());
-        let subject = self.topology.dead_subject(Stage::Worker, channel);
-        publish(&self.js, subject, headers, envelope::encode(&dead), "dead letter").await
+    async fn dead(&self, original: &Stranded<'_>, reason: String) -> Result<(), Error> {
+        // The channel is the subject's last token (or "unknown").
+        let failure = Failure { stage: Stage::Worker, reason, code: None, channel: None };
+        bus::dead_letter(&self.js, &self.topology, original, failure)
+            .await
+            .map_err(|e| Error::Publish { what: "dead letter", source: Box::new(e) })
     }
-}
-
-async fn publish(
-    js: &jetstream::Context,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
-    what: &'static str,
-) -> Result<(), Error> {
-    js.publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| Error::Publish { what, source: Box::new(e) })?
-        .await
-        .map_err(|e| Error::Publish { what, source: Box::new(e) })?;
-    Ok(())
 }
 
 struct Step<'a> {
@@ -537,10 +493,10 @@ impl Step<'_> {
             origin: reply.origin,
             created_at: OffsetDateTime::now_utc(),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", outbound.id.as_str());
         let subject = p.topology.outbound_subject(&self.inbound.channel_id);
-        publish(&p.js, subject, headers, envelope::encode(&outbound), "reply").await?;
+        bus::publish(&p.js, subject, MsgId::Outbound(&outbound.id), envelope::encode(&outbound))
+            .await
+            .map_err(|e| Error::Publish { what: "reply", source: Box::new(e) })?;
         if let Some(pause) = p.tuning.pause_after_publish {
             // Test hook (crash tests): the reply is out, nothing is marked or acked yet.
             info!(outcome = "paused", "reply published; pausing before marking it done");
@@ -548,7 +504,7 @@ impl Step<'_> {
         }
         let (state, outcome) = match reply.dead_reason {
             Some(reason) => {
-                p.publish_dead(&self.job.msg, &self.inbound.channel_id, self.seq, reason).await?;
+                p.publish_dead(&self.job.msg, self.seq, reason).await?;
                 (State::Dead, Outcome::Fallback)
             }
             None if reply.origin == Origin::Help => (State::Done, Outcome::Help),

@@ -1,6 +1,7 @@
 //! The real `smsgate-sender` binary, killed with SIGKILL between two pieces
 //! of a message and started again: every piece reaches Twilio exactly once.
 
+use smsgate_shared::bus::SentKey;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
 
     // Piece 1 is sent and recorded; piece 2 waits for its slot. Kill now.
     eventually(WAIT, "piece 1 recorded in P_sent", || async {
-        bus.sent.get(Topology::sent_key(&out.id, 0)).await.unwrap()
+        bus.sent.get(SentKey::Piece { outbound: &out.id, index: 0 }.to_string()).await.unwrap()
     })
     .await;
     first.0.kill().unwrap();
@@ -105,7 +106,7 @@ async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
     for (i, (piece, call)) in pieces.iter().zip(&created).enumerate() {
         assert_eq!(piece.sid, call.sid);
         assert_eq!(
-            bus.sent.get(Topology::sent_key(&out.id, i)).await.unwrap().map(|b| b.to_vec()),
+            bus.sent.get(SentKey::Piece { outbound: &out.id, index: i }.to_string()).await.unwrap().map(|b| b.to_vec()),
             call.sid.clone().map(String::into_bytes)
         );
     }

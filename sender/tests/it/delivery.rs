@@ -1,5 +1,6 @@
 //! Normal delivery, log delivery, opt-outs, redelivery.
 
+use smsgate_shared::bus::SentKey;
 use smsgate_shared::envelope::{HistoryEvent, NoteReason};
 use smsgate_shared::testkit::{self, eventually};
 use smsgate_shared::topology::Topology;
@@ -37,7 +38,7 @@ async fn a_reply_goes_to_twilio_as_one_message_with_every_form_field() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(t.sent(&Topology::sent_key("reply.SM1", 0)).await, call.sid);
+    assert_eq!(t.sent(&SentKey::Piece { outbound: "reply.SM1", index: 0 }.to_string()).await, call.sid);
     t.wait_outbound_empty().await;
     t.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Twilio's errors: 429, 5xx, permanent codes, an unreachable API.
 
+use smsgate_shared::bus::SentKey;
 use std::time::Duration;
 
 use smsgate_sender::Tuning;
@@ -60,7 +61,7 @@ async fn a_500_twice_is_dead_lettered_without_a_third_try() {
     t.wait_outbound_empty().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.twilio.calls().len(), 2);
-    assert!(t.sent(&Topology::sent_key("reply.SM12", 0)).await.is_none());
+    assert!(t.sent(&SentKey::Piece { outbound: "reply.SM12", index: 0 }.to_string()).await.is_none());
     t.stop().await;
 }
 
