@@ -36,7 +36,7 @@ use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY, WEBHOOK_PATH};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{
-    self, DeadLetter, HistoryEntry, HistoryEvent, Media, NoteReason, Origin, Outbound, status_rank,
+    self, DeadLetter, HistoryEntry, HistoryEvent, Media, MessageStatus, NoteReason, Origin, Outbound,
 };
 use smsgate_shared::redact::clip;
 use smsgate_shared::topology::Topology;
@@ -548,7 +548,10 @@ impl DeliveryIndex {
     fn add(&mut self, event: &HistoryEvent) {
         match event {
             HistoryEvent::Status { sid, status, error_code } => {
-                let newer = self.by_sid.get(sid).is_none_or(|(old, _)| status_rank(status) >= status_rank(old));
+                let newer = self
+                    .by_sid
+                    .get(sid)
+                    .is_none_or(|(old, _)| MessageStatus::parse(status).rank() >= MessageStatus::parse(old).rank());
                 if newer {
                     self.by_sid.insert(sid.clone(), (status.clone(), error_code.clone()));
                 }
@@ -600,7 +603,7 @@ impl DeliveryIndex {
 }
 
 fn overall_state(pieces: &[PieceView], failed: bool) -> String {
-    let is_failure = |s: &str| matches!(s, "failed" | "undelivered" | "canceled");
+    let is_failure = |s: &str| MessageStatus::parse(s).is_failure();
     if let Some(p) = pieces.iter().find(|p| is_failure(&p.state)) {
         return p.state.clone();
     }
@@ -611,7 +614,7 @@ fn overall_state(pieces: &[PieceView], failed: bool) -> String {
     let rank = |s: &str| match s {
         "pending" => 0,
         "logged" => u8::MAX,
-        other => status_rank(other),
+        other => MessageStatus::parse(other).rank(),
     };
     pieces.iter().min_by_key(|p| rank(&p.state)).map_or_else(|| "pending".to_owned(), |p| p.state.clone())
 }

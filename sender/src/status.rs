@@ -3,7 +3,7 @@
 //!
 //! Callbacks can arrive out of order (docs/TWILIO.md §3), so each piece's
 //! state lives in the `P_sent` bucket under `status.<SID>` and only moves
-//! forward by [`status_rank`]: a late `sent` never overwrites `delivered`.
+//! forward by [`MessageStatus::rank`]: a late `sent` never overwrites `delivered`.
 //! When a status advances, a `Status` history entry is appended (with
 //! Twilio's error code for failed/undelivered), then the state is stored
 //! with compare-and-set. History first: a crash in between repeats the
@@ -15,7 +15,7 @@ use async_nats::jetstream::{Message, kv};
 use serde::Deserialize;
 use smsgate_shared::bus::{self, Failure, MsgId, SentKey};
 use smsgate_shared::domain::E164;
-use smsgate_shared::envelope::{self, HistoryEvent, StatusUpdate, status_rank};
+use smsgate_shared::envelope::{self, HistoryEvent, MessageStatus, StatusUpdate};
 use smsgate_shared::topology::Stage;
 use tracing::Instrument;
 
@@ -79,8 +79,9 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         return dead(ctx, msg, "status callback without a valid To number".to_owned()).await;
     };
     span.record("peer", peer.masked());
-    let rank = status_rank(&update.status);
-    metrics::counter!("smsgate_sender_status_total", "status" => known_status(&update.status)).increment(1);
+    let status = MessageStatus::parse(&update.status);
+    let rank = status.rank();
+    metrics::counter!("smsgate_sender_status_total", "status" => status.as_str()).increment(1);
     if rank == 0 {
         tracing::info!(status = %update.status, outcome = "ignored", "status with no place in the order; not recorded");
         return Disposition::Ack;
@@ -98,14 +99,14 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         };
         let current = entry.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned());
         if let Some(current) = &current
-            && status_rank(current) >= rank
+            && MessageStatus::parse(current).rank() >= rank
         {
             tracing::info!(status = %update.status, current = %current, outcome = "stale", "status arrived late; kept the later one");
             return Disposition::Ack;
         }
         let error_code = update.error_code.clone().filter(|c| !c.trim().is_empty());
         let permanent = error_code.as_deref().is_some_and(|c| PERMANENT_ASYNC_CODES.contains(&c));
-        if matches!(update.status.as_str(), "failed" | "undelivered") {
+        if matches!(status, MessageStatus::Failed | MessageStatus::Undelivered) {
             tracing::warn!(
                 status = %update.status,
                 twilio_code = error_code.as_deref().unwrap_or(""),
@@ -135,26 +136,6 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         }
     }
     Disposition::Retry(ctx.tuning.redelivery_delay)
-}
-
-/// A bounded label set for the metric.
-fn known_status(s: &str) -> &'static str {
-    const KNOWN: [&str; 13] = [
-        "queued",
-        "sending",
-        "sent",
-        "failed",
-        "delivered",
-        "undelivered",
-        "receiving",
-        "received",
-        "accepted",
-        "scheduled",
-        "read",
-        "partially_delivered",
-        "canceled",
-    ];
-    KNOWN.iter().find(|k| **k == s).copied().unwrap_or("other")
 }
 
 async fn dead(ctx: &Ctx, msg: &Message, reason: String) -> Disposition {

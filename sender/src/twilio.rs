@@ -7,6 +7,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::E164;
+use smsgate_shared::retry::parse_retry_after;
 
 /// Twilio codes that are never retried (docs/TWILIO.md §6): invalid To,
 /// region/geo permission, recipient opted out, not a mobile number, body
@@ -179,7 +180,7 @@ impl TwilioClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| parse_retry_after(v, MAX_RETRY_AFTER));
         let bytes = response.bytes().await.map_err(classify)?;
         if status.is_success() {
             return Ok(serde_json::from_slice(&bytes).unwrap_or(CreatedMessage {
@@ -240,19 +241,6 @@ fn classify(e: reqwest::Error) -> TwilioError {
     }
 }
 
-/// `Retry-After`: seconds or an HTTP date, capped.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    let wait = if let Ok(secs) = value.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
-        let delta = at - time::OffsetDateTime::now_utc();
-        Duration::try_from(delta).unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,14 +259,6 @@ mod tests {
             assert_eq!(api(400, Some(code)).kind(), ErrorKind::Permanent, "{code}");
         }
         assert_eq!(api(401, Some(20003)).kind(), ErrorKind::Permanent);
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates_and_is_capped() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("100000"), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

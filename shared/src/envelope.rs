@@ -172,18 +172,87 @@ pub struct StatusUpdate {
     pub params: Vec<(String, String)>,
 }
 
-/// How far a message has got; a status never moves a piece backwards.
-/// Twilio's callbacks can arrive out of order (docs/TWILIO.md §3).
-pub fn status_rank(status: &str) -> u8 {
-    match status {
-        "accepted" | "scheduled" => 1,
-        "queued" => 2,
-        "sending" => 3,
-        "sent" => 4,
-        "failed" | "undelivered" | "canceled" => 5,
-        "delivered" | "partially_delivered" => 6,
-        "read" => 7,
-        _ => 0,
+/// Twilio's `MessageStatus` (docs/TWILIO.md §3): the one place its
+/// vocabulary is known. On the wire it stays a string (a status Twilio adds
+/// later is kept as sent); here an unknown one is [`MessageStatus::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    Accepted,
+    Scheduled,
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+    Delivered,
+    Undelivered,
+    Receiving,
+    Received,
+    Read,
+    PartiallyDelivered,
+    Canceled,
+    Other,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 14] = [
+        Self::Accepted,
+        Self::Scheduled,
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Failed,
+        Self::Delivered,
+        Self::Undelivered,
+        Self::Receiving,
+        Self::Received,
+        Self::Read,
+        Self::PartiallyDelivered,
+        Self::Canceled,
+        Self::Other,
+    ];
+
+    pub fn parse(s: &str) -> Self {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).unwrap_or(Self::Other)
+    }
+
+    /// Twilio's name (`other` for [`MessageStatus::Other`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Scheduled => "scheduled",
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
+            Self::Receiving => "receiving",
+            Self::Received => "received",
+            Self::Read => "read",
+            Self::PartiallyDelivered => "partially_delivered",
+            Self::Canceled => "canceled",
+            Self::Other => "other",
+        }
+    }
+
+    /// How far a message has got; a status never moves a piece backwards,
+    /// since Twilio's callbacks can arrive out of order.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Accepted | Self::Scheduled => 1,
+            Self::Queued => 2,
+            Self::Sending => 3,
+            Self::Sent => 4,
+            Self::Failed | Self::Undelivered | Self::Canceled => 5,
+            Self::Delivered | Self::PartiallyDelivered => 6,
+            Self::Read => 7,
+            Self::Receiving | Self::Received | Self::Other => 0,
+        }
+    }
+
+    /// Twilio could not deliver it (or it was canceled): final, not good.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Undelivered | Self::Canceled)
     }
 }
 
@@ -406,9 +475,21 @@ mod tests {
 
     #[test]
     fn later_statuses_outrank_earlier_ones() {
-        assert!(status_rank("delivered") > status_rank("sent"));
-        assert!(status_rank("sent") > status_rank("queued"));
-        assert!(status_rank("undelivered") > status_rank("sent"));
+        let rank = |s: &str| MessageStatus::parse(s).rank();
+        assert!(rank("delivered") > rank("sent"));
+        assert!(rank("sent") > rank("queued"));
+        assert!(rank("undelivered") > rank("sent"));
+        assert_eq!(rank("something_new"), 0);
+    }
+
+    #[test]
+    fn statuses_round_trip_and_unknown_ones_are_other() {
+        for status in MessageStatus::ALL {
+            assert_eq!(MessageStatus::parse(status.as_str()), status);
+        }
+        assert_eq!(MessageStatus::parse("Delivered"), MessageStatus::Other);
+        let failures: Vec<_> = MessageStatus::ALL.into_iter().filter(|s| s.is_failure()).map(|s| s.as_str()).collect();
+        assert_eq!(failures, ["failed", "undelivered", "canceled"]);
     }
 
     #[test]

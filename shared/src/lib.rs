@@ -17,6 +17,7 @@
 //! - [`topology`]: stream, bucket and subject names under the prefix, and
 //!   [`topology::Topology::ensure`], the one place that creates them.
 //! - [`redact`]: masking numbers and clipping third-party text for logs.
+//! - [`retry`]: the one `Retry-After` parser (seconds or an HTTP date).
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
@@ -39,6 +40,7 @@ pub mod envelope;
 pub mod nats;
 pub mod ops;
 pub mod redact;
+pub mod retry;
 pub mod shutdown;
 pub mod signature;
 pub mod telemetry;

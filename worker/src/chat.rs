@@ -18,6 +18,7 @@ use sha2::Sha256;
 use smsgate_shared::config::ChatConfig;
 use smsgate_shared::envelope::{Inbound, Media};
 use smsgate_shared::redact::third_party;
+use smsgate_shared::retry::parse_retry_after;
 use time::OffsetDateTime;
 
 /// Who said a turn of the conversation.
@@ -213,6 +214,10 @@ fn transport(e: reqwest::Error) -> ChatError {
     ChatError::Transport(e.without_url())
 }
 
+/// The longest `Retry-After` of the chat backend honoured (the worker's
+/// retry schedule caps what it waits at the same 5 minutes).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatError> {
     let status = response.status();
     if status.is_success() {
@@ -222,8 +227,7 @@ fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatEr
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(v, MAX_RETRY_AFTER));
     Err(ChatError::Status { status, retry_after })
 }
 
