@@ -247,6 +247,7 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     "insecure_skip_signature": c.insecure_skip_signature,
                     "limits": {"replies_per_minute": c.limits.replies_per_minute, "replies_per_day": c.limits.replies_per_day},
                     "reply_countries": reply_countries(c),
+                    "unknown_keys": c.unknown_keys,
                 })
             })
             .collect();
@@ -254,6 +255,11 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
     }
     let plural = if channels.len() == 1 { "" } else { "s" };
     println!("configuration OK: {} channel{plural}\n", channels.len());
+    for c in channels {
+        for key in &c.unknown_keys {
+            println!("warning: channel {}: unknown key {key}, ignored", c.id);
+        }
+    }
     let rows: Vec<Vec<String>> = channels
         .iter()
         .map(|c| {

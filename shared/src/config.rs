@@ -5,7 +5,7 @@
 //! function (`std::env::var` in `main`, a map in tests), so tests never touch
 //! the process environment.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -399,6 +399,10 @@ pub struct Channel {
     pub chat: ChatConfig,
     pub delivery: Delivery,
     pub insecure_skip_signature: bool,
+    /// Keys of the channel's JSON that smsgate does not know, with a "did
+    /// you mean" when one is close: logged as a warning at start and shown by
+    /// `check-config`.
+    pub unknown_keys: Vec<String>,
 }
 
 pub const WEBHOOK_PATH: &str = "/api/channels/sms/twilio/webhook/";
@@ -430,7 +434,38 @@ struct RawChannel {
     #[serde(default = "yes")]
     enabled: bool,
     config: RawChannelConfig,
+    /// Keys smsgate does not know (reported, not refused: AgentOS files
+    /// carry keys of their own).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
 }
+
+/// The keys of a channel object, for "did you mean".
+const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
+/// The keys of a channel's `config`, for "did you mean".
+const CONFIG_KEYS: [&str; 21] = [
+    "twilio_account_sid",
+    "twilio_auth_token",
+    "twilio_from_number",
+    "twilio_messaging_service_sid",
+    "sms_max_len",
+    "webhook_path_token",
+    "twilio_api_base",
+    "public_base_url",
+    "rate_limit",
+    "mps",
+    "max_parts",
+    "limits",
+    "reply_countries",
+    "allow_from",
+    "block_from",
+    "help_text",
+    "fallback_text",
+    "rate_limit_text",
+    "chat",
+    "delivery",
+    "insecure_skip_signature",
+];
 
 fn default_manifest() -> String {
     "sms".to_owned()
@@ -481,6 +516,41 @@ struct RawChannelConfig {
     delivery: Option<Delivery>,
     #[serde(default)]
     insecure_skip_signature: bool,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// `config.rate_limt (did you mean config.rate_limit?)` for every key of
+/// `raw` smsgate does not know.
+fn unknown_keys(raw: &RawChannel) -> Vec<String> {
+    let describe = |prefix: &str, key: &str, known: &[&str]| match closest(key, known) {
+        Some(k) => format!("{prefix}{key} (did you mean {prefix}{k}?)"),
+        None => format!("{prefix}{key}"),
+    };
+    let top = raw.unknown.keys().map(|k| describe("", k, &CHANNEL_KEYS));
+    let config = raw.config.unknown.keys().map(|k| describe("config.", k, &CONFIG_KEYS));
+    top.chain(config).collect()
+}
+
+/// The known key nearest to `key` (a typo: at most 2 edits, fewer for short keys).
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 4).clamp(1, 2);
+    known.iter().map(|k| (edit_distance(key, k), *k)).filter(|(d, _)| *d <= limit).min().map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Loads the channels: from the file named by `SMSGATE_CHANNELS`, or one
@@ -688,6 +758,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         ok = false;
         report(key, message);
     };
+    let unknown_keys = unknown_keys(&raw);
     let c = raw.config;
     let id = ChannelId::parse(&raw.channel_id).map_err(|e| fail("channel_id", e.reason)).ok();
     let account_sid =
@@ -847,6 +918,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         chat,
         delivery,
         insecure_skip_signature: c.insecure_skip_signature,
+        unknown_keys,
     })
 }
 
@@ -896,7 +968,17 @@ impl Config {
     /// prints every problem and exits with status 64.
     pub fn from_env_or_exit(service: &str) -> Self {
         match Self::from_lookup(&|k| std::env::var(k).ok()) {
-            Ok(c) => c,
+            Ok(c) => {
+                for channel in c.channels.iter().filter(|c| !c.unknown_keys.is_empty()) {
+                    tracing::warn!(
+                        service,
+                        channel_id = %channel.id,
+                        keys = %channel.unknown_keys.join(", "),
+                        "the channel file has keys smsgate does not know; they are ignored"
+                    );
+                }
+                c
+            }
             Err(e) => {
                 tracing::error!(service, outcome = "bad_config", error = %e, "invalid configuration");
                 eprintln!("smsgate-{service}: {e}");
@@ -1120,5 +1202,37 @@ mod tests {
         let t = generate_token();
         assert_eq!(t.len(), 48);
         assert_ne!(t, generate_token());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_the_nearest_known_one() {
+        let text = r#"{"channel_id": "c", "extra_agentos_field": 1, "config": {
+            "twilio_account_sid": "AC0123456789abcdef0123456789abcdef", "twilio_auth_token": "t",
+            "twilio_from_number": "+14155550100", "webhook_path_token": "0123456789abcdef0123456789abcdef",
+            "chat": {"kind": "echo"}, "rate_limt": {"per_minute": 5}, "help_txt": "x", "completely_else": true}}"#;
+        let channels = parse_channels(text, "test", &|_| None, None).unwrap();
+        assert_eq!(
+            channels[0].unknown_keys,
+            [
+                "extra_agentos_field",
+                "config.completely_else",
+                "config.help_txt (did you mean config.help_text?)",
+                "config.rate_limt (did you mean config.rate_limit?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_listed_key_is_one_serde_knows() {
+        for key in CONFIG_KEYS {
+            let value = serde_json::json!({"channel_id": "c", "config": {
+                "twilio_account_sid": "AC0123456789abcdef0123456789abcdef", "twilio_auth_token": "t",
+                "webhook_path_token": "0123456789abcdef0123456789abcdef", key: null}});
+            if let Ok(raw) = serde_json::from_value::<RawChannel>(value) {
+                assert!(!raw.config.unknown.contains_key(key), "{key} is listed but not a field");
+            }
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(closest("mpss", &CONFIG_KEYS), Some("mps"));
     }
 }

@@ -54,6 +54,27 @@ fn check_config_reads_smsgate_channels_when_no_file_is_given() {
 }
 
 #[test]
+fn check_config_warns_about_unknown_keys_with_the_likely_typo() {
+    let example: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example_channels()).unwrap()).unwrap();
+    let mut channel = example.get("channels").and_then(|c| c.get(0)).cloned().unwrap_or(example);
+    channel["config"]["rate_limt"] = serde_json::json!({"per_minute": 5});
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(file, "{channel}").unwrap();
+    let path = file.path().to_str().unwrap();
+    let out = smsgate(&["check-config", path], &example_env());
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("warning: channel local: unknown key config.rate_limt (did you mean config.rate_limit?)"),
+        "{text}"
+    );
+    let out = smsgate(&["check-config", "--json", path], &example_env());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["channels"][0]["unknown_keys"][0], "config.rate_limt (did you mean config.rate_limit?)");
+}
+
+#[test]
 fn check_config_names_every_problem_with_its_key_and_exits_64() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     write!(
