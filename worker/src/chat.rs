@@ -12,7 +12,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use smsgate_shared::config::ChatConfig;
@@ -177,9 +177,7 @@ impl ChatBackend {
                 }
                 let response = request.send().await.map_err(transport)?;
                 let response = check_status(response)?;
-                let answer: Value = response.json().await.map_err(|e| {
-                    if e.is_timeout() { transport(e) } else { ChatError::BadAnswer(third_party(&e.to_string(), 200)) }
-                })?;
+                let answer = response.bytes().await.map_err(transport)?;
                 openai_reply(&answer)
             }
             Self::Webhook { http, url, secret, timeout, .. } => {
@@ -237,7 +235,65 @@ fn is_image(media: &Media) -> bool {
 
 /// A user message: plain text, or text and image parts when there are images.
 /// Non-image media are named in the text so the model knows they exist.
-fn user_content(body: &str, media: &[Media]) -> Value {
+/// OpenAI's chat completions request: what smsgate sends of it.
+#[derive(Debug, Serialize)]
+struct CompletionRequest<'a> {
+    model: &'a str,
+    messages: Vec<Message<'a>>,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Message<'a> {
+    /// `system`, `user` or `assistant`.
+    role: &'a str,
+    content: Content,
+}
+
+/// Plain text, or parts when the message carries pictures.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Debug, Serialize)]
+struct ImageUrl {
+    url: String,
+}
+
+/// OpenAI's answer: what smsgate reads of it.
+#[derive(Debug, Deserialize)]
+struct Completion {
+    choices: Vec<Choice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    message: AnswerMessage,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerMessage {
+    /// Text; null (or missing) when the model gave none. Anything else is
+    /// refused with what it was.
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+/// The text of a user turn, with pictures as image parts and other
+/// attachments named in the text.
+fn user_content(body: &str, media: &[Media]) -> Content {
     let mut text = body.to_owned();
     for m in media.iter().filter(|m| !is_image(m)) {
         let kind = m.content_type.as_deref().unwrap_or("file");
@@ -245,47 +301,46 @@ fn user_content(body: &str, media: &[Media]) -> Value {
     }
     let images: Vec<&Media> = media.iter().filter(|m| is_image(m)).collect();
     if images.is_empty() {
-        return Value::String(text);
+        return Content::Text(text);
     }
-    let mut parts = vec![json!({"type": "text", "text": text})];
-    parts.extend(images.iter().map(|m| json!({"type": "image_url", "image_url": {"url": m.url}})));
-    Value::Array(parts)
+    let mut parts = vec![Part::Text { text }];
+    parts.extend(images.iter().map(|m| Part::ImageUrl { image_url: ImageUrl { url: m.url.clone() } }));
+    Content::Parts(parts)
 }
 
-fn openai_body(
-    model: &str,
-    system_prompt: Option<&str>,
+fn openai_body<'a>(
+    model: &'a str,
+    system_prompt: Option<&'a str>,
     max_tokens: u32,
     temperature: Option<f32>,
     req: &ChatRequest<'_>,
-) -> Value {
+) -> CompletionRequest<'a> {
     let mut messages = Vec::with_capacity(req.history.len() + 2);
     if let Some(prompt) = system_prompt {
-        messages.push(json!({"role": "system", "content": prompt}));
+        messages.push(Message { role: "system", content: Content::Text(prompt.to_owned()) });
     }
     for turn in req.history {
-        let content = match turn.role {
-            Role::User => user_content(&turn.body, &turn.media),
-            Role::Assistant => Value::String(turn.body.clone()),
+        let (role, content) = match turn.role {
+            Role::User => ("user", user_content(&turn.body, &turn.media)),
+            Role::Assistant => ("assistant", Content::Text(turn.body.clone())),
         };
-        messages.push(json!({"role": turn.role, "content": content}));
+        messages.push(Message { role, content });
     }
-    messages.push(json!({"role": "user", "content": user_content(&req.inbound.body, &req.inbound.media)}));
-    let mut body = json!({"model": model, "messages": messages, "max_tokens": max_tokens});
-    if let (Some(t), Some(obj)) = (temperature, body.as_object_mut()) {
-        obj.insert("temperature".to_owned(), json!(t));
-    }
-    body
+    messages.push(Message { role: "user", content: user_content(&req.inbound.body, &req.inbound.media) });
+    CompletionRequest { model, messages, max_tokens, temperature }
 }
 
 /// `choices[0].message.content`; an empty or missing content is "no reply".
-fn openai_reply(answer: &Value) -> Result<Option<String>, ChatError> {
-    let message = answer
-        .get("choices")
-        .and_then(|c| c.get(0))
-        .and_then(|c| c.get("message"))
+fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
+    let completion: Completion =
+        serde_json::from_slice(answer).map_err(|e| ChatError::BadAnswer(third_party(&e.to_string(), 200)))?;
+    let message = completion
+        .choices
+        .into_iter()
+        .next()
+        .map(|c| c.message)
         .ok_or_else(|| ChatError::BadAnswer("no choices[0].message".to_owned()))?;
-    match message.get("content") {
+    match message.content {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
         Some(Value::String(_) | Value::Null) | None => Ok(None),
         Some(other) => {
@@ -373,6 +428,7 @@ mod tests {
             Turn { role: Role::Assistant, body: "hello".into(), media: vec![], at: OffsetDateTime::UNIX_EPOCH },
         ];
         let body = openai_body("m", Some("be brief"), 50, Some(0.5), &ChatRequest { inbound: &i, history: &history });
+        let body = serde_json::to_value(&body).unwrap();
         let msgs = body["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 4);
         assert_eq!(msgs[0], json!({"role": "system", "content": "be brief"}));
@@ -388,10 +444,17 @@ mod tests {
 
     #[test]
     fn openai_answer_is_read_from_the_first_choice() {
-        let ok = json!({"choices": [{"message": {"role": "assistant", "content": " Hi! "}}]});
-        assert_eq!(openai_reply(&ok).unwrap().as_deref(), Some("Hi!"));
-        assert_eq!(openai_reply(&json!({"choices": [{"message": {"content": null}}]})).unwrap(), None);
-        assert_eq!(openai_reply(&json!({"error": "x"})).unwrap_err().kind(), ErrorKind::Permanent);
+        let ok = br#"{"id": "c1", "choices": [{"index": 0, "message": {"role": "assistant", "content": " Hi! "}}]}"#;
+        assert_eq!(openai_reply(ok).unwrap().as_deref(), Some("Hi!"));
+        assert_eq!(openai_reply(br#"{"choices": [{"message": {"content": null}}]}"#).unwrap(), None);
+        assert_eq!(openai_reply(br#"{"choices": [{"message": {}}]}"#).unwrap(), None);
+        assert_eq!(openai_reply(br#"{"error": "x"}"#).unwrap_err().kind(), ErrorKind::Permanent);
+        assert_eq!(openai_reply(br#"{"choices": []}"#).unwrap_err().kind(), ErrorKind::Permanent);
+        assert_eq!(
+            openai_reply(br#"{"choices": [{"message": {"content": [1]}}]}"#).unwrap_err().kind(),
+            ErrorKind::Permanent
+        );
+        assert_eq!(openai_reply(b"not json").unwrap_err().kind(), ErrorKind::Permanent);
     }
 
     #[test]
