@@ -54,6 +54,24 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Human takeover: stop the bot answering one conversation (inbound is
+    /// still recorded; answer with `smsgate send`); it resumes on its own.
+    Pause {
+        #[arg(long)]
+        channel: String,
+        /// The other party's number, E.164.
+        peer: String,
+        /// How long (default: the channel's `pause_minutes`, 60).
+        #[arg(long)]
+        minutes: Option<f64>,
+    },
+    /// Hand a paused conversation back to the bot.
+    Resume {
+        #[arg(long)]
+        channel: String,
+        /// The other party's number, E.164.
+        peer: String,
+    },
     /// Sign a webhook exactly as Twilio would and post it to ingress.
     Simulate {
         /// The channel (may be left out when only one is configured).

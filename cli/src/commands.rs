@@ -92,6 +92,16 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             print!("{}", render::conversation(&conversation, offset));
             Ok(())
         }
+        Command::Pause { channel, peer, minutes } => {
+            let body = match minutes {
+                Some(m) => json!({"minutes": m}),
+                None => json!({}),
+            };
+            takeover(&admin()?, (&channel, &peer), "pause", body, (json, offset)).await
+        }
+        Command::Resume { channel, peer } => {
+            takeover(&admin()?, (&channel, &peer), "resume", json!({}), (json, offset)).await
+        }
         Command::Channels => {
             let answer = admin()?.call(Method::GET, "/api/v1/channels", None).await?;
             if json {
@@ -214,6 +224,33 @@ fn reply_countries(c: &Channel) -> Vec<String> {
         config::ReplyCountries::All => vec!["*".to_owned()],
         config::ReplyCountries::Codes(codes) => codes.clone(),
     }
+}
+
+/// `pause` or `resume` one conversation.
+async fn takeover(
+    admin: &Admin,
+    (channel, peer): (&str, &str),
+    action: &str,
+    body: Value,
+    (json, offset): (bool, UtcOffset),
+) -> Result<(), CliError> {
+    let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;
+    let path = format!("/api/v1/conversations/{}/%2B{}/{action}", channel_id(channel)?, peer.subject_token());
+    let answer = admin.call(Method::POST, &path, Some(&body)).await?;
+    if json {
+        return print_json(&answer);
+    }
+    let until = answer
+        .get("paused_until")
+        .and_then(Value::as_str)
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+    match until {
+        Some(t) => {
+            println!("{peer}: the bot is paused until {}; answer with `smsgate send`", render::date_time(t, offset))
+        }
+        None => println!("{peer}: the bot answers again"),
+    }
+    Ok(())
 }
 
 fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {

@@ -36,7 +36,7 @@ use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY, WEBHOOK_PATH};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{
-    self, DeadLetter, HistoryEntry, HistoryEvent, Media, MessageStatus, NoteReason, Origin, Outbound,
+    self, ConversationState, DeadLetter, HistoryEntry, HistoryEvent, Media, MessageStatus, NoteReason, Origin, Outbound,
 };
 use smsgate_shared::redact::clip;
 use smsgate_shared::topology::Topology;
@@ -70,6 +70,8 @@ pub fn router(state: AdminState, guard: Arc<crate::guard::Guard>) -> Router {
         .route("/api/v1/messages", post(send_message))
         .route("/api/v1/conversations", get(list_conversations))
         .route("/api/v1/conversations/{channel_id}/{peer}", get(read_conversation))
+        .route("/api/v1/conversations/{channel_id}/{peer}/pause", post(pause_conversation))
+        .route("/api/v1/conversations/{channel_id}/{peer}/resume", post(resume_conversation))
         .route("/api/v1/channels", get(list_channels))
         .route("/api/v1/dead", get(list_dead))
         .route("/api/v1/dead/{seq}/replay", post(replay_dead))
@@ -234,6 +236,40 @@ impl AdminState {
     async fn stream(&self, name: String) -> Result<JsStream, AdminError> {
         self.require_nats()?;
         bounded(&format!("cannot open stream {name}"), self.js.get_stream(name.clone())).await
+    }
+
+    /// The `P_conversations` bucket (human takeover).
+    async fn conversations(&self) -> Result<jetstream::kv::Store, AdminError> {
+        self.require_nats()?;
+        bounded("open the conversations bucket", self.js.get_key_value(self.topology.conversations_bucket())).await
+    }
+
+    /// When the bot's pause for this conversation ends, if it is paused now.
+    async fn paused_until(&self, channel: &ChannelId, peer: &E164) -> Result<Option<OffsetDateTime>, AdminError> {
+        let store = self.conversations().await?;
+        let key = Topology::conversation_key(channel, peer);
+        let value = bounded("read the conversation's state", store.get(&key)).await?;
+        let state = value.and_then(|v| serde_json::from_slice::<ConversationState>(&v).ok());
+        Ok(state.filter(|s| s.paused(OffsetDateTime::now_utc())).map(|s| s.paused_until))
+    }
+
+    /// Records a pause or a resume in the conversation, so that it shows
+    /// who had the conversation when.
+    async fn takeover_note(
+        &self,
+        channel: &ChannelId,
+        peer: &E164,
+        key: &str,
+        reason: NoteReason,
+        detail: String,
+    ) -> Result<(), AdminError> {
+        let event = HistoryEvent::Note { reason, message_sid: None, outbound_id: None, detail };
+        let id = MsgId::Takeover { conversation: key, reason, at_ns: OffsetDateTime::now_utc().unix_timestamp_nanos() };
+        bounded(
+            "record it in the conversation",
+            bus::append_history(&self.js, &self.topology, (channel, peer), id, event),
+        )
+        .await
     }
 
     fn channel(&self, id: &str) -> Option<&Channel> {
@@ -478,6 +514,9 @@ pub struct Conversation {
     /// When the oldest stored entry was written.
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
+    /// Set while an operator has paused the bot for this conversation.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub paused_until: Option<OffsetDateTime>,
     pub entries: Vec<EntryView>,
 }
 
@@ -626,10 +665,8 @@ async fn read_conversation(
 ) -> Result<Json<Conversation>, AdminError> {
     let limit = parse_limit(query.limit.as_deref())?;
     let channel = state.known_channel(&channel_id)?;
-    // Accept the number with or without its '+' (a '+' in a URL is easy to lose).
-    let peer_text = peer.trim();
-    let peer = if peer_text.starts_with('+') { E164::parse(peer_text) } else { E164::parse(&format!("+{peer_text}")) }
-        .map_err(|e| AdminError::invalid("invalid_number", e.reason))?;
+    let peer = peer_of_path(&peer)?;
+    let paused_until = state.paused_until(&channel, &peer).await?;
     let stream = state.stream(state.topology.history_stream()).await?;
     let subject = state.topology.history_subject(&channel, &peer);
     let mut index = DeliveryIndex::default();
@@ -664,7 +701,104 @@ async fn read_conversation(
         total,
         messages,
         started_at,
+        paused_until,
         entries,
+    }))
+}
+
+/// A number in a URL path, with or without its '+' (a '+' in a URL is easy to lose).
+fn peer_of_path(peer: &str) -> Result<E164, AdminError> {
+    let text = peer.trim();
+    if text.starts_with('+') { E164::parse(text) } else { E164::parse(&format!("+{text}")) }
+        .map_err(|e| AdminError::invalid("invalid_number", e.reason))
+}
+
+// ---------------------------------------------------------------------------
+// Human takeover: pause and resume the bot for one conversation
+
+/// `POST .../pause` body: `{}` or `{"minutes": N}` (else the channel's
+/// `pause_minutes`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseRequest {
+    #[serde(default)]
+    minutes: Option<f64>,
+}
+
+/// The answer of pause and resume.
+#[derive(Debug, Serialize)]
+pub struct TakeoverState {
+    pub channel_id: String,
+    pub peer: String,
+    pub paused: bool,
+    /// When the bot answers again on its own.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub paused_until: Option<OffsetDateTime>,
+}
+
+async fn pause_conversation(
+    State(state): State<AdminState>,
+    Path((channel_id, peer)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<TakeoverState>, AdminError> {
+    let channel = state
+        .channel(&channel_id)
+        .ok_or_else(|| {
+            AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(&channel_id, 64)))
+        })?
+        .clone();
+    let peer = peer_of_path(&peer)?;
+    let request: PauseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseRequest { minutes: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AdminError::invalid("invalid_json", format!("the body is not a valid pause request: {e}")))?
+    };
+    let minutes = request.minutes.unwrap_or(channel.pause_minutes);
+    smsgate_shared::config::check_pause_minutes(minutes)
+        .map_err(|m| AdminError::invalid("invalid_minutes", format!("minutes {m}")))?;
+    let now = OffsetDateTime::now_utc();
+    let until = now + Duration::from_secs_f64(minutes * 60.0);
+    let record = ConversationState { v: envelope::VERSION, paused_until: until, paused_at: now };
+    let key = Topology::conversation_key(&channel.id, &peer);
+    let store = state.conversations().await?;
+    bounded("store the pause", store.put(&key, envelope::encode(&record))).await?;
+    let until_text = until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let detail = format!("an operator paused the bot for {minutes} minutes, until {until_text}");
+    state.takeover_note(&channel.id, &peer, &key, NoteReason::Paused, detail).await?;
+    tracing::info!(service = "ingress", stage = "admin", channel_id = %channel.id, minutes, outcome = "paused", "bot paused for a conversation");
+    Ok(Json(TakeoverState {
+        channel_id: channel.id.to_string(),
+        peer: peer.to_string(),
+        paused: true,
+        paused_until: Some(until),
+    }))
+}
+
+async fn resume_conversation(
+    State(state): State<AdminState>,
+    Path((channel_id, peer)): Path<(String, String)>,
+) -> Result<Json<TakeoverState>, AdminError> {
+    let channel = state.known_channel(&channel_id)?;
+    let peer = peer_of_path(&peer)?;
+    let key = Topology::conversation_key(&channel, &peer);
+    let store = state.conversations().await?;
+    bounded("remove the pause", store.delete(&key)).await?;
+    state
+        .takeover_note(
+            &channel,
+            &peer,
+            &key,
+            NoteReason::Resumed,
+            "an operator handed the conversation back to the bot".to_owned(),
+        )
+        .await?;
+    tracing::info!(service = "ingress", stage = "admin", channel_id = %channel, outcome = "resumed", "bot resumed for a conversation");
+    Ok(Json(TakeoverState {
+        channel_id: channel.to_string(),
+        peer: peer.to_string(),
+        paused: false,
+        paused_until: None,
     }))
 }
 

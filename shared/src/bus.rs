@@ -50,6 +50,9 @@ pub enum MsgId<'a> {
     HistoryOutbound(&'a str),
     /// History: a piece's delivery status, `status.<sid>.<status>`.
     HistoryStatus { sid: &'a MessageSid, status: &'a str },
+    /// History: an operator paused or resumed the bot,
+    /// `takeover.<channel>.<digits>.<reason>.<unix ns>`: each action once.
+    Takeover { conversation: &'a str, reason: NoteReason, at_ns: i128 },
     /// A dead letter: `dead.<stage>.<original subject>.<seq>`. One per
     /// stored message however often it is redelivered; a replay is a new
     /// stored message and may be dead-lettered again.
@@ -69,6 +72,9 @@ impl fmt::Display for MsgId<'_> {
             Self::SenderNote { outbound, reason } => write!(f, "note.{outbound}.{}", sender_note_tag(*reason)),
             Self::HistoryOutbound(id) => write!(f, "out.{id}"),
             Self::HistoryStatus { sid, status } => write!(f, "status.{sid}.{status}"),
+            Self::Takeover { conversation, reason, at_ns } => {
+                write!(f, "takeover.{conversation}.{}.{at_ns}", reason.as_str())
+            }
             Self::Dead { stage, subject, seq } => write!(f, "dead.{}.{subject}.{seq}", stage.as_str()),
         }
     }

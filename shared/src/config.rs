@@ -386,6 +386,9 @@ pub struct Channel {
     pub rate_limit: RateLimit,
     /// Sends per second per sending number; 0 means unpaced.
     pub mps: f64,
+    /// How long an operator's pause of the bot lasts when the request names
+    /// no time (human takeover), in minutes.
+    pub pause_minutes: f64,
     pub max_parts: usize,
     /// Replies per minute and per day, all senders together.
     pub limits: Limits,
@@ -443,7 +446,7 @@ struct RawChannel {
 /// The keys of a channel object, for "did you mean".
 const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
 /// The keys of a channel's `config`, for "did you mean".
-const CONFIG_KEYS: [&str; 21] = [
+const CONFIG_KEYS: [&str; 22] = [
     "twilio_account_sid",
     "twilio_auth_token",
     "twilio_from_number",
@@ -454,6 +457,7 @@ const CONFIG_KEYS: [&str; 21] = [
     "public_base_url",
     "rate_limit",
     "mps",
+    "pause_minutes",
     "max_parts",
     "limits",
     "reply_countries",
@@ -493,6 +497,8 @@ struct RawChannelConfig {
     rate_limit: Option<RateLimit>,
     #[serde(default)]
     mps: Option<f64>,
+    #[serde(default)]
+    pause_minutes: Option<f64>,
     #[serde(default)]
     max_parts: Option<usize>,
     #[serde(default)]
@@ -801,6 +807,10 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         fail("config.max_parts", format!("must be 1 to 10, is {max_parts}"));
     }
     let mps = c.mps.unwrap_or(1.0);
+    let pause_minutes = c.pause_minutes.unwrap_or(DEFAULT_PAUSE_MINUTES);
+    if let Err(m) = check_pause_minutes(pause_minutes) {
+        fail("config.pause_minutes", m);
+    }
     // Below the minimum the interval between sends would be days (or
     // overflow a Duration): surely a typo.
     if !mps.is_finite() || mps < 0.0 || (mps > 0.0 && mps < MIN_MPS) || mps > MAX_MPS {
@@ -907,6 +917,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         public_base_url,
         rate_limit,
         mps,
+        pause_minutes,
         max_parts,
         limits,
         reply_countries: reply_countries?,
@@ -920,6 +931,21 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         insecure_skip_signature: c.insecure_skip_signature,
         unknown_keys,
     })
+}
+
+/// How long a pause of the bot lasts unless the channel or the request
+/// says otherwise.
+pub const DEFAULT_PAUSE_MINUTES: f64 = 60.0;
+/// The longest pause: a week.
+pub const MAX_PAUSE_MINUTES: f64 = 7.0 * 24.0 * 60.0;
+
+/// A pause length in minutes: more than 0, at most a week.
+pub fn check_pause_minutes(minutes: f64) -> Result<(), String> {
+    if minutes.is_finite() && minutes > 0.0 && minutes <= MAX_PAUSE_MINUTES {
+        Ok(())
+    } else {
+        Err(format!("must be more than 0 and at most {MAX_PAUSE_MINUTES} minutes (a week), is {minutes}"))
+    }
 }
 
 /// The smallest non-zero `mps`: one send every 1000 s.

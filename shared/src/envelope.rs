@@ -276,6 +276,10 @@ pub enum NoteReason {
     SendFailed,
     Delivered,
     Logged,
+    /// An operator paused the bot for this conversation (human takeover).
+    Paused,
+    /// The operator handed the conversation back to the bot.
+    Resumed,
 }
 
 impl NoteReason {
@@ -296,10 +300,12 @@ impl NoteReason {
             Self::SendFailed => "send_failed",
             Self::Delivered => "delivered",
             Self::Logged => "logged",
+            Self::Paused => "paused",
+            Self::Resumed => "resumed",
         }
     }
 
-    pub const ALL: [NoteReason; 14] = [
+    pub const ALL: [NoteReason; 16] = [
         Self::Duplicate,
         Self::RateLimited,
         Self::OverLimit,
@@ -314,6 +320,8 @@ impl NoteReason {
         Self::SendFailed,
         Self::Delivered,
         Self::Logged,
+        Self::Paused,
+        Self::Resumed,
     ];
 }
 
@@ -364,6 +372,26 @@ pub enum HistoryEvent {
         outbound_id: Option<String>,
         detail: String,
     },
+}
+
+/// A conversation's state in the `P_conversations` bucket
+/// (`Topology::conversation_key`): the bot paused by an operator (human
+/// takeover). No entry, or one whose pause has ended, means the bot answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationState {
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// The bot does not answer before this time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub paused_until: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub paused_at: OffsetDateTime,
+}
+
+impl ConversationState {
+    pub fn paused(&self, now: OffsetDateTime) -> bool {
+        now < self.paused_until
+    }
 }
 
 /// An entry of `P.history.<channel_id>.<e164>`.

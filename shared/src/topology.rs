@@ -64,6 +64,8 @@ pub struct Bus {
     pub sent: kv::Store,
     /// Reply counters per channel and window (the worker's `limits`).
     pub budget: kv::Store,
+    /// Per-conversation state: the bot paused (human takeover).
+    pub conversations: kv::Store,
 }
 
 impl Topology {
@@ -122,6 +124,9 @@ impl Topology {
     pub fn sent_bucket(&self) -> String {
         format!("{}_sent", self.upper)
     }
+    pub fn conversations_bucket(&self) -> String {
+        format!("{}_conversations", self.upper)
+    }
     pub fn budget_bucket(&self) -> String {
         format!("{}_budget", self.upper)
     }
@@ -160,6 +165,11 @@ impl Topology {
     /// Key in the `seen` bucket for an inbound MessageSid.
     pub fn seen_key(sid: &crate::domain::MessageSid) -> String {
         sid.to_string()
+    }
+    /// Key in the `conversations` bucket for a conversation (the same shape
+    /// as an opt-out key: `<channel>.<digits>`).
+    pub fn conversation_key(channel: &ChannelId, peer: &E164) -> String {
+        format!("{channel}.{}", peer.subject_token())
     }
     /// Key in the `optout` bucket for a number on a channel.
     pub fn optout_key(channel: &ChannelId, peer: &E164) -> String {
@@ -268,6 +278,7 @@ impl Topology {
             (self.optout_bucket(), Duration::ZERO),
             (self.sent_bucket(), SENT_TTL),
             (self.budget_bucket(), BUDGET_TTL),
+            (self.conversations_bucket(), Duration::ZERO),
         ] {
             self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
@@ -285,6 +296,7 @@ impl Topology {
             optout: next()?,
             sent: next()?,
             budget: next()?,
+            conversations: next()?,
         })
     }
 
@@ -333,8 +345,14 @@ impl Topology {
     pub async fn present(&self, js: &jetstream::Context) -> bool {
         let mut names: Vec<String> = self.stream_configs().into_iter().map(|c| c.name).collect();
         names.extend(
-            [self.seen_bucket(), self.optout_bucket(), self.sent_bucket(), self.budget_bucket()]
-                .map(|b| format!("KV_{b}")),
+            [
+                self.seen_bucket(),
+                self.optout_bucket(),
+                self.sent_bucket(),
+                self.budget_bucket(),
+                self.conversations_bucket(),
+            ]
+            .map(|b| format!("KV_{b}")),
         );
         for name in names {
             if js.get_stream(&name).await.is_err() {

@@ -69,6 +69,8 @@ pub enum Error {
     },
     #[error("cannot read or write the seen bucket")]
     Seen(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot read the conversations bucket")]
+    Conversations(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read or write the opt-out bucket")]
     OptOut(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read or advance the channel's reply counters or the sender's rate limit")]
@@ -219,6 +221,7 @@ impl App {
             channels,
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
+            conversations: bus.conversations,
             limiter: limiter::Limiter::new(cells.clone()),
             budget: budget::Budget::new(cells),
             tuning,

@@ -25,7 +25,7 @@ use smsgate_shared::bus::{self, Failure, MsgId};
 use smsgate_shared::config::Channel;
 use smsgate_shared::consume::{self, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
-use smsgate_shared::envelope::{self, DecodeError, Inbound, NoteReason, Origin, Outbound};
+use smsgate_shared::envelope::{self, ConversationState, DecodeError, Inbound, NoteReason, Origin, Outbound};
 use smsgate_shared::topology::{Stage, Topology};
 use time::OffsetDateTime;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -58,6 +58,8 @@ pub enum Outcome {
     OptInKeyword,
     OptedOut,
     Blocked,
+    /// An operator has the conversation (human takeover): recorded, not answered.
+    Paused,
     Help,
     RateLimited,
     /// Refused by the channel's `limits` or `reply_countries`.
@@ -82,6 +84,7 @@ impl Outcome {
             Self::OptInKeyword => "opt_in_keyword",
             Self::OptedOut => "opted_out",
             Self::Blocked => "blocked",
+            Self::Paused => "paused",
             Self::Help => "help",
             Self::RateLimited => "rate_limited",
             Self::OverLimit => "over_limit",
@@ -107,6 +110,8 @@ pub struct Processor {
     pub channels: HashMap<ChannelId, Lane>,
     pub seen: Seen,
     pub optout: kv::Store,
+    /// `P_conversations`: conversations an operator has paused the bot for.
+    pub conversations: kv::Store,
     pub history: History,
     pub limiter: Limiter,
     pub budget: Budget,
@@ -242,6 +247,24 @@ impl Processor {
         Ok((Disposition::Ack, Outcome::DeadLetter))
     }
 
+    /// When the bot's pause for this conversation ends, if it is paused now.
+    async fn paused_until(&self, channel: &ChannelId, peer: &E164) -> Result<Option<OffsetDateTime>, Error> {
+        let key = Topology::conversation_key(channel, peer);
+        let Some(value) = self.conversations.get(&key).await.map_err(|e| Error::Conversations(Box::new(e)))? else {
+            return Ok(None);
+        };
+        // An unreadable entry pauses nothing: the bot answering beats a
+        // conversation silently stuck.
+        let state = match serde_json::from_slice::<ConversationState>(&value) {
+            Ok(state) => state,
+            Err(e) => {
+                warn!(error = %e, "unreadable conversation state; answering");
+                return Ok(None);
+            }
+        };
+        Ok(state.paused(OffsetDateTime::now_utc()).then_some(state.paused_until))
+    }
+
     /// Dead-letters `msg` (stream sequence `seq`) with `reason`.
     async fn publish_dead(&self, msg: &jetstream::Message, seq: u64, reason: String) -> Result<(), Error> {
         let original = Stranded { seq, ..Stranded::of(msg, String::new()) };
@@ -336,6 +359,17 @@ impl Step<'_> {
         if !self.lane.channel.admits(&self.peer) {
             self.note(NoteReason::Blocked, "the sender is not allowed on this channel").await?;
             return self.done(Outcome::Blocked).await;
+        }
+        // Human takeover: while an operator has the conversation the inbound
+        // is recorded (above) and not answered; STOP/START (above) and HELP
+        // (below) still work.
+        if keyword != Some(Keyword::Help)
+            && let Some(until) = p.paused_until(&self.inbound.channel_id, &self.peer).await?
+        {
+            let until = until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            self.note(NoteReason::Paused, format!("the bot is paused until {until} (human takeover); not answered"))
+                .await?;
+            return self.done(Outcome::Paused).await;
         }
         // A redelivery was counted the first time. HELP counts too: it costs a reply.
         let limit = self.lane.channel.rate_limit;

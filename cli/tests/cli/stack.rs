@@ -239,3 +239,32 @@ async fn operator_commands_work_against_the_running_stack() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("403"), "{}", stdout(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_bot_back_until_resume() {
+    let stack = Stack::start().await;
+    let out = stack.run(&["pause", "--channel", "local", PEER, "--minutes", "15"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("the bot is paused until"), "{}", stdout(&out));
+
+    simulate(&stack, "anyone there").await;
+    let v = stack
+        .conversation_until("the paused note", |v| {
+            v["entries"].as_array().is_some_and(|e| e.iter().filter(|e| e["reason"] == "paused").count() == 2)
+        })
+        .await;
+    assert!(!outbound_with(&v, "anyone there"), "no answer while paused: {v}");
+    assert!(v["paused_until"].is_string(), "{v}");
+
+    let out = stack.run(&["resume", "--channel", "local", PEER]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("the bot answers again"), "{}", stdout(&out));
+    simulate(&stack, "back again").await;
+    stack.conversation_until("the echo reply after resume", |v| outbound_with(v, "back again")).await;
+}
+
+async fn simulate(stack: &Stack, body: &str) {
+    let url = stack.ingress_url.clone();
+    let out = stack.run(&["simulate", "--channel", "local", "--from", PEER, "--body", body, "--url", &url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

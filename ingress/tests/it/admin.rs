@@ -603,3 +603,63 @@ async fn nats_down_answers_503_quickly() {
     assert_eq!(body["nats"]["connected"], false);
     assert_eq!(body["channels"][0]["health"], "down");
 }
+
+#[tokio::test]
+async fn pause_and_resume_a_conversation_store_the_takeover_and_record_it() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let path = format!("/api/v1/conversations/test/{}", PEER.trim_start_matches('+'));
+    let before = OffsetDateTime::now_utc();
+
+    let (status, body) = admin.post(&format!("{path}/pause"), &json!({"minutes": 30})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], true, "{body}");
+    let until =
+        OffsetDateTime::parse(body["paused_until"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let minutes = (until - before).whole_seconds() as f64 / 60.0;
+    assert!((29.9..=30.1).contains(&minutes), "paused for {minutes} minutes");
+
+    // What every worker reads: the bucket entry.
+    let store = admin.js.get_key_value(admin.topology.conversations_bucket()).await.unwrap();
+    let key = Topology::conversation_key(&channel_id(), &E164::parse(PEER).unwrap());
+    let stored: envelope::ConversationState = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored.paused_until.unix_timestamp(), until.unix_timestamp());
+
+    // The conversation shows the pause and the note.
+    let (status, view) = admin.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["paused_until"], body["paused_until"], "{view}");
+    let notes: Vec<&str> = view["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "note")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(notes, ["paused"], "{view}");
+
+    // Without minutes: the channel's pause_minutes (60 by default).
+    let (status, body) = admin.post(&format!("{path}/pause"), &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let until =
+        OffsetDateTime::parse(body["paused_until"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    assert!((until - OffsetDateTime::now_utc()).whole_minutes() >= 59, "{body}");
+
+    for bad in [json!({"minutes": 0}), json!({"minutes": -5}), json!({"minutes": 20000}), json!({"minute": 5})] {
+        let (status, body) = admin.post(&format!("{path}/pause"), &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, body) = admin.post("/api/v1/conversations/nope/14155550100/pause", &json!({})).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "unknown_channel");
+
+    let (status, body) = admin.post(&format!("{path}/resume"), &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], false, "{body}");
+    assert!(store.get(&key).await.unwrap().is_none(), "the pause is gone from the bucket");
+    let (_, view) = admin.get(&path).await;
+    assert_eq!(view["paused_until"], Value::Null, "{view}");
+    let last = view["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["reason"], "resumed", "{view}");
+}

@@ -13,3 +13,4 @@ mod order;
 mod pipeline;
 mod shutdown;
 mod skips;
+mod takeover;
