@@ -280,18 +280,23 @@ uid=${user%%:*}
 home=$(awk -F: -v u="$uid" '$3 == u { print $6 }' "$mnt/etc/passwd")
 mapfile -t image_env < <(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | sed '/^$/d')
 
-# A free TCP port on 127.0.0.1 (nothing answers there).
+# A free TCP port: below the kernel's ephemeral range (where a client's
+# outgoing connection could take it at any time) and used by no socket.
+eph_low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$eph_low" -gt 12000 ] || eph_low=32768
 used_ports=" "
-free_port() {
-  local p
+free_port() { # free_port VAR: sets VAR
+  local p hex
   while :; do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (eph_low - 10000)))
     case $used_ports in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then used_ports+="$p "; echo "$p"; return; fi
+    hex=$(printf ':%04X' "$p")
+    awk -v h="$hex" 'FNR > 1 && substr($2, length($2) - 4) == h { found = 1 } END { exit !found }' \
+      /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
+    used_ports+="$p "; printf -v "$1" '%s' "$p"; return
   done
 }
-nats_port=$(free_port); ingress_port=$(free_port); admin_port=$(free_port)
-worker_port=$(free_port); sender_port=$(free_port)
+for v in nats_port ingress_port admin_port worker_port sender_port; do free_port "$v"; done
 
 # What the services and the CLI see: the image's ENV, then what
 # docker-compose.yml would set.
@@ -324,7 +329,8 @@ in_image() { image_cmd "$@"; "${cmd[@]}"; }
 
 say "nats-server with JetStream on 127.0.0.1:$nats_port"
 nats-server -js -sd "$work/nats" -a 127.0.0.1 -p "$nats_port" >"$logs/nats.log" 2>&1 &
-pids+=($!)
+nats_pid=$!
+pids+=("$nats_pid")
 nats_info() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$nats_port && head -n 1 <&3" 2>/dev/null || true; }
 for _ in $(seq 100); do nats_info | grep -q '"jetstream":true' && break; sleep 0.1; done
 nats_info | grep -q '"jetstream":true' || { show_log "$logs/nats.log"; die "nats-server with JetStream did not start"; }
@@ -336,19 +342,40 @@ fail_with_logs() {
   die "$*"
 }
 
-for svc in ingress worker sender; do
-  image_cmd "/usr/local/bin/smsgate-$svc"
-  "${cmd[@]}" >"$logs/$svc.log" 2>&1 &
-  pids+=($!)
-  say "started smsgate-$svc from the image as $user (pid $!)"
-done
+# All three at once, as docker-compose.yml starts them (each depends on nats
+# only).
+declare -A svc_pid=() restarts=()
+start_service() {
+  image_cmd "/usr/local/bin/smsgate-$1"
+  "${cmd[@]}" >>"$logs/$1.log" 2>&1 &
+  svc_pid[$1]=$!
+  pids=("$nats_pid" "${svc_pid[@]}")
+  say "started smsgate-$1 from the image as $user (pid $!)"
+}
+for svc in ingress worker sender; do start_service "$svc"; done
+
+# A service that exits while they come up is started again, at most 3 times,
+# and said so loudly: docker-compose.yml's `restart: unless-stopped` does
+# the same, so a failure it would hide shows here as a warning.
+supervise() {
+  local svc rc
+  for svc in ingress worker sender; do
+    running "${svc_pid[$svc]}" && continue
+    rc=0; wait "${svc_pid[$svc]}" 2>/dev/null || rc=$?
+    restarts[$svc]=$((${restarts[$svc]:-0} + 1))
+    [ "${restarts[$svc]}" -le 3 ] || fail_with_logs "smsgate-$svc exited (status $rc) 4 times"
+    say "WARNING: smsgate-$svc exited (status $rc) while starting; its log ends with:"
+    tail -n 2 "$logs/$svc.log" | sed 's/^/    /'
+    start_service "$svc"
+  done
+}
 
 # The health endpoints, asked with the image's own curl (its healthchecks use it).
 health() { in_image curl -fsS --max-time 2 "http://127.0.0.1:$1$2" >/dev/null 2>&1; }
 wait_health() { # wait_health NAME PORT PATH
   for _ in $(seq 60); do
     health "$2" "$3" && { say "$1 answers on :$2$3"; return; }
-    all_alive || fail_with_logs "a service exited"
+    supervise
     sleep 0.5
   done
   fail_with_logs "$1 did not answer on 127.0.0.1:$2$3 within 30 s"
@@ -391,5 +418,8 @@ t_run=$((SECONDS - t_run))
 # --- 5. report ---------------------------------------------------------------------
 size=$(podman image inspect --format '{{.Size}}' "$image")
 say "$image: $size bytes ($(numfmt --to=iec --suffix=B "$size")); $debian_base: $(podman image inspect --format '{{.Size}}' "$debian_base" | numfmt --to=iec --suffix=B)"
+for svc in "${!restarts[@]}"; do
+  say "WARNING: smsgate-$svc had to be started again ${restarts[$svc]} time(s) (see above)"
+done
 say "passed: base images ${t_base}s, image build ${t_build}s, run ${t_run}s, total $((SECONDS - started))s"
 ok=1
