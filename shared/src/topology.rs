@@ -307,10 +307,21 @@ impl Topology {
         let name = config.name.clone();
         let wanted = config.num_replicas.max(1);
         let config_direct = config.allow_direct;
-        let mut stream = js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| TopologyError::Stream { name: name.clone(), source: Box::new(e) })?;
+        // Services starting together race to create the same stream: the
+        // loser's create can fail ("subjects overlap", seen on 2.9.10) while
+        // the winner's is being applied. Look again before giving up.
+        let mut attempt = 0;
+        let mut stream = loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(stream = %name, attempt, error = %e, "cannot create or open the stream yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(TopologyError::Stream { name: name.clone(), source: Box::new(e) }),
+            }
+        };
         let info =
             stream.info().await.map_err(|e| TopologyError::Stream { name: name.clone(), source: Box::new(e) })?;
         let have = info.config.num_replicas.max(1);
