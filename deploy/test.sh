@@ -39,4 +39,10 @@ if [ -f docker-compose.yml ]; then
   docker-compose --env-file .env.example -f docker-compose.yml config -q
   docker-compose --env-file .env.example -f docker-compose.yml -f deploy/docker-compose.cluster.yml config -q
 fi
+echo "== the container image: deploy/Dockerfile built with podman and run from its own filesystem"
+if [ "$(id -u)" -eq 0 ]; then
+  ./deploy/test-image.sh
+else
+  echo "test.sh: SKIPPED: deploy/test-image.sh needs root (debootstrap, podman storage, chroot)" >&2
+fi
 echo "== all checks passed"
