@@ -21,6 +21,15 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== no test kit in a shipped crate"
+for crate in smsgate-shared smsgate-ingress smsgate-worker smsgate-sender smsgate-cli; do
+  # Captured first: with pipefail, `cargo tree | grep -q` can fail on SIGPIPE.
+  tree=$(cargo tree -e normal -p "$crate")
+  if grep -q smsgate-testkit <<<"$tree"; then
+    echo "test.sh: $crate depends on smsgate-testkit outside dev-dependencies" >&2
+    exit 1
+  fi
+done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"

@@ -33,7 +33,7 @@ use smsgate_ingress::App;
 use smsgate_shared::config::{Config, STATUS_PATH, Settings, WEBHOOK_PATH};
 use smsgate_shared::domain::MessageSid;
 use smsgate_shared::signature;
-use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
