@@ -18,8 +18,6 @@
 //! any single-byte alteration of the body that changes the signed params, of
 //! the signed URL's query, or of the signature header must be refused.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
