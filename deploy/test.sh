@@ -21,6 +21,23 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== no test kit or test hook in a shipped build"
+for crate in smsgate-shared smsgate-ingress smsgate-worker smsgate-sender smsgate-cli; do
+  # Captured first: with pipefail, `cargo tree | grep -q` can fail on SIGPIPE.
+  tree=$(cargo tree -e normal -p "$crate")
+  if grep -q smsgate-testkit <<<"$tree"; then
+    echo "test.sh: $crate depends on smsgate-testkit outside dev-dependencies" >&2
+    exit 1
+  fi
+done
+# The worker's test hooks (feature fault-hooks) only in test builds: a
+# build without dev-dependencies, as release builds and the image are, has
+# no way to turn them on.
+tree=$(cargo tree -e normal,features --workspace -i smsgate-worker)
+if grep -q fault-hooks <<<"$tree"; then
+  echo "test.sh: a build without dev-dependencies enables smsgate-worker's fault-hooks" >&2
+  exit 1
+fi
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"

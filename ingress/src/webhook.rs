@@ -453,7 +453,7 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smsgate_shared::testkit;
+    use smsgate_testkit as testkit;
 
     #[test]
     fn finds_a_channel_by_token_and_nothing_by_a_near_miss() {

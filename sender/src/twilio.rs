@@ -266,20 +266,19 @@ mod tests {
         let to = E164::parse("+14155550100").unwrap();
         let media = vec!["https://x.io/a.png".to_owned(), "https://x.io/b.png".to_owned()];
         let msg = NewMessage { to: &to, body: "", media_urls: &media, status_callback: Some("https://cb") };
-        let plain = smsgate_shared::testkit::channel("");
+        let plain = smsgate_testkit::channel("");
         let form = form_fields(&plain, msg);
         assert_eq!(
             form,
             vec![
                 ("To", "+14155550100"),
-                ("From", smsgate_shared::testkit::FROM_NUMBER),
+                ("From", smsgate_testkit::FROM_NUMBER),
                 ("MediaUrl", "https://x.io/a.png"),
                 ("MediaUrl", "https://x.io/b.png"),
                 ("StatusCallback", "https://cb"),
             ]
         );
-        let ms =
-            smsgate_shared::testkit::channel(r#""twilio_messaging_service_sid": "MG0123456789abcdef0123456789abcdef""#);
+        let ms = smsgate_testkit::channel(r#""twilio_messaging_service_sid": "MG0123456789abcdef0123456789abcdef""#);
         let form = form_fields(&ms, NewMessage { body: "hi", media_urls: &[], status_callback: None, ..msg });
         assert_eq!(form[1], ("MessagingServiceSid", "MG0123456789abcdef0123456789abcdef"));
         assert_eq!(form[2], ("Body", "hi"));

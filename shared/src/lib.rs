@@ -28,7 +28,9 @@
 //! - [`nats`]: connecting to one NATS server or a cluster, with creds,
 //!   nkey, token, user/password and TLS; URLs redacted for logs.
 //! - [`ops`]: `/api/health` and `/metrics` for the worker and the sender.
-//! - `testkit` (feature): a real nats-server per test, Twilio and chat stubs.
+//!
+//! The test kit (a real nats-server per test, Twilio and chat stubs) is its
+//! own crate, `smsgate-testkit` (`testkit/`), a dev-dependency only.
 
 pub mod admin_token;
 pub mod bus;
@@ -45,6 +47,3 @@ pub mod shutdown;
 pub mod signature;
 pub mod telemetry;
 pub mod topology;
-
-#[cfg(feature = "testkit")]
-pub mod testkit;

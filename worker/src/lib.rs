@@ -18,7 +18,9 @@
 //!
 //! [`App`] is the one seam for `main` and the tests: it binds the ops
 //! listener (`/api/health`, `/metrics`), connects NATS, ensures the topology,
-//! and runs until its cancellation token is cancelled.
+//! and runs until its cancellation token is cancelled. `main` uses the
+//! default [`Tuning`]; built with the cargo feature `fault-hooks` (tests
+//! only, never a release build) it also reads the crash tests' pause hook.
 
 pub mod budget;
 pub mod chat;

@@ -152,7 +152,7 @@ fn check_config_reports_the_abuse_limits_pacing_and_chat_problems_by_key() {
 #[test]
 fn simulate_never_prints_the_path_token_when_ingress_is_unreachable() {
     let file = example_channels();
-    let port = smsgate_shared::testkit::nats::free_port();
+    let port = smsgate_testkit::nats::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let args = ["simulate", "--channel", "local", "--from", "+15551230000", "--body", "hi", "--url", &url];
     let out = smsgate(&args, &example_env_with(&file));
@@ -197,7 +197,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn an_unreachable_admin_api_is_a_failed_operation() {
-    let port = smsgate_shared::testkit::nats::free_port();
+    let port = smsgate_testkit::nats::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = smsgate(&["conversations"], &[("SMSGATE_ADMIN_URL", &url)]);
     assert_eq!(out.status.code(), Some(1));

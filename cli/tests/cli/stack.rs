@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use smsgate_shared::config::Config;
-use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::{example_channels, smsgate, stderr, stdout};

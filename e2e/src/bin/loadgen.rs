@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use smsgate_e2e::webhook::{SignedWebhook, Target, message_sid, sender_number, signed};
-use smsgate_shared::testkit::chat::OpenAiStub;
-use smsgate_shared::testkit::twilio::{Chaos, TwilioStub};
+use smsgate_testkit::chat::OpenAiStub;
+use smsgate_testkit::twilio::{Chaos, TwilioStub};
 
 #[derive(Parser, Debug)]
 #[command(name = "smsgate-loadgen", about = "Load generator for smsgate's ingress and the whole pipeline")]

@@ -6,9 +6,13 @@
 //! `target/<profile>/deps/<test>` → `target/<profile>/smsgate-worker`.
 //! `cargo test --workspace` builds them before any test runs; `cargo test -p
 //! smsgate-e2e` does not, so the first stack of a process runs `cargo build
-//! --bins -p smsgate-ingress -p smsgate-worker -p smsgate-sender` when a
-//! binary is missing or older than a source file of the services (the
-//! `CARGO` and `CARGO_TARGET_DIR` variables are honoured as cargo sets them).
+//! --bins -p smsgate-ingress -p smsgate-worker -p smsgate-sender --features
+//! fault-hooks` when a binary is missing or older than a source file of the
+//! services (the `CARGO` and `CARGO_TARGET_DIR` variables are honoured as
+//! cargo sets them). The worker's test hooks (cargo feature `fault-hooks`)
+//! are built in as `cargo test` of the worker builds them: its crash tests
+//! run the same `target/<profile>/smsgate-worker`. A release build never
+//! has them.
 //! `SMSGATE_E2E_BIN_DIR` points at prebuilt binaries instead (no build).
 
 use std::path::{Path, PathBuf};
@@ -19,6 +23,12 @@ use std::time::SystemTime;
 use anyhow::{Context as _, anyhow, bail};
 
 const SERVICES: [&str; 3] = ["smsgate-ingress", "smsgate-worker", "smsgate-sender"];
+
+/// The test-only features the binaries are built with (never in a release
+/// image): the worker's environment test hooks. Unqualified, so cargo
+/// enables it on each selected package that has it; `smsgate-worker/…` would
+/// name the worker's dev-dependency on itself and enable nothing here.
+const FEATURES: &str = "fault-hooks";
 
 /// The directory holding the three binaries.
 #[derive(Debug, Clone)]
@@ -78,6 +88,7 @@ fn build(workspace: &Path, dir: &Path) -> anyhow::Result<()> {
     for name in SERVICES {
         cmd.args(["-p", name]);
     }
+    cmd.args(["--features", FEATURES]);
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
@@ -93,8 +104,8 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The newest modification time among the services' sources (the test kit
-/// excluded: the binaries do not run it).
+/// The newest modification time among the services' sources (their tests
+/// excluded: the binaries do not run them; the test kit is its own crate).
 fn newest_source(workspace: &Path) -> Option<SystemTime> {
     let mut newest = modified(&workspace.join("Cargo.lock"));
     let mut dirs: Vec<PathBuf> = ["shared", "ingress", "worker", "sender"].iter().map(|c| workspace.join(c)).collect();
@@ -105,7 +116,7 @@ fn newest_source(workspace: &Path) -> Option<SystemTime> {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if path.is_dir() {
-                if !matches!(name.as_ref(), "tests" | "testkit" | "benches" | "target") {
+                if !matches!(name.as_ref(), "tests" | "benches" | "target") {
                     dirs.push(path);
                 }
             } else if name.ends_with(".rs") || name == "Cargo.toml" {

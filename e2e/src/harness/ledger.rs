@@ -35,7 +35,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use smsgate_shared::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason, Origin, Outbound};
-use smsgate_shared::testkit::twilio::Call;
+use smsgate_testkit::twilio::Call;
 use tokio::time::Instant;
 
 use super::Stack;

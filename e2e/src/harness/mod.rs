@@ -30,11 +30,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use smsgate_shared::testkit::chat::OpenAiStub;
-use smsgate_shared::testkit::nats::{NatsCluster, NatsServer, free_port};
-use smsgate_shared::testkit::twilio::TwilioStub;
-use smsgate_shared::testkit::{ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, PATH_TOKEN};
 use smsgate_shared::topology::{self, Topology};
+use smsgate_testkit::chat::OpenAiStub;
+use smsgate_testkit::nats::{NatsCluster, NatsServer, free_port};
+use smsgate_testkit::twilio::TwilioStub;
+use smsgate_testkit::{ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, PATH_TOKEN};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 

@@ -128,7 +128,7 @@ pub fn answers(results: &[(String, Attempts)]) -> Answers {
 
 /// Waits (polling) until `f` holds.
 pub async fn until<F: FnMut() -> bool>(what: &str, mut f: F) {
-    smsgate_shared::testkit::eventually(DRAIN, what, || {
+    smsgate_testkit::eventually(DRAIN, what, || {
         let ok = f();
         async move { ok.then_some(()) }
     })

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use smsgate_e2e::harness::{Expect, Stack, StackConfig};
-use smsgate_shared::testkit::twilio::Chaos;
+use smsgate_testkit::twilio::Chaos;
 
 use crate::common::{self, hook};
 

@@ -13,8 +13,8 @@ use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{
     self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason, Origin, Outbound, Piece, VERSION,
 };
-use smsgate_shared::testkit::{self, nats::NatsServer};
 use smsgate_shared::topology::{self, Stage, Topology};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 

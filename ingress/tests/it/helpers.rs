@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_nats::jetstream;
 use smsgate_ingress::App;
 use smsgate_shared::config::{Channel, Config, Settings};
-use smsgate_shared::testkit::{self, nats::NatsServer};
 use smsgate_shared::topology::Topology;
 use smsgate_shared::{signature, topology};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 
 use crate::helpers::{TestApp, inbound_params};
 

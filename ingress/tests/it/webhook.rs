@@ -1,7 +1,7 @@
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures::StreamExt;
 use smsgate_shared::envelope::{self, Inbound, StatusUpdate};
-use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 
 use crate::helpers::{TestApp, inbound_params, without};
 

@@ -6,10 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use smsgate_shared::testkit::nats::NatsServer;
-use smsgate_shared::testkit::twilio::TwilioStub;
-use smsgate_shared::testkit::{self, eventually};
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::nats::NatsServer;
+use smsgate_testkit::twilio::TwilioStub;
+use smsgate_testkit::{self as testkit, eventually};
 
 use crate::helpers::*;
 

@@ -2,8 +2,8 @@
 
 use smsgate_shared::bus::SentKey;
 use smsgate_shared::envelope::{HistoryEvent, NoteReason};
-use smsgate_shared::testkit::{self, eventually};
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::{self as testkit, eventually};
 
 use crate::helpers::*;
 
@@ -159,7 +159,7 @@ async fn a_messaging_service_sends_instead_of_the_from_number() {
 #[tokio::test]
 async fn shutdown_interrupts_a_wait_and_hands_the_message_back() {
     let mut t = TestSender::start("").await;
-    t.twilio.push(smsgate_shared::testkit::twilio::Reply::TooManyRequests { retry_after: Some(60) });
+    t.twilio.push(smsgate_testkit::twilio::Reply::TooManyRequests { retry_after: Some(60) });
     t.publish(&outbound("reply.SM8", &peer(8), "Later")).await;
     t.twilio.wait_for_calls(1, WAIT).await;
     let started = std::time::Instant::now();

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use smsgate_sender::Tuning;
 use smsgate_shared::envelope::NoteReason;
-use smsgate_shared::testkit::nats::{NatsServer, free_port};
-use smsgate_shared::testkit::twilio::{Reply, TwilioStub};
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::nats::{NatsServer, free_port};
+use smsgate_testkit::twilio::{Reply, TwilioStub};
 
 use crate::helpers::*;
 

@@ -9,10 +9,10 @@ use smsgate_sender::{App, Tuning};
 use smsgate_shared::config::{Channel, Config, Settings};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, Origin, Outbound, StatusUpdate};
-use smsgate_shared::testkit::nats::NatsServer;
-use smsgate_shared::testkit::twilio::TwilioStub;
-use smsgate_shared::testkit::{self, eventually};
 use smsgate_shared::topology::{Bus, Topology};
+use smsgate_testkit::nats::NatsServer;
+use smsgate_testkit::twilio::TwilioStub;
+use smsgate_testkit::{self as testkit, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -5,10 +5,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use smsgate_shared::testkit::nats::NatsServer;
-use smsgate_shared::testkit::twilio::{Reply, TwilioStub};
-use smsgate_shared::testkit::{self, eventually};
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::nats::NatsServer;
+use smsgate_testkit::twilio::{Reply, TwilioStub};
+use smsgate_testkit::{self as testkit, eventually};
 
 use crate::helpers::*;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use smsgate_sender::Tuning;
-use smsgate_shared::testkit::{self, twilio::TwilioStub};
+use smsgate_testkit::{self as testkit, twilio::TwilioStub};
 
 use crate::helpers::*;
 
@@ -45,7 +45,7 @@ async fn twilio_calls_overlap_across_recipients_and_keep_each_recipients_order()
     let tuning = Tuning { max_in_flight: Some(64), ..fast_tuning() };
     let mut t = TestSender::start_with(r#""mps": 200"#, tuning).await;
     // A Twilio that takes 250 ms per call: 80 calls one at a time take 20 s.
-    t.twilio.set_chaos(smsgate_shared::testkit::twilio::Chaos {
+    t.twilio.set_chaos(smsgate_testkit::twilio::Chaos {
         slow: 1.0,
         slow_delay: Duration::from_millis(250),
         ..Default::default()

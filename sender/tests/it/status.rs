@@ -1,7 +1,7 @@
 //! Status callbacks: out of order, failures with codes, bad ones.
 
 use smsgate_shared::envelope::{HistoryEntry, HistoryEvent};
-use smsgate_shared::testkit::eventually;
+use smsgate_testkit::eventually;
 
 use crate::helpers::*;
 

@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, Message};
 use smsgate_shared::consume::{
     BoxError, Delivery, Disposition, Handler, Key, Limits, Runtime, Stranded, ensure_consumer, key_of,
 };
-use smsgate_shared::testkit::{self, nats::NatsServer};
 use smsgate_shared::topology::connect;
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -1,8 +1,8 @@
 //! The topology against a real nats-server (Debian's 2.9 in CI).
 
 use async_nats::jetstream;
-use smsgate_shared::testkit::nats::NatsServer;
 use smsgate_shared::topology::{Topology, connect};
+use smsgate_testkit::nats::NatsServer;
 
 #[tokio::test]
 async fn ensure_creates_every_stream_and_bucket_and_is_idempotent() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use secrecy::SecretString;
 use smsgate_shared::nats::{NatsOptions, connect};
-use smsgate_shared::testkit::nats::{NatsCluster, NatsServer};
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::nats::{NatsCluster, NatsServer};
 
 /// Whether a client with `options` can use JetStream within a few seconds.
 async fn works(options: &NatsOptions) -> bool {
@@ -158,7 +158,7 @@ async fn a_three_node_cluster_keeps_r3_streams_through_a_node_kill() {
     let js = jetstream::new(client);
     let topology = Topology::new("r3").with_replicas(3);
     // The cluster elects its meta leader shortly after start.
-    let bus = smsgate_shared::testkit::eventually(Duration::from_secs(30), "the topology on the cluster", || async {
+    let bus = smsgate_testkit::eventually(Duration::from_secs(30), "the topology on the cluster", || async {
         topology.ensure(&js).await.ok()
     })
     .await;
@@ -169,21 +169,21 @@ async fn a_three_node_cluster_keeps_r3_streams_through_a_node_kill() {
     cluster.kill(0);
     // Writes go on with two of three nodes (after a leader election if n1 led).
     let channel = smsgate_shared::domain::ChannelId::parse("c").unwrap();
-    smsgate_shared::testkit::eventually(Duration::from_secs(30), "a publish with a node down", || async {
+    smsgate_testkit::eventually(Duration::from_secs(30), "a publish with a node down", || async {
         let publish = js.publish(topology.inbound_subject(&channel), "after the kill".into()).await.ok()?;
         tokio::time::timeout(Duration::from_secs(2), publish).await.ok()?.ok()
     })
     .await;
     // Reads go on too (the first ones may find no responder while the
     // client moves off the dead node).
-    smsgate_shared::testkit::eventually(Duration::from_secs(30), "a bucket read with a node down", || async {
+    smsgate_testkit::eventually(Duration::from_secs(30), "a bucket read with a node down", || async {
         bus.seen.get("SM1").await.ok().flatten()
     })
     .await;
     cluster.restart(0);
     // The node rejoins and catches up: a client of n1 alone reads the stream.
     let n1 = jetstream::new(connect(&NatsOptions::url(&cluster.url(0)), "test").await.unwrap());
-    smsgate_shared::testkit::eventually(Duration::from_secs(30), "n1 back with the stream", || async {
+    smsgate_testkit::eventually(Duration::from_secs(30), "n1 back with the stream", || async {
         let mut s = n1.get_stream(topology.inbound_stream()).await.ok()?;
         (s.info().await.ok()?.state.messages >= 1).then_some(())
     })
@@ -195,10 +195,8 @@ async fn an_existing_r1_deployment_is_brought_to_three_replicas() {
     let cluster = NatsCluster::start();
     let js = jetstream::new(connect(&NatsOptions::url(&cluster.urls()), "test").await.unwrap());
     let one = Topology::new("grow");
-    smsgate_shared::testkit::eventually(Duration::from_secs(30), "the R1 topology", || async {
-        one.ensure(&js).await.ok()
-    })
-    .await;
+    smsgate_testkit::eventually(Duration::from_secs(30), "the R1 topology", || async { one.ensure(&js).await.ok() })
+        .await;
     let three = Topology::new("grow").with_replicas(3);
     three.ensure(&js).await.unwrap();
     for name in [three.inbound_stream(), three.history_stream(), format!("KV_{}", three.seen_bucket())] {

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use smsgate_shared::envelope::Origin;
-use smsgate_shared::testkit::channel;
-use smsgate_shared::testkit::chat::OpenAiStub;
+use smsgate_testkit::channel;
+use smsgate_testkit::chat::OpenAiStub;
 use smsgate_worker::Tuning;
 
 use crate::helpers::{TestWorker, inbound, test_tuning};

@@ -9,10 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use smsgate_shared::domain::MessageSid;
-use smsgate_shared::testkit::chat::OpenAiStub;
-use smsgate_shared::testkit::nats::NatsServer;
-use smsgate_shared::testkit::{self, ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, PATH_TOKEN};
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::chat::OpenAiStub;
+use smsgate_testkit::nats::NatsServer;
+use smsgate_testkit::{self as testkit, ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, PATH_TOKEN};
 use smsgate_worker::seen::{Record, State};
 use tokio::process::{Child, Command};
 

@@ -3,8 +3,8 @@
 
 use smsgate_shared::config::DEFAULT_FALLBACK_TEXT;
 use smsgate_shared::envelope::{NoteReason, Origin};
-use smsgate_shared::testkit::channel;
-use smsgate_shared::testkit::chat::OpenAiStub;
+use smsgate_testkit::channel;
+use smsgate_testkit::chat::OpenAiStub;
 
 use crate::helpers::{TestWorker, WAIT, inbound, kinds};
 
@@ -39,8 +39,7 @@ async fn a_backend_that_stays_down_gets_the_fallback_reply_and_a_dead_letter() {
     assert_eq!(out[0].body, DEFAULT_FALLBACK_TEXT);
     let note = w.bus.wait_note("test", DAN, "SMdown", NoteReason::ChatError).await;
     let dead =
-        smsgate_shared::testkit::eventually(WAIT, "a dead letter", || async { w.bus.dead().await.into_iter().next() })
-            .await;
+        smsgate_testkit::eventually(WAIT, "a dead letter", || async { w.bus.dead().await.into_iter().next() }).await;
     assert_eq!(dead.stage, "worker");
     assert_eq!(dead.channel_id, "test");
     assert_eq!(dead.msg_id.as_deref(), Some("SMdown"));

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smsgate_shared::config::{Config, Settings};
 use smsgate_shared::envelope::{HistoryEvent, NoteReason, Origin};
-use smsgate_shared::testkit::channel;
+use smsgate_testkit::channel;
 use smsgate_worker::App;
 use tokio_util::sync::CancellationToken;
 

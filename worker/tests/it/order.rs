@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use smsgate_shared::testkit::channel;
-use smsgate_shared::testkit::chat::OpenAiStub;
+use smsgate_testkit::channel;
+use smsgate_testkit::chat::OpenAiStub;
 
 use crate::helpers::{TestWorker, inbound};
 

@@ -3,8 +3,8 @@
 use serde_json::json;
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{HistoryEntry, HistoryEvent, Media, NoteReason, Origin};
-use smsgate_shared::testkit::chat::{AGENT_SECRET, AgentAnswer, AgentStub, OpenAiStub};
-use smsgate_shared::testkit::{self, channel};
+use smsgate_testkit::chat::{AGENT_SECRET, AgentAnswer, AgentStub, OpenAiStub};
+use smsgate_testkit::{self as testkit, channel};
 
 use crate::helpers::{TestWorker, WAIT, inbound, kinds};
 
@@ -166,7 +166,7 @@ async fn a_wrong_webhook_secret_is_refused_by_the_agent_and_ends_in_fallback() {
 
 #[tokio::test]
 async fn static_and_echo_pipelines_answer_without_a_model() {
-    let fixed = smsgate_shared::testkit::channel_with_id(
+    let fixed = smsgate_testkit::channel_with_id(
         "fixed",
         "fixed-path-token-abcdefghijklmnopqrstuvwxyz",
         r#""chat": {"kind": "static", "reply": "Thanks, we got it."}"#,

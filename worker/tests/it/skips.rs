@@ -3,9 +3,9 @@
 
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{NoteReason, Origin};
-use smsgate_shared::testkit::channel;
-use smsgate_shared::testkit::chat::OpenAiStub;
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::channel;
+use smsgate_testkit::chat::OpenAiStub;
 
 use crate::helpers::{TestWorker, inbound, kinds, test_tuning};
 
@@ -76,7 +76,7 @@ async fn blocked_and_not_allowed_senders_are_recorded_not_answered() {
     let model = OpenAiStub::start().await;
     let chat = model.chat_config("");
     let blocking = channel(&format!(r#"{chat}, "block_from": ["{BOB}"]"#));
-    let allowing = smsgate_shared::testkit::channel_with_id(
+    let allowing = smsgate_testkit::channel_with_id(
         "vip",
         "vip-path-token-abcdefghijklmnopqrstuvwxyz0123",
         &format!(r#"{chat}, "allow_from": ["{CAROL}"]"#),

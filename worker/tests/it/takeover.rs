@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, ConversationState, NoteReason, Origin, VERSION};
-use smsgate_shared::testkit::channel;
-use smsgate_shared::testkit::chat::OpenAiStub;
 use smsgate_shared::topology::Topology;
+use smsgate_testkit::channel;
+use smsgate_testkit::chat::OpenAiStub;
 use smsgate_worker::App;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;

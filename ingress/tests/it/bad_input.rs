@@ -18,8 +18,6 @@
 //! any single-byte alteration of the body that changes the signed params, of
 //! the signed URL's query, or of the signature header must be refused.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,7 +31,7 @@ use smsgate_ingress::App;
 use smsgate_shared::config::{Config, STATUS_PATH, Settings, WEBHOOK_PATH};
 use smsgate_shared::domain::MessageSid;
 use smsgate_shared::signature;
-use smsgate_shared::testkit::{self, nats::NatsServer};
+use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::E164;
+use smsgate_shared::domain::E164;
 
 /// A forced answer to the next authenticated request.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,9 +1,19 @@
-//! The test kit (feature `testkit`): real parts for tests.
+//! smsgate's test kit: real parts for tests, never linked into a service.
 //!
-//! - [`nats::NatsServer`]: a real `nats-server -js` on a free port with a
-//!   temporary store, stopped and removed on drop.
+//! Every crate takes it as a dev-dependency only; the e2e crate (test-only,
+//! never shipped) uses it in its harness and in `smsgate-loadgen`.
+//! `deploy/test.sh` checks that no shipped crate depends on it normally.
+//!
+//! # Layout
+//!
+//! - [`nats`]: [`nats::NatsServer`], a real `nats-server -js` on a free port
+//!   with a temporary store, stopped and removed on drop, and
+//!   [`nats::NatsCluster`], three of them in one JetStream cluster.
 //! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format.
 //! - [`chat`]: a stub of an OpenAI-compatible chat server and of an agent webhook.
+//! - This file: the test channel ([`channel`], [`channel_with_id`]) with its
+//!   credentials ([`ACCOUNT_SID`], [`AUTH_TOKEN`], [`PATH_TOKEN`],
+//!   [`FROM_NUMBER`]), and [`eventually`], polling until a condition holds.
 
 pub mod chat;
 pub mod nats;
@@ -11,7 +21,7 @@ pub mod twilio;
 
 use std::time::Duration;
 
-use crate::config::{Channel, parse_channels};
+use smsgate_shared::config::{Channel, parse_channels};
 
 /// A valid Account SID for tests.
 pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
