@@ -79,12 +79,14 @@ mod tests {
     #[test]
     fn a_huge_adversarial_reply_is_prepared_quickly_and_cut() {
         // Openers without closers and links without ends made the old
-        // passes quadratic (a 24 kB reply took seconds).
+        // passes quadratic (a 24 kB reply took seconds; 200 kB would take
+        // minutes). Linear takes milliseconds: the 10 s bound only tells the
+        // two apart, with room for a debug build on a loaded machine.
         for unit in ["*a ", "[x", "_b ", "<", "[a](", "`` ` "] {
             let body = unit.repeat(200_000 / unit.len());
             let started = std::time::Instant::now();
             let p = prepare(&body, 1600, 10);
-            assert!(started.elapsed() < std::time::Duration::from_secs(2), "{unit:?}: {:?}", started.elapsed());
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{unit:?}: {:?}", started.elapsed());
             assert!(p.truncated, "{unit:?}");
             assert!(p.pieces.len() <= 10);
         }
@@ -92,7 +94,7 @@ mod tests {
         let body = "*a [b](c ".repeat(20_000);
         let started = std::time::Instant::now();
         normalize(&body);
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]
