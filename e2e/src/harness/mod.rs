@@ -445,6 +445,19 @@ impl Stack {
             .ok_or_else(|| anyhow::anyhow!("leader {leader:?} is not a test kit node"))
     }
 
+    /// Whether every replica of `stream` is current (none offline or
+    /// behind the leader), and what each one reports.
+    pub async fn replicas_current(&self, stream: &str) -> anyhow::Result<(bool, String)> {
+        let info = self.js.get_stream(stream).await?.info().await?.clone();
+        let cluster = info.cluster.ok_or_else(|| anyhow::anyhow!("{stream} has no cluster info"))?;
+        let peers: Vec<String> =
+            cluster.replicas.iter().map(|p| format!("{} current={} lag={:?}", p.name, p.current, p.lag)).collect();
+        let current = cluster.leader.is_some()
+            && cluster.replicas.len() + 1 >= info.config.num_replicas
+            && cluster.replicas.iter().all(|p| p.current && !p.offline);
+        Ok((current, format!("leader {:?}; {}", cluster.leader, peers.join(", "))))
+    }
+
     /// Starts node `i` again; it rejoins the cluster and catches up.
     pub fn restart_nats_node(&mut self, i: usize) -> anyhow::Result<()> {
         match &mut self.nats {
