@@ -4,10 +4,12 @@ use smsgate_shared::config::Config;
 use smsgate_shared::{shutdown, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     telemetry::init("ingress", telemetry::format_from_env());
     let config = Config::from_env_or_exit("ingress");
-    let app = smsgate_ingress::App::build(config).await?;
-    app.run_until_stopped(shutdown::on_signal()).await?;
-    Ok(())
+    let app = match smsgate_ingress::App::build(config).await {
+        Ok(app) => app,
+        Err(e) => return shutdown::exit_code("ingress", "cannot start", Err(e)),
+    };
+    shutdown::exit_code("ingress", "stopped with an error", app.run_until_stopped(shutdown::on_signal()).await)
 }

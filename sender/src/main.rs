@@ -11,16 +11,7 @@ async fn main() -> std::process::ExitCode {
     let config = Config::from_env_or_exit("sender");
     let app = match smsgate_sender::App::build(config).await {
         Ok(app) => app,
-        Err(e) => {
-            tracing::error!(error = &e as &dyn std::error::Error, outcome = "failed", "cannot start");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(e) => return shutdown::exit_code("sender", "cannot start", Err(e)),
     };
-    match app.run_until_stopped(shutdown::on_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = &e as &dyn std::error::Error, outcome = "failed", "stopped with an error");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shutdown::exit_code("sender", "stopped with an error", app.run_until_stopped(shutdown::on_signal()).await)
 }

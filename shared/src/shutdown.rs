@@ -36,3 +36,21 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// How every service's `main` ends: success is exit status 0; a failure to
+/// start (`what` = "cannot start") or while running is one JSON log line
+/// with the error and its causes, and exit status 1. (A bad configuration
+/// exits 64 earlier, in `Config::from_env_or_exit`.)
+pub fn exit_code<E: std::error::Error + 'static>(
+    service: &str,
+    what: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(service, error = &e as &dyn std::error::Error, outcome = "failed", "{what}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

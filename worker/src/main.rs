@@ -5,12 +5,14 @@ use smsgate_shared::{shutdown, telemetry};
 use smsgate_worker::{App, Tuning};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     telemetry::init("worker", telemetry::format_from_env());
     let config = Config::from_env_or_exit("worker");
-    let app = App::build_with(config, tuning()).await?;
-    app.run_until_stopped(shutdown::on_signal()).await?;
-    Ok(())
+    let app = match App::build_with(config, tuning()).await {
+        Ok(app) => app,
+        Err(e) => return shutdown::exit_code("worker", "cannot start", Err(e)),
+    };
+    shutdown::exit_code("worker", "stopped with an error", app.run_until_stopped(shutdown::on_signal()).await)
 }
 
 /// A production build reads no test hook: the default tuning.
