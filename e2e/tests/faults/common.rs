@@ -143,6 +143,14 @@ pub async fn until<F: FnMut() -> bool>(what: &str, mut f: F) {
 /// them. The reply bodies carry the message numbers of [`hook`]. Returns
 /// how many replies were checked.
 pub async fn assert_order_per_person(stack: &Stack) -> usize {
+    let (checked, violations) = order_per_person(stack).await;
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    checked
+}
+
+/// The replies checked for [`assert_order_per_person`], and every reply that
+/// came after a later message's reply.
+pub async fn order_per_person(stack: &Stack) -> (usize, Vec<String>) {
     let seen = stack.topology.seen_bucket();
     let prefix = format!("$KV.{seen}.");
     // Message number (the last 16 hex digits of its SID) → inbound sequence.
@@ -159,21 +167,22 @@ pub async fn assert_order_per_person(stack: &Stack) -> usize {
             })
             .collect();
     let mut last: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
-    let mut checked = 0;
+    let (mut checked, mut violations) = (0, Vec::new());
     for call in stack.twilio.created() {
         let (Some(to), Some(body)) = (call.get("To"), call.get("Body")) else { continue };
         let Some(n) = body.split("Message ").nth(1).and_then(|rest| rest.get(..4)).and_then(|d| d.parse().ok()) else {
             continue;
         };
         let seq = *accepted.get(&n).unwrap_or_else(|| panic!("message {n} has no inbound sequence in P_seen"));
-        if let Some((prev_n, prev_seq)) = last.insert(to.to_owned(), (n, seq)) {
-            assert!(
-                seq >= prev_seq,
+        if let Some((prev_n, prev_seq)) = last.insert(to.to_owned(), (n, seq))
+            && seq < prev_seq
+        {
+            violations.push(format!(
                 "{to} got the reply to message {n} (inbound seq {seq}) after the reply to message {prev_n} (seq \
                  {prev_seq})"
-            );
+            ));
         }
         checked += 1;
     }
-    checked
+    (checked, violations)
 }
