@@ -249,8 +249,8 @@ impl AdminState {
         let store = self.conversations().await?;
         let key = Topology::conversation_key(channel, peer);
         let value = bounded("read the conversation's state", store.get(&key)).await?;
-        let state = value.and_then(|v| serde_json::from_slice::<ConversationState>(&v).ok());
-        Ok(state.filter(|s| s.paused(OffsetDateTime::now_utc())).map(|s| s.paused_until))
+        let now = OffsetDateTime::now_utc();
+        Ok(value.and_then(|v| ConversationState::paused_until(&v, now).ok().flatten()))
     }
 
     /// Records a pause or a resume in the conversation, so that it shows

@@ -392,6 +392,13 @@ impl ConversationState {
     pub fn paused(&self, now: OffsetDateTime) -> bool {
         now < self.paused_until
     }
+
+    /// When the pause stored as `value` ends, if it has not ended by `now`
+    /// (what the worker and the admin API both ask of an entry).
+    pub fn paused_until(value: &[u8], now: OffsetDateTime) -> Result<Option<OffsetDateTime>, serde_json::Error> {
+        let state: Self = serde_json::from_slice(value)?;
+        Ok(state.paused(now).then_some(state.paused_until))
+    }
 }
 
 /// An entry of `P.history.<channel_id>.<e164>`.

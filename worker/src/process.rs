@@ -255,14 +255,10 @@ impl Processor {
         };
         // An unreadable entry pauses nothing: the bot answering beats a
         // conversation silently stuck.
-        let state = match serde_json::from_slice::<ConversationState>(&value) {
-            Ok(state) => state,
-            Err(e) => {
-                warn!(error = %e, "unreadable conversation state; answering");
-                return Ok(None);
-            }
-        };
-        Ok(state.paused(OffsetDateTime::now_utc()).then_some(state.paused_until))
+        Ok(ConversationState::paused_until(&value, OffsetDateTime::now_utc()).unwrap_or_else(|e| {
+            warn!(error = %e, "unreadable conversation state; answering");
+            None
+        }))
     }
 
     /// Dead-letters `msg` (stream sequence `seq`) with `reason`.

@@ -240,3 +240,27 @@ pub fn kinds(entries: &[HistoryEntry]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A second worker process's App on the same NATS and prefix.
+pub struct Second {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Second {
+    pub async fn start(w: &TestWorker, channel_extra: &str) -> Self {
+        let config = Config {
+            settings: Settings::for_tests(&w.nats.url(), &w.prefix),
+            channels: vec![testkit::channel(channel_extra)],
+        };
+        let app = App::build_with(config, test_tuning()).await.unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        Self { stop, task: tokio::spawn(async move { app.run_until_stopped(token).await.unwrap() }) }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.unwrap().unwrap();
+    }
+}

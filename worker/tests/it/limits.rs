@@ -5,13 +5,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smsgate_shared::config::{Config, Settings};
 use smsgate_shared::envelope::{HistoryEvent, NoteReason, Origin};
 use smsgate_testkit::channel;
-use smsgate_worker::App;
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestWorker, inbound, kinds, test_tuning};
+use crate::helpers::{Second, TestWorker, inbound, kinds, test_tuning};
 
 fn sender(n: usize) -> String {
     format!("+1415555{n:04}")
@@ -103,28 +100,6 @@ async fn channel_limits_hold_across_two_workers_and_many_senders() {
 
     second.stop().await;
     w.stop().await;
-}
-
-/// A second worker process's App on the same NATS and prefix.
-struct Second {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Second {
-    async fn start(w: &TestWorker, channel_extra: &str) -> Self {
-        let config =
-            Config { settings: Settings::for_tests(&w.nats.url(), &w.prefix), channels: vec![channel(channel_extra)] };
-        let app = App::build_with(config, test_tuning()).await.unwrap();
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        Self { stop, task: tokio::spawn(async move { app.run_until_stopped(token).await.unwrap() }) }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.unwrap().unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,18 +4,14 @@
 //! still work, other people are answered, and the bot answers again once the
 //! pause has run out.
 
-use std::time::Duration;
-
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, ConversationState, NoteReason, Origin, VERSION};
 use smsgate_shared::topology::Topology;
 use smsgate_testkit::channel;
 use smsgate_testkit::chat::OpenAiStub;
-use smsgate_worker::App;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestWorker, inbound, kinds, test_tuning};
+use crate::helpers::{Second, TestWorker, inbound, kinds, test_tuning};
 
 const PAUSED: &str = "+14155550301";
 const OTHER: &str = "+14155550302";
@@ -26,14 +22,7 @@ async fn a_paused_conversation_is_recorded_not_answered_by_any_worker_until_the_
     let chat = format!(r#""chat": {{"kind": "openai", "base_url": "{}", "model": "stub"}}"#, model.base_url());
     let mut w = TestWorker::start_with(vec![channel(&chat)], test_tuning()).await;
     // A second worker on the same NATS and prefix: the pause holds for both.
-    let config = smsgate_shared::config::Config {
-        settings: smsgate_shared::config::Settings::for_tests(&w.nats.url(), &w.prefix),
-        channels: vec![channel(&chat)],
-    };
-    let second = App::build_with(config, test_tuning()).await.unwrap();
-    let stop_second = CancellationToken::new();
-    let token = stop_second.clone();
-    let second = tokio::spawn(async move { second.run_until_stopped(token).await.unwrap() });
+    let second = Second::start(&w, &chat).await;
 
     let store = w.bus.js.get_key_value(w.bus.topology.conversations_bucket()).await.unwrap();
     let key = Topology::conversation_key(&ChannelId::parse("test").unwrap(), &E164::parse(PAUSED).unwrap());
@@ -76,7 +65,6 @@ async fn a_paused_conversation_is_recorded_not_answered_by_any_worker_until_the_
     w.bus.send(&inbound("test", "SMstop", PAUSED, "STOP")).await;
     w.bus.wait_note("test", PAUSED, "SMstop", NoteReason::OptOutKeyword).await;
 
-    stop_second.cancel();
-    tokio::time::timeout(Duration::from_secs(30), second).await.unwrap().unwrap();
+    second.stop().await;
     w.stop().await;
 }
