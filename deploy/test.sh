@@ -22,7 +22,7 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== no test kit or test hook in a shipped build"
-for crate in smsgate-shared smsgate-ingress smsgate-worker smsgate-sender smsgate-cli; do
+for crate in smsgate-shared smsgate-admin smsgate-ingress smsgate-worker smsgate-sender smsgate-cli; do
   # Captured first: with pipefail, `cargo tree | grep -q` can fail on SIGPIPE.
   tree=$(cargo tree -e normal -p "$crate")
   if grep -q smsgate-testkit <<<"$tree"; then

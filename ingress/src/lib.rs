@@ -12,16 +12,14 @@
 //!   `Nats-Msg-Id`, waiting for the stream's ack (bounded) → `200 <Response/>`.
 //!   Every rejection is a [`webhook::Rejection`] with its status code and a
 //!   logged reason.
-//! - [`admin`]: the private admin API (`/api/v1/...`, `/metrics`), behind
-//!   [`guard`] (host, origin, bearer token, JSON writes).
+//! - the private admin API (`/api/v1/...`, `/metrics`, the console) is the
+//!   crate `smsgate_admin`, served here on the second listener.
 //! - [`serve`]: the HTTP server of both listeners: header, request and idle
 //!   timeouts, a connection cap, a shutdown bounded by its grace period.
 //!
 //! The handler does nothing else on the hot path: no chat call, no history
 //! read. Everything after the ack is the worker's and the sender's.
 
-pub mod admin;
-pub mod guard;
 pub mod serve;
 pub mod webhook;
 
@@ -91,8 +89,8 @@ pub struct App {
     public: TcpListener,
     admin: TcpListener,
     shared: Arc<Shared>,
-    admin_state: admin::AdminState,
-    guard: Arc<guard::Guard>,
+    admin_state: smsgate_admin::AdminState,
+    guard: Arc<smsgate_admin::guard::Guard>,
     limits: serve::Limits,
 }
 
@@ -101,7 +99,7 @@ impl App {
     /// everything comes in `config`.
     pub async fn build(config: Config) -> Result<Self, Error> {
         let Config { settings, channels } = config;
-        let admin_token = guard::admin_token(&settings).map_err(Error::Unsafe)?;
+        let admin_token = smsgate_admin::guard::admin_token(&settings).map_err(Error::Unsafe)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
         };
@@ -140,8 +138,8 @@ impl App {
         });
         let admin_at =
             admin_listener.local_addr().map_err(|source| Error::Bind { addr: settings.admin_addr, source })?;
-        let guard = guard::Guard::new(&admin_token, admin_at);
-        let admin_state = admin::AdminState { js, topology, channels };
+        let guard = smsgate_admin::guard::Guard::new(&admin_token, admin_at);
+        let admin_state = smsgate_admin::AdminState { js, topology, channels };
         Ok(Self { public, admin: admin_listener, shared, admin_state, guard, limits: serve::Limits::default() })
     }
 
@@ -176,7 +174,7 @@ impl App {
         );
         let public_app = public_router(shared.clone())
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
-        let admin_app = admin::router(admin_state, guard);
+        let admin_app = smsgate_admin::router(admin_state, guard);
         tokio::join!(
             serve::serve(public, public_app, limits, shutdown.clone()),
             serve::serve(admin, admin_app, limits, shutdown),

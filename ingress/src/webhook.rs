@@ -14,11 +14,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::MessageSid;
 use smsgate_shared::envelope::{self, InboundRef, Media, StatusUpdate};
+use smsgate_shared::http::{has_media_type, token_digest};
 use smsgate_shared::signature;
 use smsgate_shared::topology::Topology;
 use subtle::ConstantTimeEq;
@@ -82,12 +82,6 @@ impl Channels {
         }
         found
     }
-}
-
-/// SHA-256 of a secret: compared in constant time, and of one length
-/// whatever was presented, so neither content nor length shows in timing.
-pub(crate) fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Metric handles registered once, so the accepted path does no registry
@@ -387,15 +381,6 @@ async fn publish(shared: &Shared, subject: String, msg_id: MsgId<'_>, payload: B
 
 fn is_form(headers: &HeaderMap) -> bool {
     has_media_type(headers, "application/x-www-form-urlencoded")
-}
-
-/// Whether `Content-Type` is `mime` (parameters such as `charset` aside).
-pub(crate) fn has_media_type(headers: &HeaderMap, mime: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case(mime))
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {

@@ -39,6 +39,7 @@ pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod envelope;
+pub mod http;
 pub mod nats;
 pub mod ops;
 pub mod redact;

@@ -28,8 +28,9 @@ use secrecy::{ExposeSecret, SecretString};
 use smsgate_shared::config::Settings;
 use subtle::ConstantTimeEq;
 
-use crate::admin::AdminError;
-use crate::webhook::token_digest;
+use smsgate_shared::http::{has_media_type, token_digest};
+
+use crate::AdminError;
 
 /// The admin token: `SMSGATE_ADMIN_TOKEN`, else the token file (created with
 /// a fresh token at first start). Never None: the admin API always needs one.
@@ -119,7 +120,7 @@ fn is_write(method: &Method) -> bool {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    crate::webhook::has_media_type(headers, "application/json")
+    has_media_type(headers, "application/json")
 }
 
 /// The middleware: see the module docs for the order of the checks.

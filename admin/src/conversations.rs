@@ -1,0 +1,351 @@
+//! `GET /api/v1/conversations` and `GET /api/v1/conversations/{channel_id}/{peer}`.
+
+use std::collections::{HashMap, VecDeque};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use smsgate_shared::domain::{E164, MessageSid};
+use smsgate_shared::envelope::{self, HistoryEntry, HistoryEvent, Media, MessageStatus, NoteReason, Origin};
+use time::OffsetDateTime;
+
+use crate::reader::read_all;
+use crate::{AdminError, AdminState, DEFAULT_LIMIT, MAX_LIMIT, NATS_TIMEOUT, bounded};
+
+#[derive(Debug, Deserialize)]
+pub struct ConversationsQuery {
+    #[serde(default)]
+    pub channel_id: Option<String>,
+}
+
+/// One conversation in the list.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub channel_id: String,
+    pub peer: String,
+    /// Entries in the conversation's history (messages, delivery statuses and
+    /// notes): counted by the server per subject, without reading them.
+    pub count: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationSummary>,
+}
+
+pub(crate) async fn list_conversations(
+    State(state): State<AdminState>,
+    Query(query): Query<ConversationsQuery>,
+) -> Result<Json<ConversationList>, AdminError> {
+    let channel = match query.channel_id.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(state.known_channel(c)?),
+        None => None,
+    };
+    let stream = state.stream(state.topology.history_stream()).await?;
+    let filter = state.topology.history_filter(channel.as_ref());
+    let subjects: Vec<(String, usize)> = bounded("read history subjects", async {
+        stream.info_with_subjects(filter).await?.try_collect::<Vec<_>>().await
+    })
+    .await?;
+    let (stream, topology) = (&stream, &state.topology);
+    let mut conversations: Vec<ConversationSummary> = futures::stream::iter(subjects)
+        .map(|(subject, count)| async move {
+            let (channel_id, peer) = topology.parse_history_subject(&subject)?;
+            // Only the last message's time is read, never the whole log.
+            let last_at = tokio::time::timeout(NATS_TIMEOUT, stream.direct_get_last_for_subject(subject.clone()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|m| m.time);
+            Some(ConversationSummary {
+                channel_id: channel_id.to_string(),
+                peer: peer.to_string(),
+                count: count as u64,
+                last_at,
+            })
+        })
+        .buffer_unordered(16)
+        .filter_map(|c| async move { c })
+        .collect()
+        .await;
+    conversations.sort_by(|a, b| b.last_at.cmp(&a.last_at).then_with(|| a.peer.cmp(&b.peer)));
+    Ok(Json(ConversationList { conversations }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    #[serde(default)]
+    pub limit: Option<String>,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+}
+
+pub(crate) fn parse_limit(raw: Option<&str>) -> Result<usize, AdminError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => {
+                Err(AdminError::invalid("invalid_limit", format!("limit must be a whole number from 1 to {MAX_LIMIT}")))
+            }
+        },
+    }
+}
+
+/// One conversation, oldest entry first.
+#[derive(Debug, Serialize)]
+pub struct Conversation {
+    pub channel_id: String,
+    pub peer: String,
+    /// Entries stored for this conversation (the answer holds the last `limit`).
+    pub total: u64,
+    /// Inbound plus outbound messages stored.
+    pub messages: u64,
+    /// When the oldest stored entry was written.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// Set while an operator has paused the bot for this conversation.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub paused_until: Option<OffsetDateTime>,
+    pub entries: Vec<EntryView>,
+}
+
+/// A history entry as the API shows it: the stored event plus its stream
+/// sequence and, for outbound messages, the delivery state.
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(flatten)]
+    pub event: EventView,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventView {
+    Inbound {
+        message_sid: MessageSid,
+        body: String,
+        media: Vec<Media>,
+    },
+    Outbound {
+        id: String,
+        body: String,
+        in_reply_to: Option<MessageSid>,
+        origin: Origin,
+        delivery: String,
+        /// The least advanced piece's state (a failed piece wins).
+        state: String,
+        pieces: Vec<PieceView>,
+    },
+    Status {
+        sid: String,
+        status: String,
+        error_code: Option<String>,
+    },
+    Note {
+        reason: NoteReason,
+        message_sid: Option<MessageSid>,
+        outbound_id: Option<String>,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct PieceView {
+    pub index: usize,
+    pub body: String,
+    pub segments: u32,
+    pub encoding: String,
+    pub sid: Option<String>,
+    /// `logged` (delivery "log"), Twilio's latest status for the piece's SID,
+    /// `queued` (sent to Twilio, no callback yet), `pending` or `failed`.
+    pub state: String,
+    pub error_code: Option<String>,
+}
+
+/// Statuses per Twilio SID and failure notes per outbound id, gathered from
+/// the whole log so that a piece shows its latest state.
+#[derive(Default)]
+struct DeliveryIndex {
+    by_sid: HashMap<String, (String, Option<String>)>,
+    failed: HashMap<String, String>,
+}
+
+impl DeliveryIndex {
+    fn add(&mut self, event: &HistoryEvent) {
+        match event {
+            HistoryEvent::Status { sid, status, error_code } => {
+                let newer = self
+                    .by_sid
+                    .get(sid)
+                    .is_none_or(|(old, _)| MessageStatus::parse(status).rank() >= MessageStatus::parse(old).rank());
+                if newer {
+                    self.by_sid.insert(sid.clone(), (status.clone(), error_code.clone()));
+                }
+            }
+            HistoryEvent::Note { reason: NoteReason::SendFailed, outbound_id: Some(id), detail, .. } => {
+                self.failed.insert(id.clone(), detail.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn view(&self, seq: u64, entry: HistoryEntry) -> EntryView {
+        let event = match entry.event {
+            HistoryEvent::Inbound { message_sid, body, media } => EventView::Inbound { message_sid, body, media },
+            HistoryEvent::Outbound { id, body, in_reply_to, origin, pieces, delivery } => {
+                let failed = self.failed.contains_key(&id);
+                let pieces: Vec<PieceView> = pieces
+                    .into_iter()
+                    .map(|p| {
+                        let (state, error_code) = match (&p.sid, delivery.as_str()) {
+                            (_, "log") => ("logged".to_owned(), None),
+                            (Some(sid), _) => {
+                                self.by_sid.get(sid).cloned().unwrap_or_else(|| ("queued".to_owned(), None))
+                            }
+                            (None, _) if failed => ("failed".to_owned(), None),
+                            (None, _) => ("pending".to_owned(), None),
+                        };
+                        PieceView {
+                            index: p.index,
+                            body: p.body,
+                            segments: p.segments,
+                            encoding: p.encoding,
+                            sid: p.sid,
+                            state,
+                            error_code,
+                        }
+                    })
+                    .collect();
+                let state = overall_state(&pieces, failed);
+                EventView::Outbound { id, body, in_reply_to, origin, delivery, state, pieces }
+            }
+            HistoryEvent::Status { sid, status, error_code } => EventView::Status { sid, status, error_code },
+            HistoryEvent::Note { reason, message_sid, outbound_id, detail } => {
+                EventView::Note { reason, message_sid, outbound_id, detail }
+            }
+        };
+        EntryView { seq, at: entry.at, event }
+    }
+}
+
+fn overall_state(pieces: &[PieceView], failed: bool) -> String {
+    let is_failure = |s: &str| MessageStatus::parse(s).is_failure();
+    if let Some(p) = pieces.iter().find(|p| is_failure(&p.state)) {
+        return p.state.clone();
+    }
+    if failed {
+        return "failed".to_owned();
+    }
+    // "logged" and "pending" are not Twilio statuses: rank them by hand.
+    let rank = |s: &str| match s {
+        "pending" => 0,
+        "logged" => u8::MAX,
+        other => MessageStatus::parse(other).rank(),
+    };
+    pieces.iter().min_by_key(|p| rank(&p.state)).map_or_else(|| "pending".to_owned(), |p| p.state.clone())
+}
+
+pub(crate) async fn read_conversation(
+    State(state): State<AdminState>,
+    Path((channel_id, peer)): Path<(String, String)>,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<Conversation>, AdminError> {
+    let limit = parse_limit(query.limit.as_deref())?;
+    let channel = state.known_channel(&channel_id)?;
+    let peer = peer_of_path(&peer)?;
+    let paused_until = state.paused_until(&channel, &peer).await?;
+    let stream = state.stream(state.topology.history_stream()).await?;
+    let subject = state.topology.history_subject(&channel, &peer);
+    let mut index = DeliveryIndex::default();
+    let mut window: VecDeque<(u64, HistoryEntry)> = VecDeque::with_capacity(limit.min(1024));
+    let (mut total, mut messages, mut started_at) = (0u64, 0u64, None);
+    for (seq, published, payload) in read_all(&stream, subject, None).await? {
+        total += 1;
+        started_at.get_or_insert(published);
+        let Ok(entry) = envelope::decode::<HistoryEntry>(&payload) else {
+            tracing::warn!(
+                service = "ingress",
+                stage = "admin",
+                seq,
+                outcome = "undecodable",
+                "skipping a history entry this build cannot read"
+            );
+            continue;
+        };
+        if matches!(entry.event, HistoryEvent::Inbound { .. } | HistoryEvent::Outbound { .. }) {
+            messages += 1;
+        }
+        index.add(&entry.event);
+        if window.len() == limit {
+            window.pop_front();
+        }
+        window.push_back((seq, entry));
+    }
+    let entries = window.into_iter().map(|(seq, e)| index.view(seq, e)).collect();
+    Ok(Json(Conversation {
+        channel_id: channel.to_string(),
+        peer: peer.to_string(),
+        total,
+        messages,
+        started_at,
+        paused_until,
+        entries,
+    }))
+}
+
+/// A number in a URL path, with or without its '+' (a '+' in a URL is easy to lose).
+pub(crate) fn peer_of_path(peer: &str) -> Result<E164, AdminError> {
+    let text = peer.trim();
+    if text.starts_with('+') { E164::parse(text) } else { E164::parse(&format!("+{text}")) }
+        .map_err(|e| AdminError::invalid("invalid_number", e.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked() {
+        assert_eq!(parse_limit(None).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(parse_limit(Some("3")).unwrap(), 3);
+        assert!(parse_limit(Some("0")).is_err());
+        assert!(parse_limit(Some("x")).is_err());
+        assert!(parse_limit(Some("10001")).is_err());
+    }
+
+    fn piece(state: &str) -> PieceView {
+        PieceView {
+            index: 0,
+            body: String::new(),
+            segments: 1,
+            encoding: "GSM-7".to_owned(),
+            sid: None,
+            state: state.to_owned(),
+            error_code: None,
+        }
+    }
+
+    #[test]
+    fn the_least_advanced_piece_sets_the_state_and_failures_win() {
+        assert_eq!(overall_state(&[piece("delivered"), piece("sent")], false), "sent");
+        assert_eq!(overall_state(&[piece("delivered"), piece("undelivered")], false), "undelivered");
+        assert_eq!(overall_state(&[piece("logged")], false), "logged");
+        assert_eq!(overall_state(&[], true), "failed");
+        assert_eq!(overall_state(&[], false), "pending");
+    }
+
+    #[test]
+    fn statuses_never_move_a_piece_backwards() {
+        let mut index = DeliveryIndex::default();
+        for status in ["sent", "delivered", "sent", "queued"] {
+            index.add(&HistoryEvent::Status { sid: "SM1".to_owned(), status: status.to_owned(), error_code: None });
+        }
+        assert_eq!(index.by_sid["SM1"].0, "delivered");
+    }
+}

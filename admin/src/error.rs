@@ -1,0 +1,146 @@
+//! [`AdminError`]: every way an admin request fails, with one status code
+//! each and a JSON `{code, detail}` body.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// The longest any single NATS operation of an admin request may take.
+pub const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an admin request failed. Each variant has one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is wrong: 400.
+    #[error("{detail}")]
+    Invalid { code: &'static str, detail: String },
+    /// No such channel, conversation or dead letter: 404.
+    #[error("{detail}")]
+    NotFound { code: &'static str, detail: String },
+    /// Missing or wrong bearer token: 401.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// Refused before any handler ([`crate::guard`]): wrong host (421),
+    /// another origin (403), not JSON (415).
+    #[error("{detail}")]
+    Refused { status: StatusCode, code: &'static str, detail: &'static str },
+    /// NATS is down or did not answer in time: 503.
+    #[error("NATS is unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Anything else: logged with its cause chain, answered as an opaque 500.
+    #[error("{what}")]
+    Internal {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl AdminError {
+    pub(crate) fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Invalid { code, detail: detail.into() }
+    }
+
+    pub(crate) fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::NotFound { code, detail: detail.into() }
+    }
+
+    pub(crate) fn nats(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable { what: what.into(), source: Some(Box::new(e)) }
+    }
+
+    pub(crate) fn refused(status: StatusCode, code: &'static str, detail: &'static str) -> Self {
+        Self::Refused { status, code, detail }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Refused { status, .. } => *status,
+            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { code, .. } | Self::NotFound { code, .. } | Self::Refused { code, .. } => code,
+            Self::Unauthorized => "unauthorized",
+            Self::Unavailable { .. } => "nats_unavailable",
+            Self::Internal { .. } => "internal",
+        }
+    }
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub detail: String,
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            Self::Internal { .. } => {
+                tracing::error!(
+                    service = "ingress",
+                    stage = "admin",
+                    outcome = "error",
+                    error = &self as &dyn std::error::Error,
+                    "admin request failed"
+                );
+                "internal error (see the ingress log)".to_owned()
+            }
+            Self::Unavailable { .. } => {
+                tracing::warn!(
+                    service = "ingress",
+                    stage = "admin",
+                    outcome = "nats_unavailable",
+                    error = &self as &dyn std::error::Error,
+                    "admin request failed"
+                );
+                let mut text = self.to_string();
+                let mut source = std::error::Error::source(&self);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                text
+            }
+            _ => self.to_string(),
+        };
+        let mut response = (status, Json(ErrorBody { code: self.code().to_owned(), detail })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Runs a NATS operation with [`NATS_TIMEOUT`]; a timeout is a 503.
+pub(crate) async fn bounded<T, E, F>(what: &str, f: F) -> Result<T, AdminError>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(NATS_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(AdminError::nats(what, e)),
+        Err(_) => {
+            Err(AdminError::Unavailable { what: format!("{what}: no answer within {NATS_TIMEOUT:?}"), source: None })
+        }
+    }
+}

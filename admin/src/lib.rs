@@ -1,0 +1,173 @@
+//! The admin API on the private listener (`SMSGATE_ADMIN_ADDR`), bearer
+//! `SMSGATE_ADMIN_TOKEN` (docs/ARCHITECTURE.md §6, "HTTP (contract)").
+//! ingress serves it on its second listener; it never runs on the public one.
+//!
+//! # Layout
+//!
+//! - [`router`] (this file): the routes, behind [`guard`] (host, origin,
+//!   token, JSON writes), and [`AdminState`], what every handler reads.
+//! - `messages`: `POST /api/v1/messages` publishes an `Outbound` to
+//!   `P.outbound.<channel>` (the sender takes it from there).
+//! - `conversations`: the list (history subjects and their last messages)
+//!   and one conversation (an ordered replay of its subject, each outbound
+//!   piece folded with its delivery statuses).
+//! - `takeover`: pause and resume the bot for one conversation (KV
+//!   `P_conversations`, a note in the conversation's history).
+//! - `channels`: the configured channels with their health.
+//! - `dead`: list and replay `P_DEAD`.
+//! - `reader`: reads a subject's messages with an ordered consumer.
+//! - [`AdminError`] (`error`): every failure, mapped to a status and a JSON
+//!   `{code, detail}` body in one `IntoResponse`.
+//!
+//! Every NATS call is bounded by [`NATS_TIMEOUT`] and answers 503 when NATS
+//! is down, so an operator's command never hangs.
+
+mod channels;
+mod conversations;
+mod dead;
+mod error;
+pub mod guard;
+mod messages;
+mod reader;
+mod takeover;
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, stream::Stream as JsStream};
+use axum::Router;
+use axum::http::header;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use smsgate_shared::bus::{self, MsgId};
+use smsgate_shared::config::Channel;
+use smsgate_shared::domain::{ChannelId, E164};
+use smsgate_shared::envelope::{ConversationState, HistoryEvent, NoteReason};
+use smsgate_shared::redact::clip;
+use smsgate_shared::topology::Topology;
+use time::OffsetDateTime;
+
+pub use channels::{ChannelView, ChannelsView, NatsHealth};
+pub use conversations::{Conversation, ConversationList, ConversationSummary, EntryView, EventView, PieceView};
+pub use dead::{DeadList, DeadView, Replayed};
+pub use error::{AdminError, ErrorBody, NATS_TIMEOUT};
+pub use messages::{SendAccepted, SendRequest};
+pub use takeover::TakeoverState;
+
+use error::bounded;
+
+/// Entries a conversation answer holds unless `limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 50;
+/// The largest `limit` accepted.
+pub const MAX_LIMIT: usize = 10_000;
+/// Admin request bodies are small JSON documents.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the admin routes need. The JetStream context works before NATS is
+/// reachable (calls then fail and answer 503); open key-value buckets
+/// lazily with `js.get_key_value(topology.optout_bucket())` when needed.
+#[derive(Clone)]
+pub struct AdminState {
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub channels: Arc<Vec<Channel>>,
+}
+
+/// The admin routes (`/api/v1/...` and `/metrics`), all behind the
+/// [`guard`] (host, origin, bearer token, JSON writes).
+pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
+    Router::new()
+        .route("/api/v1/messages", post(messages::send_message))
+        .route("/api/v1/conversations", get(conversations::list_conversations))
+        .route("/api/v1/conversations/{channel_id}/{peer}", get(conversations::read_conversation))
+        .route("/api/v1/conversations/{channel_id}/{peer}/pause", post(takeover::pause_conversation))
+        .route("/api/v1/conversations/{channel_id}/{peer}/resume", post(takeover::resume_conversation))
+        .route("/api/v1/channels", get(channels::list_channels))
+        .route("/api/v1/dead", get(dead::list_dead))
+        .route("/api/v1/dead/{seq}/replay", post(dead::replay_dead))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(guard, guard::check))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+impl AdminState {
+    pub(crate) fn nats_connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Fails fast (503) instead of waiting for a request timeout when the
+    /// client knows it is disconnected.
+    pub(crate) fn require_nats(&self) -> Result<(), AdminError> {
+        if self.nats_connected() {
+            Ok(())
+        } else {
+            Err(AdminError::Unavailable { what: "not connected".to_owned(), source: None })
+        }
+    }
+
+    pub(crate) async fn stream(&self, name: String) -> Result<JsStream, AdminError> {
+        self.require_nats()?;
+        bounded(&format!("cannot open stream {name}"), self.js.get_stream(name.clone())).await
+    }
+
+    /// The `P_conversations` bucket (human takeover).
+    pub(crate) async fn conversations(&self) -> Result<jetstream::kv::Store, AdminError> {
+        self.require_nats()?;
+        bounded("open the conversations bucket", self.js.get_key_value(self.topology.conversations_bucket())).await
+    }
+
+    /// When the bot's pause for this conversation ends, if it is paused now.
+    pub(crate) async fn paused_until(
+        &self,
+        channel: &ChannelId,
+        peer: &E164,
+    ) -> Result<Option<OffsetDateTime>, AdminError> {
+        let store = self.conversations().await?;
+        let key = Topology::conversation_key(channel, peer);
+        let value = bounded("read the conversation's state", store.get(&key)).await?;
+        let now = OffsetDateTime::now_utc();
+        Ok(value.and_then(|v| ConversationState::paused_until(&v, now).ok().flatten()))
+    }
+
+    /// Records a pause or a resume in the conversation, so that it shows
+    /// who had the conversation when.
+    pub(crate) async fn takeover_note(
+        &self,
+        channel: &ChannelId,
+        peer: &E164,
+        key: &str,
+        reason: NoteReason,
+        detail: String,
+    ) -> Result<(), AdminError> {
+        let event = HistoryEvent::Note { reason, message_sid: None, outbound_id: None, detail };
+        let id = MsgId::Takeover { conversation: key, reason, at_ns: OffsetDateTime::now_utc().unix_timestamp_nanos() };
+        bounded(
+            "record it in the conversation",
+            bus::append_history(&self.js, &self.topology, (channel, peer), id, event),
+        )
+        .await
+    }
+
+    pub(crate) fn channel(&self, id: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.id.as_str() == id)
+    }
+
+    pub(crate) fn known_channel(&self, id: &str) -> Result<ChannelId, AdminError> {
+        self.channel(id).map(|c| c.id.clone()).ok_or_else(|| {
+            AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(id, 64)))
+        })
+    }
+}
+
+async fn not_found() -> AdminError {
+    AdminError::not_found("no_route", "no such admin route (see docs/ARCHITECTURE.md §6)")
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        smsgate_shared::telemetry::metrics_handle().render(),
+    )
+}

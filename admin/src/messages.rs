@@ -1,0 +1,133 @@
+//! `POST /api/v1/messages`: an operator's or an integration's message, put
+//! on the outbound stream for the sender.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use smsgate_shared::bus::{self, MsgId};
+use smsgate_shared::config::TWILIO_MAX_BODY;
+use smsgate_shared::domain::E164;
+use smsgate_shared::envelope::{self, Origin, Outbound};
+use smsgate_shared::redact::clip;
+use time::OffsetDateTime;
+
+use crate::{AdminError, AdminState, bounded};
+
+/// The most attachments Twilio takes on one message.
+const MAX_MEDIA: usize = 10;
+
+/// The body of `POST /api/v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub channel_id: String,
+    pub to: String,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub media_urls: Vec<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to `POST /api/v1/messages` (202).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendAccepted {
+    /// The outbound id: `api.<idempotency key>`, or a generated `api.<random>`.
+    pub id: String,
+    /// True when the same id was accepted before within the duplicate window
+    /// (nothing new is sent).
+    pub duplicate: bool,
+}
+
+impl SendRequest {
+    fn validate(self, state: &AdminState) -> Result<Outbound, AdminError> {
+        let channel = state.channel(&self.channel_id).ok_or_else(|| {
+            AdminError::invalid("unknown_channel", format!("no channel {:?} is configured", clip(&self.channel_id, 64)))
+        })?;
+        if !channel.enabled {
+            return Err(AdminError::invalid("channel_disabled", format!("channel {} is disabled", channel.id)));
+        }
+        let to = E164::parse(self.to.trim())
+            .map_err(|e| AdminError::invalid("invalid_number", format!("to: {}", e.reason)))?;
+        if self.body.trim().is_empty() && self.media_urls.is_empty() {
+            return Err(AdminError::invalid("empty_body", "body is empty (and there are no media_urls)"));
+        }
+        let chars = self.body.chars().count();
+        if chars > TWILIO_MAX_BODY {
+            return Err(AdminError::invalid(
+                "body_too_long",
+                format!("body has {chars} characters; Twilio takes at most {TWILIO_MAX_BODY}"),
+            ));
+        }
+        if self.media_urls.len() > MAX_MEDIA {
+            return Err(AdminError::invalid(
+                "too_many_media",
+                format!("{} media_urls; Twilio takes at most {MAX_MEDIA}", self.media_urls.len()),
+            ));
+        }
+        for (i, u) in self.media_urls.iter().enumerate() {
+            let ok = (u.starts_with("https://") || u.starts_with("http://")) && !u.contains(char::is_whitespace);
+            if !ok {
+                return Err(AdminError::invalid("invalid_media_url", format!("media_urls[{i}] is not an http(s) URL")));
+            }
+        }
+        // Caller keys and generated ids alike live under `api.`.
+        let id = match self.idempotency_key {
+            Some(key) if !Outbound::valid_id(&key) || !Outbound::valid_id(&Outbound::api_id(&key)) => {
+                return Err(AdminError::invalid(
+                    "invalid_idempotency_key",
+                    "idempotency_key must be 1-124 letters, digits, '_', '-' or '.', not starting or ending with '.'",
+                ));
+            }
+            Some(key) => Outbound::api_id(&key),
+            None => Outbound::api_id(&smsgate_shared::config::generate_token()[..24]),
+        };
+        Ok(Outbound {
+            v: envelope::VERSION,
+            id,
+            channel_id: channel.id.clone(),
+            to,
+            body: self.body,
+            media_urls: self.media_urls,
+            in_reply_to: None,
+            origin: Origin::Api,
+            created_at: OffsetDateTime::now_utc(),
+        })
+    }
+}
+
+pub(crate) async fn send_message(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
+    let invalid = |e: serde_json::Error| {
+        AdminError::invalid("invalid_json", format!("the body is not a valid message request: {e}"))
+    };
+    // An object only: serde would also read a struct from a JSON array.
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
+    if !value.is_object() {
+        return Err(AdminError::invalid("invalid_json", "the body must be a JSON object"));
+    }
+    let request: SendRequest = serde_json::from_value(value).map_err(invalid)?;
+    let outbound = request.validate(&state)?;
+    state.require_nats()?;
+    let subject = state.topology.outbound_subject(&outbound.channel_id);
+    let id = MsgId::Outbound(&outbound.id);
+    let ack =
+        bounded("publish to the outbound stream", bus::publish(&state.js, subject, id, envelope::encode(&outbound)))
+            .await?;
+    metrics::counter!("smsgate_admin_messages_total", "channel_id" => outbound.channel_id.to_string(), "outcome" => if ack.duplicate { "duplicate" } else { "accepted" }).increment(1);
+    tracing::info!(
+        service = "ingress",
+        stage = "admin",
+        channel_id = %outbound.channel_id,
+        peer = %outbound.to.masked(),
+        outbound_id = %outbound.id,
+        outcome = if ack.duplicate { "duplicate" } else { "accepted" },
+        "message accepted for sending"
+    );
+    Ok((StatusCode::ACCEPTED, Json(SendAccepted { id: outbound.id, duplicate: ack.duplicate })))
+}
