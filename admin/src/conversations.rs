@@ -4,37 +4,47 @@ use std::collections::{HashMap, VecDeque};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use smsgate_shared::domain::{E164, MessageSid};
 use smsgate_shared::envelope::{self, HistoryEntry, HistoryEvent, Media, MessageStatus, NoteReason, Origin};
 use time::OffsetDateTime;
 
+use crate::index::{ConversationSummary, Cursor, PageQuery};
 use crate::reader::read_all;
-use crate::{AdminError, AdminState, DEFAULT_LIMIT, MAX_LIMIT, NATS_TIMEOUT, bounded};
+use crate::{AdminError, AdminState, DEFAULT_LIMIT, MAX_LIMIT};
 
 #[derive(Debug, Deserialize)]
 pub struct ConversationsQuery {
     #[serde(default)]
     pub channel_id: Option<String>,
+    /// Part of the number (digits, with or without `+`).
+    #[serde(default)]
+    pub q: Option<String>,
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
-/// One conversation in the list.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ConversationSummary {
-    pub channel_id: String,
-    pub peer: String,
-    /// Entries in the conversation's history (messages, delivery statuses and
-    /// notes): counted by the server per subject, without reading them.
-    pub count: u64,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_at: Option<OffsetDateTime>,
-}
-
+/// One page of the conversation list, newest first.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ConversationList {
     pub conversations: Vec<ConversationSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Conversations matching the filters, over all pages.
+    pub total: usize,
 }
+
+/// How long a list request waits for the index's first read of the
+/// history stream after a start.
+const INDEX_WAIT: std::time::Duration = crate::NATS_TIMEOUT;
+/// How long a list request waits for entries stored before it to be
+/// indexed (a few milliseconds normally; the bound covers an entry that aged
+/// out of the stream before the index saw it).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub(crate) async fn list_conversations(
     State(state): State<AdminState>,
@@ -44,35 +54,43 @@ pub(crate) async fn list_conversations(
         Some(c) => Some(state.known_channel(c)?),
         None => None,
     };
+    let limit = parse_limit(query.limit.as_deref())?;
+    let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+            AdminError::invalid("invalid_cursor", "cursor must be the next_cursor of an earlier answer")
+        })?),
+        None => None,
+    };
+    if let Some(q) = query.q.as_deref()
+        && (q.len() > 20 || !q.trim().trim_start_matches('+').chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(AdminError::invalid("invalid_query", "q must be digits of a number, with or without '+'"));
+    }
+    // What was recorded before this request is in the answer.
     let stream = state.stream(state.topology.history_stream()).await?;
-    let filter = state.topology.history_filter(channel.as_ref());
-    let subjects: Vec<(String, usize)> = bounded("read history subjects", async {
-        stream.info_with_subjects(filter).await?.try_collect::<Vec<_>>().await
-    })
-    .await?;
-    let (stream, topology) = (&stream, &state.topology);
-    let mut conversations: Vec<ConversationSummary> = futures::stream::iter(subjects)
-        .map(|(subject, count)| async move {
-            let (channel_id, peer) = topology.parse_history_subject(&subject)?;
-            // Only the last message's time is read, never the whole log.
-            let last_at = tokio::time::timeout(NATS_TIMEOUT, stream.direct_get_last_for_subject(subject.clone()))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|m| m.time);
-            Some(ConversationSummary {
-                channel_id: channel_id.to_string(),
-                peer: peer.to_string(),
-                count: count as u64,
-                last_at,
-            })
-        })
-        .buffer_unordered(16)
-        .filter_map(|c| async move { c })
-        .collect()
-        .await;
-    conversations.sort_by(|a, b| b.last_at.cmp(&a.last_at).then_with(|| a.peer.cmp(&b.peer)));
-    Ok(Json(ConversationList { conversations }))
+    if !state.index.wait_loaded(INDEX_WAIT).await {
+        return Err(AdminError::Unavailable {
+            what: "the conversation list is still being read from the history stream".to_owned(),
+            source: None,
+        });
+    }
+    let last = stream.cached_info().state.last_sequence;
+    if !state.index.wait_applied(last, CATCH_UP_WAIT).await {
+        tracing::debug!(
+            service = "ingress",
+            stage = "admin",
+            last,
+            applied = state.index.applied(),
+            "conversation index behind the stream"
+        );
+    }
+    let channel_text = channel.as_ref().map(ToString::to_string);
+    let page = state.index.page(&PageQuery { channel: channel_text.as_deref(), q: query.q.as_deref(), limit, cursor });
+    Ok(Json(ConversationList {
+        conversations: page.conversations,
+        next_cursor: page.next_cursor.map(|c| c.encode()),
+        total: page.total,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,9 @@
 //!    other than `same-origin`/`none`: a web page of another origin (another
 //!    port of localhost included) never gets to act → 403.
 //! 3. The bearer token, compared as SHA-256 digests in constant time, so
-//!    neither its content nor its length shows in the timing → 401.
+//!    neither its content nor its length shows in the timing, or the
+//!    console's session cookie (`crate::console`) → 401. Only the console's
+//!    own page and files and signing in need neither.
 //! 4. Writes (`POST`, `PUT`, `PATCH`, `DELETE`) carry `application/json`:
 //!    a cross-site form or `text/plain` body (no CORS preflight) cannot →
 //!    415.
@@ -31,6 +33,7 @@ use subtle::ConstantTimeEq;
 use smsgate_shared::http::{has_media_type, token_digest};
 
 use crate::AdminError;
+use crate::console::{Sessions, session_cookie};
 
 /// The admin token: `SMSGATE_ADMIN_TOKEN`, else the token file (created with
 /// a fresh token at first start). Never None: the admin API always needs one.
@@ -57,11 +60,19 @@ pub fn admin_token(settings: &Settings) -> Result<SecretString, String> {
 pub struct Guard {
     token_digest: [u8; 32],
     listener: SocketAddr,
+    /// The console's signed-in browsers.
+    pub(crate) sessions: Sessions,
 }
 
 impl Guard {
     pub fn new(token: &SecretString, listener: SocketAddr) -> Arc<Self> {
-        Arc::new(Self { token_digest: token_digest(token.expose_secret()), listener })
+        Arc::new(Self { token_digest: token_digest(token.expose_secret()), listener, sessions: Sessions::default() })
+    }
+
+    /// Whether `presented` is the admin token (constant time).
+    pub(crate) fn token_matches(&self, presented: &str) -> bool {
+        let equal = token_digest(presented).ct_eq(&self.token_digest);
+        bool::from(equal) && !presented.is_empty()
     }
 
     /// Whether `host` (a `Host` header's value) names this listener. The
@@ -99,8 +110,12 @@ impl Guard {
             .map(str::trim)
             .unwrap_or("");
         // Digests have one length whatever was presented: nothing leaks.
-        let equal = token_digest(presented).ct_eq(&self.token_digest);
-        bool::from(equal) && !presented.is_empty()
+        self.token_matches(presented)
+    }
+
+    /// The bearer token, or the console's session cookie.
+    fn authenticated(&self, headers: &HeaderMap) -> bool {
+        self.token_ok(headers) || session_cookie(headers).is_some_and(|id| self.sessions.valid(id))
     }
 }
 
@@ -112,6 +127,16 @@ fn split_host(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((name, _)) if !name.contains(':') => name,
         _ => host,
+    }
+}
+
+/// What answers without the token: the console's page and files (no data
+/// in them) and signing in. Host and origin are checked all the same.
+fn is_public(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::HEAD => crate::console::is_console_file(path),
+        Method::POST => path == crate::console::SESSION_PATH,
+        _ => false,
     }
 }
 
@@ -141,7 +166,7 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
             "origin",
             AdminError::refused(StatusCode::FORBIDDEN, "cross_origin", "requests from another origin are refused"),
         ))
-    } else if !guard.token_ok(headers) {
+    } else if !is_public(request.method(), request.uri().path()) && !guard.authenticated(headers) {
         Some(("token", AdminError::Unauthorized))
     } else if is_write(request.method()) && !is_json(headers) {
         Some((

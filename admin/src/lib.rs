@@ -4,17 +4,22 @@
 //!
 //! # Layout
 //!
+//! - [`console`]: the web console's page and files at `/`, and its
+//!   sign-in (`/api/v1/session`, an HttpOnly SameSite=Strict cookie).
 //! - [`router`] (this file): the routes, behind [`guard`] (host, origin,
 //!   token, JSON writes), and [`AdminState`], what every handler reads.
 //! - `messages`: `POST /api/v1/messages` publishes an `Outbound` to
 //!   `P.outbound.<channel>` (the sender takes it from there).
-//! - `conversations`: the list (history subjects and their last messages)
-//!   and one conversation (an ordered replay of its subject, each outbound
+//! - `conversations`: the list (a page of [`index`]) and one conversation (an ordered replay of its subject, each outbound
 //!   piece folded with its delivery statuses).
 //! - `takeover`: pause and resume the bot for one conversation (KV
 //!   `P_conversations`, a note in the conversation's history).
 //! - `channels`: the configured channels with their health.
 //! - `dead`: list and replay `P_DEAD`.
+//! - [`index`]: the conversation list's read model, kept in memory from the
+//!   history stream (one follower task per process).
+//! - [`events`]: `GET /api/v1/events`, Server-Sent Events read from the
+//!   history and dead-letter streams, resumable with `Last-Event-ID`.
 //! - `reader`: reads a subject's messages with an ordered consumer.
 //! - [`AdminError`] (`error`): every failure, mapped to a status and a JSON
 //!   `{code, detail}` body in one `IntoResponse`.
@@ -23,10 +28,13 @@
 //! is down, so an operator's command never hangs.
 
 mod channels;
+pub mod console;
 mod conversations;
 mod dead;
 mod error;
+pub mod events;
 pub mod guard;
+pub mod index;
 mod messages;
 mod reader;
 mod takeover;
@@ -46,11 +54,13 @@ use smsgate_shared::envelope::{ConversationState, HistoryEvent, NoteReason};
 use smsgate_shared::redact::clip;
 use smsgate_shared::topology::Topology;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 pub use channels::{ChannelView, ChannelsView, NatsHealth};
-pub use conversations::{Conversation, ConversationList, ConversationSummary, EntryView, EventView, PieceView};
+pub use conversations::{Conversation, ConversationList, EntryView, EventView, PieceView};
 pub use dead::{DeadList, DeadView, Replayed};
 pub use error::{AdminError, ErrorBody, NATS_TIMEOUT};
+pub use index::{ConversationIndex, ConversationSummary, LastMessage};
 pub use messages::{SendAccepted, SendRequest};
 pub use takeover::TakeoverState;
 
@@ -71,25 +81,51 @@ pub struct AdminState {
     pub js: jetstream::Context,
     pub topology: Topology,
     pub channels: Arc<Vec<Channel>>,
+    /// The conversation list, kept by [`AdminState::start`].
+    pub index: Arc<ConversationIndex>,
+    /// Ends the long-lived answers (the event stream) at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl AdminState {
+    pub fn new(js: jetstream::Context, topology: Topology, channels: Arc<Vec<Channel>>) -> Self {
+        Self { js, topology, channels, index: Arc::default(), shutdown: CancellationToken::new() }
+    }
+
+    /// Starts what the admin side keeps up to date in the background (the
+    /// conversation index, following the history stream) until `shutdown`.
+    pub fn start(&mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown;
+        let (js, topology, shutdown) = (self.js.clone(), self.topology.clone(), self.shutdown.clone());
+        tokio::spawn(self.index.clone().follow(js, topology, shutdown));
+    }
 }
 
 /// The admin routes (`/api/v1/...` and `/metrics`), all behind the
 /// [`guard`] (host, origin, bearer token, JSON writes).
 pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
+    let sessions = Router::new()
+        .route(console::SESSION_PATH, post(console::sign_in).get(console::session).delete(console::sign_out))
+        .with_state(guard.clone());
     Router::new()
+        .route("/", get(console::serve_file))
+        .route("/console.js", get(console::serve_file))
+        .route("/console.css", get(console::serve_file))
         .route("/api/v1/messages", post(messages::send_message))
         .route("/api/v1/conversations", get(conversations::list_conversations))
         .route("/api/v1/conversations/{channel_id}/{peer}", get(conversations::read_conversation))
         .route("/api/v1/conversations/{channel_id}/{peer}/pause", post(takeover::pause_conversation))
         .route("/api/v1/conversations/{channel_id}/{peer}/resume", post(takeover::resume_conversation))
         .route("/api/v1/channels", get(channels::list_channels))
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead", get(dead::list_dead))
         .route("/api/v1/dead/{seq}/replay", post(dead::replay_dead))
         .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(sessions)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
 }
 
 impl AdminState {

@@ -139,7 +139,7 @@ impl App {
         let admin_at =
             admin_listener.local_addr().map_err(|source| Error::Bind { addr: settings.admin_addr, source })?;
         let guard = smsgate_admin::guard::Guard::new(&admin_token, admin_at);
-        let admin_state = smsgate_admin::AdminState { js, topology, channels };
+        let admin_state = smsgate_admin::AdminState::new(js, topology, channels);
         Ok(Self { public, admin: admin_listener, shared, admin_state, guard, limits: serve::Limits::default() })
     }
 
@@ -162,7 +162,8 @@ impl App {
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// the requests in flight and flushes what NATS still holds.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Self { public, admin, shared, admin_state, guard, limits } = self;
+        let Self { public, admin, shared, mut admin_state, guard, limits } = self;
+        admin_state.start(shutdown.clone());
         tokio::spawn(ensure_topology(shared.clone(), shutdown.clone()));
         tokio::spawn(telemetry::upkeep(shutdown.clone()));
         tracing::info!(

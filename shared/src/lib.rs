@@ -46,5 +46,6 @@ pub mod redact;
 pub mod retry;
 pub mod shutdown;
 pub mod signature;
+pub mod sse;
 pub mod telemetry;
 pub mod topology;

@@ -342,7 +342,7 @@ async fn conversations_are_listed_with_counts_and_last_time_newest_first() {
     let admin = Admin::start(&nats).await;
     let (status, body) = admin.get("/api/v1/conversations").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"conversations": []}));
+    assert_eq!(body, json!({"conversations": [], "total": 0}));
 
     let t0 = OffsetDateTime::now_utc();
     for i in 0..3 {
@@ -361,6 +361,9 @@ async fn conversations_are_listed_with_counts_and_last_time_newest_first() {
     assert_eq!(list[0]["count"], 1);
     assert_eq!(list[1]["peer"], PEER);
     assert_eq!(list[1]["count"], 3);
+    assert_eq!(list[1]["messages"], 3);
+    assert_eq!(list[1]["last_message"]["body"], "m2");
+    assert_eq!(list[1]["last_message"]["direction"], "inbound");
     assert_eq!(list[1]["channel_id"], "test");
     let last =
         OffsetDateTime::parse(list[1]["last_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
@@ -370,7 +373,7 @@ async fn conversations_are_listed_with_counts_and_last_time_newest_first() {
     let (_, filtered) = admin.get("/api/v1/conversations?channel_id=test").await;
     assert_eq!(filtered["conversations"].as_array().unwrap().len(), 2);
     let (_, none) = admin.get("/api/v1/conversations?channel_id=off").await;
-    assert_eq!(none, json!({"conversations": []}));
+    assert_eq!(none, json!({"conversations": [], "total": 0}));
     let (status, body) = admin.get("/api/v1/conversations?channel_id=nope").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "unknown_channel");
 }
@@ -662,4 +665,203 @@ async fn pause_and_resume_a_conversation_store_the_takeover_and_record_it() {
     assert_eq!(view["paused_until"], Value::Null, "{view}");
     let last = view["entries"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["reason"], "resumed", "{view}");
+}
+
+fn inbound(i: usize, body: &str) -> HistoryEvent {
+    HistoryEvent::Inbound {
+        message_sid: MessageSid::parse(&format!("SMp{i}")).unwrap(),
+        body: body.into(),
+        media: vec![],
+    }
+}
+
+#[tokio::test]
+async fn the_list_pages_with_a_cursor_and_finds_numbers_by_their_digits() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let now = OffsetDateTime::now_utc();
+    for i in 0..23 {
+        admin.history(&format!("+1415555{:04}", 1000 + i), now, inbound(i, &format!("hello {i}"))).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/conversations?limit=10".to_owned();
+    loop {
+        let (status, page) = admin.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 23);
+        seen.extend(page["conversations"].as_array().unwrap().iter().map(|c| c["peer"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/conversations?limit=10&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 23, "every conversation once: {seen:?}");
+    assert_eq!(seen[0], "+14155551022", "newest first");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 23);
+
+    let (_, found) = admin.get("/api/v1/conversations?q=%2B1415555101").await;
+    let peers: Vec<&str> =
+        found["conversations"].as_array().unwrap().iter().map(|c| c["peer"].as_str().unwrap()).collect();
+    assert_eq!(found["total"], 10, "{found}");
+    assert!(peers.iter().all(|p| p.starts_with("+1415555101")), "{peers:?}");
+    let (_, one) = admin.get("/api/v1/conversations?q=5551007").await;
+    assert_eq!(one["conversations"][0]["peer"], "+14155551007");
+    assert_eq!(one["conversations"][0]["last_message"]["body"], "hello 7");
+
+    for (path, code) in [
+        ("/api/v1/conversations?cursor=junk", "invalid_cursor"),
+        ("/api/v1/conversations?q=abc", "invalid_query"),
+        ("/api/v1/conversations?limit=0", "invalid_limit"),
+    ] {
+        let (status, body) = admin.get(path).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    }
+}
+
+/// Reads server-sent events until `n` have come (or 10 s pass).
+async fn read_events(response: &mut reqwest::Response, n: usize) -> Vec<smsgate_shared::sse::SseEvent> {
+    let mut parser = smsgate_shared::sse::SseParser::default();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, response.chunk()).await;
+        match chunk {
+            Ok(Ok(Some(bytes))) => events.extend(parser.push(&bytes)),
+            other => panic!("the event stream ended or stalled after {} events: {other:?}", events.len()),
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn events_stream_what_is_recorded_and_resume_after_the_last_event_id() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let url = format!("{}/api/v1/events", admin.base);
+    // Recorded before anyone listened: not sent to a new client.
+    admin.history(PEER, OffsetDateTime::now_utc(), inbound(0, "before")).await;
+
+    let mut stream = admin.http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let now = OffsetDateTime::now_utc();
+    admin.history(PEER, now, inbound(1, "hi")).await;
+    admin
+        .history(
+            PEER,
+            now,
+            HistoryEvent::Note {
+                reason: NoteReason::RateLimited,
+                message_sid: Some(MessageSid::parse("SMp2").unwrap()),
+                outbound_id: None,
+                detail: "over 10 a minute".into(),
+            },
+        )
+        .await;
+    let dead_seq = admin
+        .dead_letter(admin.topology.outbound_subject(&channel_id()), Some("reply.SMp1"), outbound_json("reply.SMp1"))
+        .await;
+    let events = read_events(&mut stream, 3).await;
+    assert_eq!(events[0].event, "message.received");
+    let first: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(first["body"], "hi");
+    assert_eq!(first["peer"], PEER, "the full number: this is the private side");
+    assert_eq!(first["message_sid"], "SMp1");
+    assert_eq!(first["channel_id"], "test");
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert!(names.contains(&"message.skipped") && names.contains(&"dead.letter"), "{names:?}");
+    let dead = events.iter().find(|e| e.event == "dead.letter").unwrap();
+    let dead_data: Value = serde_json::from_str(&dead.data).unwrap();
+    assert_eq!(dead_data["seq"], dead_seq);
+    assert_eq!(dead_data["peer"], PEER);
+    drop(stream);
+
+    // Away for a while: what was recorded meanwhile comes first on return.
+    let last_id = events[0].id.clone().expect("every event has an id");
+    admin.history(OTHER_PEER, OffsetDateTime::now_utc(), inbound(3, "while away")).await;
+    let mut again = admin.http.get(&url).bearer_auth(TOKEN).header("last-event-id", &last_id).send().await.unwrap();
+    let replayed = read_events(&mut again, 3).await;
+    let bodies: Vec<String> = replayed
+        .iter()
+        .filter(|e| e.event == "message.received")
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, ["while away"], "after the last id, nothing before it: {replayed:?}");
+    assert!(replayed.iter().any(|e| e.event == "message.skipped"), "the events after the id come again: {replayed:?}");
+
+    // Filtered by channel: the other channel's events never come.
+    let mut off = admin.http.get(format!("{url}?channel_id=off")).bearer_auth(TOKEN).send().await.unwrap();
+    admin.history(PEER, OffsetDateTime::now_utc(), inbound(4, "not for off")).await;
+    assert!(tokio::time::timeout(Duration::from_millis(700), read_events(&mut off, 1)).await.is_err());
+
+    let r = admin.http.get(&url).bearer_auth(TOKEN).header("last-event-id", "yesterday").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(admin.http.get(&url).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_console_signs_in_with_the_token_for_an_http_only_strict_cookie() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    // The page itself needs no token and carries a strict policy.
+    let page = admin.http.get(format!("{}/", admin.base)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert!(page.text().await.unwrap().contains("/console.js"));
+
+    let session = format!("{}/api/v1/session", admin.base);
+    let wrong = admin.http.post(&session).json(&json!({"token": "guess"})).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let form = admin
+        .http
+        .post(&session)
+        .body(format!("token={TOKEN}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "a cross-site form cannot sign in");
+
+    let ok = admin.http.post(&session).json(&json!({"token": TOKEN})).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for part in ["smsgate_session=", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = |r: reqwest::RequestBuilder| r.header("cookie", pair.clone());
+    let r = with_cookie(admin.http.get(format!("{}/api/v1/conversations", admin.base))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the cookie stands for the token");
+    let r = with_cookie(admin.http.get(format!("{}/api/v1/conversations", admin.base)))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "not from another origin, cookie or not");
+    let r = with_cookie(admin.http.get(format!("{}/api/v1/conversations", admin.base)))
+        .header("host", "rebind.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    let out = with_cookie(admin.http.delete(&session)).header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let r = with_cookie(admin.http.get(format!("{}/api/v1/conversations", admin.base))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "signed out: the old cookie is worth nothing");
+    let r = admin
+        .http
+        .get(format!("{}/api/v1/conversations", admin.base))
+        .header("cookie", "smsgate_session=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
