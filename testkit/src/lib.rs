@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`browser`]: a headless Chromium driven over WebDriver, for the console.
 //! - [`nats`]: [`nats::NatsServer`], a real `nats-server -js` on a free port
 //!   with a temporary store, stopped and removed on drop, and
 //!   [`nats::NatsCluster`], three of them in one JetStream cluster.
@@ -15,6 +16,7 @@
 //!   credentials ([`ACCOUNT_SID`], [`AUTH_TOKEN`], [`PATH_TOKEN`],
 //!   [`FROM_NUMBER`]), and [`eventually`], polling until a condition holds.
 
+pub mod browser;
 pub mod chat;
 pub mod nats;
 pub mod twilio;

@@ -20,15 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::unique_prefix;
 
-const TOKEN: &str = "admin-test-token-0123456789";
-const PEER: &str = "+14155550100";
+pub(crate) const TOKEN: &str = "admin-test-token-0123456789";
+pub(crate) const PEER: &str = "+14155550100";
 const OTHER_PEER: &str = "+14155550199";
 
-struct Admin {
-    base: String,
-    http: reqwest::Client,
-    js: jetstream::Context,
-    topology: Topology,
+pub(crate) struct Admin {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) topology: Topology,
     shutdown: CancellationToken,
 }
 
@@ -45,7 +45,7 @@ fn channels() -> Vec<Channel> {
 }
 
 impl Admin {
-    async fn start(nats: &NatsServer) -> Self {
+    pub(crate) async fn start(nats: &NatsServer) -> Self {
         let prefix = unique_prefix();
         let mut settings = Settings::for_tests(&nats.url(), &prefix);
         settings.admin_token = Some(TOKEN.into());
@@ -76,7 +76,7 @@ impl Admin {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn history(&self, peer: &str, at: OffsetDateTime, event: HistoryEvent) {
+    pub(crate) async fn history(&self, peer: &str, at: OffsetDateTime, event: HistoryEvent) {
         let entry = HistoryEntry { v: VERSION, channel_id: channel_id(), peer: E164::parse(peer).unwrap(), at, event };
         let subject = self.topology.history_subject(&entry.channel_id, &entry.peer);
         self.js.publish(subject, envelope::encode(&entry)).await.unwrap().await.unwrap();
@@ -667,7 +667,7 @@ async fn pause_and_resume_a_conversation_store_the_takeover_and_record_it() {
     assert_eq!(last["reason"], "resumed", "{view}");
 }
 
-fn inbound(i: usize, body: &str) -> HistoryEvent {
+pub(crate) fn inbound(i: usize, body: &str) -> HistoryEvent {
     HistoryEvent::Inbound {
         message_sid: MessageSid::parse(&format!("SMp{i}")).unwrap(),
         body: body.into(),
