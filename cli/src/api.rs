@@ -90,6 +90,75 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// `smsgate events`: follows `GET /api/v1/events`, printing each event's
+    /// data (with its `id`) as one JSON line. When the stream breaks it
+    /// reconnects with `Last-Event-ID`, so nothing is missed or repeated;
+    /// a refusal (401, 404, ...) ends it with the error.
+    pub async fn follow_events(&self, channel: Option<&str>) -> Result<(), CliError> {
+        use std::io::Write as _;
+        // No overall timeout: the answer never ends. Keep-alives come every
+        // 15 s, so a read that waits much longer means a dead connection.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(45))
+            .build()
+            .map_err(|e| CliError::Failed(format!("cannot build the HTTP client: {e}")))?;
+        let url = match channel {
+            Some(c) => format!("{}/api/v1/events?{}", self.base, query_string(&[("channel_id", c.to_owned())])),
+            None => format!("{}/api/v1/events", self.base),
+        };
+        let mut last_id: Option<String> = None;
+        let mut pause = Duration::from_millis(500);
+        loop {
+            let mut request = http.get(&url).header("accept", "text/event-stream");
+            if let Some(t) = &self.token {
+                request = request.bearer_auth(t.expose_secret());
+            }
+            if let Some(id) = &last_id {
+                request = request.header("last-event-id", id);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    pause = Duration::from_millis(500);
+                    let mut response = response;
+                    let mut parser = smsgate_shared::sse::SseParser::default();
+                    while let Ok(Some(chunk)) = response.chunk().await {
+                        for event in parser.push(&chunk) {
+                            let mut data: Value =
+                                serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
+                            if let (Value::Object(map), Some(id)) = (&mut data, &event.id) {
+                                map.insert("id".to_owned(), Value::String(id.clone()));
+                            }
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "{data}");
+                            let _ = out.flush();
+                            if event.id.is_some() {
+                                last_id = event.id;
+                            }
+                        }
+                    }
+                    eprintln!("smsgate: the event stream ended; reconnecting");
+                }
+                Ok(response) if response.status().is_client_error() => {
+                    let status = response.status();
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    return Err(CliError::Api {
+                        status: status.as_u16(),
+                        code: body["code"].as_str().unwrap_or("http_error").to_owned(),
+                        detail: body["detail"].as_str().unwrap_or("").to_owned(),
+                        hint: "",
+                    });
+                }
+                Ok(response) => eprintln!("smsgate: the event stream answered {}; retrying", response.status()),
+                Err(e) => eprintln!("smsgate: cannot reach {} ({}); retrying", self.base, e.without_url()),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
 /// The token when neither `--token` nor `SMSGATE_ADMIN_TOKEN` gives one:
 /// the file ingress generated at first start (`SMSGATE_ADMIN_TOKEN_FILE`,
 /// `$XDG_STATE_HOME/smsgate/admin-token` or
@@ -114,15 +183,35 @@ pub struct Accepted {
 #[derive(Debug, Deserialize)]
 pub struct ConversationList {
     pub conversations: Vec<ConversationSummary>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+    #[serde(default)]
+    pub total: usize,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ConversationSummary {
     pub channel_id: String,
     pub peer: String,
-    pub count: u64,
+    #[serde(default)]
+    pub messages: u64,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub last_message: Option<LastMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LastMessage {
+    pub direction: String,
+    pub body: String,
+    #[serde(default)]
+    pub media: usize,
+}
+
+/// `k=v&...`, each value percent-encoded.
+pub fn query_string(pairs: &[(&str, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).finish()
 }
 
 #[derive(Debug, Deserialize)]

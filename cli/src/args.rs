@@ -39,8 +39,27 @@ pub enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
-    /// List conversations, most recent first.
+    /// List conversations, most recent first, one page at a time.
     Conversations {
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only numbers containing these digits.
+        #[arg(long)]
+        search: Option<String>,
+        /// Conversations per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start after this point (the `next` cursor a previous page printed).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Every page, not just the first.
+        #[arg(long, conflicts_with = "cursor")]
+        all: bool,
+    },
+    /// Follow the live events (messages received, sent, delivered, skipped,
+    /// takeovers, dead letters): one JSON line per event, until interrupted.
+    /// Reconnects by itself and resumes where it was.
+    Events {
         #[arg(long)]
         channel: Option<String>,
     },

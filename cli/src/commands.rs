@@ -50,34 +50,67 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Conversations { channel } => {
-            let path = match channel {
-                Some(c) => format!("/api/v1/conversations?channel_id={}", channel_id(&c)?),
-                None => "/api/v1/conversations".to_owned(),
-            };
-            let answer = admin()?.call(Method::GET, &path, None).await?;
-            if json {
-                return print_json(&answer);
+        Command::Conversations { channel, search, limit, cursor, all } => {
+            let admin = admin()?;
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(c) = channel {
+                query.push(("channel_id", channel_id(&c)?.to_string()));
             }
-            let list: api::ConversationList = api::parse(answer)?;
-            if list.conversations.is_empty() {
-                println!("No conversations yet.");
+            if let Some(q) = search {
+                query.push(("q", q.trim().to_owned()));
+            }
+            let mut cursor = cursor;
+            let mut pages = Vec::new();
+            loop {
+                let mut params = query.clone();
+                if let Some(c) = &cursor {
+                    params.push(("cursor", c.clone()));
+                }
+                let path = format!("/api/v1/conversations?{}", api::query_string(&params));
+                let answer = admin.call(Method::GET, &path, None).await?;
+                let page: api::ConversationList = api::parse(answer.clone())?;
+                cursor = page.next_cursor.clone();
+                pages.push((answer, page));
+                if !all || cursor.is_none() {
+                    break;
+                }
+            }
+            if json {
+                for (answer, _) in &pages {
+                    print_json(answer)?;
+                }
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = list
-                .conversations
+            let total = pages.first().map_or(0, |(_, p)| p.total);
+            let rows: Vec<Vec<String>> = pages
                 .iter()
+                .flat_map(|(_, p)| p.conversations.iter())
                 .map(|c| {
                     vec![
                         c.channel_id.clone(),
                         c.peer.clone(),
-                        c.count.to_string(),
+                        c.messages.to_string(),
                         c.last_at.map_or_else(|| "—".to_owned(), |t| render::date_time(t, offset)),
+                        c.last_message.as_ref().map_or_else(String::new, render::last_message),
                     ]
                 })
                 .collect();
-            print!("{}", render::table(&["CHANNEL", "PEER", "ENTRIES", "LAST"], &rows));
+            if rows.is_empty() {
+                println!("No conversations yet.");
+                return Ok(());
+            }
+            print!("{}", render::table(&["CHANNEL", "PEER", "MESSAGES", "LAST", "LAST MESSAGE"], &rows));
+            if let Some(next) = &cursor {
+                println!(
+                    "{} of {total} shown; next page: smsgate conversations --cursor {next} (or --all)",
+                    rows.len()
+                );
+            }
             Ok(())
+        }
+        Command::Events { channel } => {
+            let channel = channel.as_deref().map(channel_id).transpose()?;
+            admin()?.follow_events(channel.as_ref().map(ToString::to_string).as_deref()).await
         }
         Command::Conversation { channel, peer, limit } => {
             let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;

@@ -68,6 +68,18 @@ fn day(t: OffsetDateTime, offset: UtcOffset) -> String {
 /// The conversation like a two-way SMS tool shows it:
 ///
 /// ```text
+/// A conversation's last message for the list: `← text` (in) or `→ text`
+/// (out), clipped to one short line.
+pub fn last_message(m: &crate::api::LastMessage) -> String {
+    let arrow = if m.direction == "inbound" { "←" } else { "→" };
+    let flat: String = m.body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut text = smsgate_shared::redact::clip(&flat, 40).into_owned();
+    if m.media > 0 {
+        text.push_str(&format!(" [{} media]", m.media));
+    }
+    format!("{arrow} {text}")
+}
+
 /// Conversation with +14155550100 (channel local)
 /// Started 2026-11-21 10:30 · 2 messages
 ///

@@ -268,3 +268,70 @@ async fn simulate(stack: &Stack, body: &str) {
     let out = stack.run(&["simulate", "--channel", "local", "--from", PEER, "--body", body, "--url", &url]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_pipeline_as_json_lines_and_the_list_pages() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let stack = Stack::start().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsgate"))
+        .env_clear()
+        .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["events", "--channel", "local"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child_out = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(child_out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The follower connects before the message is sent (events start at "now").
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    simulate(&stack, "events please").await;
+    let mut types = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !types.iter().any(|t| t == "message.sent") {
+        let line = tokio::time::timeout_at(deadline, rx.recv()).await.expect("events within 20 s").expect("a line");
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        assert_eq!(v["channel_id"], "local", "{v}");
+        assert_eq!(v["peer"], PEER, "{v}");
+        assert!(v["id"].as_str().is_some_and(|id| id.contains('-')), "each line carries its event id: {v}");
+        types.push(v["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(types[0], "message.received", "{types:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A second conversation, then the list a page at a time and by search.
+    let other = "+14155550777";
+    let url = stack.ingress_url.clone();
+    let out = stack.run(&["simulate", "--channel", "local", "--from", other, "--body", "hi", "--url", &url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = stack.run(&["conversations", "--limit", "1", "--json"]).await;
+        let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if page["total"] == 2 {
+            assert_eq!(page["conversations"].as_array().unwrap().len(), 1);
+            assert!(page["next_cursor"].is_string(), "{page}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "two conversations: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = stack.run(&["conversations", "--limit", "1"]).await;
+    assert!(stdout(&out).contains("1 of 2 shown; next page: smsgate conversations --cursor "), "{}", stdout(&out));
+    let out = stack.run(&["conversations", "--limit", "1", "--all"]).await;
+    let text = stdout(&out);
+    assert!(text.contains(PEER) && text.contains(other), "{text}");
+    let out = stack.run(&["conversations", "--search", "0777"]).await;
+    let text = stdout(&out);
+    assert!(text.contains(other) && !text.contains(PEER), "{text}");
+    assert!(text.contains("→ hi") || text.contains("← hi"), "the last message shows: {text}");
+}
