@@ -66,7 +66,9 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
         HistoryEvent::Inbound { .. } => "message.received",
         HistoryEvent::Outbound { .. } => "message.sent",
         HistoryEvent::Status { .. } => "message.status",
-        HistoryEvent::Note { reason: NoteReason::Paused, .. } => "conversation.paused",
+        // The operator's pause; the worker's "not answered while paused"
+        // notes name the message they skipped.
+        HistoryEvent::Note { reason: NoteReason::Paused, message_sid: None, .. } => "conversation.paused",
         HistoryEvent::Note { reason: NoteReason::Resumed, .. } => "conversation.resumed",
         HistoryEvent::Note { .. } => "message.skipped",
     }

@@ -386,6 +386,7 @@ impl<H: Handler> Runtime<H> {
             held: 0,
             stopping: false,
             scanned: 0,
+            unresolved: BTreeMap::new(),
             liveness: self.liveness,
         };
         d.adopt_pending(&self.consumer).await;
@@ -421,6 +422,12 @@ struct Dispatcher<H: Handler> {
     stopping: bool,
     /// The highest stream sequence seen (delivered here or looked up).
     scanned: u64,
+    /// Sequences in a gap whose stored message could not be read (the
+    /// stream had no leader, NATS was away), so their key is unknown: no
+    /// message after one of them starts until it is read, found gone, or
+    /// expires. Without this a leader's failover could let a conversation's
+    /// later message overtake an earlier one held by another replica.
+    unresolved: BTreeMap<u64, Instant>,
     liveness: Liveness,
 }
 
@@ -505,12 +512,65 @@ impl<H: Handler> Dispatcher<H> {
         let until = Instant::now() + self.limits.ack_wait * 2;
         let mut found = 0;
         for seq in from..to {
-            let Ok(stored) = stream.get_raw_message(seq).await else { continue };
-            let key = self.handler.key(&stored.payload).unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
-            self.keys.entry(key).or_insert_with(KeyState::new).awaited.insert(seq, until);
+            match stream.get_raw_message(seq).await {
+                Ok(stored) => {
+                    let key = self.handler.key(&stored.payload).unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
+                    self.keys.entry(key).or_insert_with(KeyState::new).awaited.insert(seq, until);
+                }
+                // Acked and removed already: nothing to wait for.
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => continue,
+                Err(e) => {
+                    if self.unresolved.is_empty() {
+                        warn!(consumer = self.name, seq, error = %e, "cannot read a message of a gap; later messages wait until it can be read");
+                    }
+                    self.unresolved.insert(seq, until);
+                }
+            }
             found += 1;
         }
+        metrics::gauge!("smsgate_consumer_unresolved", "consumer" => self.name).set(self.unresolved.len() as f64);
         found
+    }
+
+    /// Reads the unresolved sequences again, oldest first: one that can be
+    /// read is awaited by its key like any other, one that is gone or
+    /// expired is dropped. Stops at the first that still cannot be read.
+    async fn resolve(&mut self) {
+        if self.unresolved.is_empty() {
+            return;
+        }
+        let Some(stream) = &self.stream else {
+            self.unresolved.clear();
+            return;
+        };
+        let now = Instant::now();
+        let pending: Vec<(u64, Instant)> = self.unresolved.iter().map(|(s, u)| (*s, *u)).collect();
+        let mut changed = false;
+        for (seq, until) in pending {
+            if until <= now {
+                warn!(consumer = self.name, seq, "a message of a gap could not be read in time; no longer waited for");
+                self.unresolved.remove(&seq);
+                changed = true;
+                continue;
+            }
+            match stream.get_raw_message(seq).await {
+                Ok(stored) => {
+                    let key = self.handler.key(&stored.payload).unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
+                    self.keys.entry(key).or_insert_with(KeyState::new).awaited.insert(seq, until);
+                }
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+                Err(_) => break,
+            }
+            self.unresolved.remove(&seq);
+            changed = true;
+        }
+        metrics::gauge!("smsgate_consumer_unresolved", "consumer" => self.name).set(self.unresolved.len() as f64);
+        if changed {
+            let keys: Vec<Key> = self.keys.keys().copied().collect();
+            for key in keys {
+                self.schedule(key);
+            }
+        }
     }
 
     /// Releases awaited messages that are gone from the work queue (acked by
@@ -518,6 +578,7 @@ impl<H: Handler> Dispatcher<H> {
     /// enough to run often, so a conversation shared with another replica
     /// moves on soon after the other replica's ack.
     async fn recheck(&mut self) {
+        self.resolve().await;
         let Some(stream) = &self.stream else { return };
         let mut moved = Vec::new();
         for (key, state) in &mut self.keys {
@@ -561,6 +622,7 @@ impl<H: Handler> Dispatcher<H> {
         // A message without a key runs alone (its own key, from its sequence).
         let key = key.unwrap_or(seq ^ 0x9e37_79b9_7f4a_7c15);
         let delivery = Arc::new(Delivery { msg, item, seq, delivered, max_deliver: self.limits.max_deliver });
+        self.unresolved.remove(&seq);
         let state = self.keys.entry(key).or_insert_with(KeyState::new);
         state.awaited.remove(&seq);
         match state.queue.binary_search_by_key(&seq, |d| d.seq) {
@@ -603,6 +665,12 @@ impl<H: Handler> Dispatcher<H> {
             if state.idle() {
                 self.keys.remove(&key);
             }
+            return;
+        }
+        // Behind a message of unknown key: it may be this key's.
+        if let (Some((first, _)), Some(front)) = (self.unresolved.first_key_value(), state.queue.front())
+            && *first < front.seq
+        {
             return;
         }
         if self.stopping {

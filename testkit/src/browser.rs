@@ -175,4 +175,19 @@ impl Browser {
             .unwrap_or("")
             .to_owned()
     }
+
+    /// Sets the window's size (a phone is about 390 x 844).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call("POST", &self.session_path("/window/rect"), json!({ "width": width, "height": height })).await;
+    }
+
+    /// Saves a PNG of the visible page to `path`.
+    pub async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine as _;
+        let data = self.call("GET", &self.session_path("/screenshot"), Value::Null).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap_or_default())
+            .expect("WebDriver screenshots are base64 PNG");
+        std::fs::write(path, png).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
 }

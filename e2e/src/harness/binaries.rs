@@ -104,11 +104,13 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// The newest modification time among the services' sources (their tests
-/// excluded: the binaries do not run them; the test kit is its own crate).
+/// The newest modification time among the services' sources, the console's
+/// files included (their tests excluded: the binaries do not run them; the
+/// test kit is its own crate).
 fn newest_source(workspace: &Path) -> Option<SystemTime> {
     let mut newest = modified(&workspace.join("Cargo.lock"));
-    let mut dirs: Vec<PathBuf> = ["shared", "ingress", "worker", "sender"].iter().map(|c| workspace.join(c)).collect();
+    let mut dirs: Vec<PathBuf> =
+        ["shared", "admin", "ingress", "worker", "sender"].iter().map(|c| workspace.join(c)).collect();
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
@@ -119,7 +121,7 @@ fn newest_source(workspace: &Path) -> Option<SystemTime> {
                 if !matches!(name.as_ref(), "tests" | "benches" | "target") {
                     dirs.push(path);
                 }
-            } else if name.ends_with(".rs") || name == "Cargo.toml" {
+            } else if [".rs", ".html", ".js", ".css"].iter().any(|ext| name.ends_with(ext)) || name == "Cargo.toml" {
                 newest = newest.max(modified(&path));
             }
         }

@@ -44,6 +44,8 @@ pub use ledger::{Expect, Ledger, Report};
 
 /// The public base URL the channel is configured with (the signature covers it).
 pub const PUBLIC_BASE_URL: &str = "https://sms.example.test";
+/// The admin token every stack's ingress takes.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 /// The channel id of the generated channel file.
 pub const CHANNEL_ID: &str = "e2e";
 
@@ -168,6 +170,8 @@ pub struct Stack {
     /// A client of the test's own, for reading the streams back.
     pub js: jetstream::Context,
     pub http: reqwest::Client,
+    /// The admin listener (`http://127.0.0.1:<port>`), token [`ADMIN_TOKEN`].
+    pub admin_url: String,
     target: Target,
     ingress_url: String,
     procs: BTreeMap<Service, Proc>,
@@ -226,6 +230,7 @@ impl Stack {
             topology,
             js,
             http,
+            admin_url: String::new(),
             target,
             ingress_url,
             procs: BTreeMap::new(),
@@ -243,6 +248,7 @@ impl Stack {
             ingress_env.push(("SMSGATE_ADMIN_ADDR".to_owned(), format!("127.0.0.1:{admin_port}")));
             stack.define(Service::Ingress, ingress_env, format!("http://127.0.0.1:{port}/api/ready"), &bins);
             stack.ingress_url = format!("http://127.0.0.1:{port}{}{PATH_TOKEN}", smsgate_shared::config::WEBHOOK_PATH);
+            stack.admin_url = format!("http://127.0.0.1:{admin_port}");
             match stack.restart(Service::Ingress).await {
                 Ok(()) => break,
                 // A free port taken by someone else in the meantime: take another.
@@ -296,7 +302,7 @@ impl Stack {
             ("SMSGATE_SENDER_ACK_WAIT_SECS", self.config.sender_ack_wait.as_secs().max(1).to_string()),
             ("SMSGATE_LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", self.config.rust_log.clone()),
-            ("SMSGATE_ADMIN_TOKEN", "e2e-admin-token-0123456789abcdef".to_owned()),
+            ("SMSGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
