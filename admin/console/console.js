@@ -103,7 +103,38 @@ async function loadChannels() {
     const item = el("li", "channel");
     item.append(el("strong", "", c.channel_id), " ", el("span", "badge" + (c.health === "ok" ? " on" : ""), c.health));
     if (c.from_number) item.append(" ", el("span", "muted", c.from_number));
+    if (c.source) item.append(" ", el("span", "muted", c.source));
+    item.dataset.channel = c.channel_id;
     for (const p of c.problems) item.append(el("div", "muted", p));
+    const status = el("button", "status", "Status");
+    status.type = "button";
+    const verdict = el("div", "verdict muted");
+    status.addEventListener("click", async () => {
+      verdict.textContent = "asking Twilio…";
+      try {
+        const s = await api("/api/v1/channels/" + encodeURIComponent(c.channel_id) + "/status");
+        verdict.textContent = s.verdict;
+        verdict.classList.toggle("error", !s.ok);
+      } catch (e) {
+        verdict.textContent = e.message;
+      }
+    });
+    item.append(" ", status);
+    if (c.source === "runtime") {
+      const remove = el("button", "disconnect", "Disconnect");
+      remove.type = "button";
+      remove.addEventListener("click", async () => {
+        if (!confirm("Disconnect " + c.channel_id + "? Its webhooks get 404 from now on.")) return;
+        try {
+          await api("/api/v1/channels/" + encodeURIComponent(c.channel_id), { method: "DELETE" });
+        } catch (e) {
+          verdict.textContent = e.message;
+        }
+        await loadChannels();
+      });
+      item.append(" ", remove);
+    }
+    item.append(verdict);
     list.append(item);
   }
   select.value = chosen;
@@ -223,6 +254,36 @@ async function act(f) {
   }
 }
 
+async function connectChannel(event) {
+  event.preventDefault();
+  const result = $("connect-result");
+  result.textContent = "";
+  result.classList.remove("error");
+  let channel;
+  try {
+    channel = JSON.parse($("connect-json").value);
+  } catch (e) {
+    result.textContent = "That is not JSON: " + e.message;
+    result.classList.add("error");
+    return;
+  }
+  try {
+    const query = $("connect-webhook").checked ? "?set_webhook=true" : "";
+    const answer = await api("/api/v1/channels" + query, { method: "POST", body: channel });
+    let text = "Connected " + answer.channel.channel_id + ".";
+    if (answer.webhook_set) text += " Twilio now sends its SMS to " + answer.webhook_set.url + ".";
+    if (answer.ignored_keys && answer.ignored_keys.length) text += " Ignored keys: " + answer.ignored_keys.join(", ") + ".";
+    result.textContent = text;
+    $("connect-json").value = "";
+    await loadChannels();
+  } catch (e) {
+    if (!(e instanceof Unauthorized)) {
+      result.textContent = e.message;
+      result.classList.add("error");
+    }
+  }
+}
+
 async function loadDead() {
   const data = await api("/api/v1/dead?limit=20");
   const list = $("dead");
@@ -300,6 +361,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("pause").addEventListener("click", pause);
   $("resume").addEventListener("click", resume);
   $("reply-form").addEventListener("submit", sendReply);
+  $("connect-form").addEventListener("submit", connectChannel);
   $("channel").addEventListener("change", () => {
     state.channel = $("channel").value;
     loadConversations(true);
