@@ -159,6 +159,9 @@ pub enum EventView {
         /// The least advanced piece's state (a failed piece wins).
         state: String,
         pieces: Vec<PieceView>,
+        /// Media URLs sent with the first piece (an MMS).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        media: Vec<String>,
     },
     Status {
         sid: String,
@@ -216,7 +219,7 @@ impl DeliveryIndex {
     fn view(&self, seq: u64, entry: HistoryEntry) -> EntryView {
         let event = match entry.event {
             HistoryEvent::Inbound { message_sid, body, media } => EventView::Inbound { message_sid, body, media },
-            HistoryEvent::Outbound { id, body, in_reply_to, origin, pieces, delivery } => {
+            HistoryEvent::Outbound { id, body, in_reply_to, origin, pieces, delivery, media } => {
                 let failed = self.failed.contains_key(&id);
                 let pieces: Vec<PieceView> = pieces
                     .into_iter()
@@ -241,7 +244,7 @@ impl DeliveryIndex {
                     })
                     .collect();
                 let state = overall_state(&pieces, failed);
-                EventView::Outbound { id, body, in_reply_to, origin, delivery, state, pieces }
+                EventView::Outbound { id, body, in_reply_to, origin, delivery, state, pieces, media }
             }
             HistoryEvent::Status { sid, status, error_code } => EventView::Status { sid, status, error_code },
             HistoryEvent::Note { reason, message_sid, outbound_id, detail } => {

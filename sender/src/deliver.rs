@@ -225,6 +225,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         origin: out.origin,
         pieces: history_pieces(&pieces, &sids),
         delivery: "twilio".to_owned(),
+        media: out.media_urls.clone(),
     };
     tracing::info!(pieces = n, segments = prepared_segments(&pieces), outcome = "delivered", "reply sent");
     finish(ctx, &out, event, "delivered").await
@@ -336,6 +337,7 @@ async fn failed(
             origin: out.origin,
             pieces: history_pieces(&pieces[..sids.len()], sids),
             delivery: "twilio".to_owned(),
+            media: out.media_urls.clone(),
         };
         if let Err(e) = history(ctx, out, MsgId::HistoryOutbound(&out.id), event).await {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot write history; retrying later");
@@ -427,6 +429,7 @@ async fn log_delivery(ctx: &Ctx, out: &Outbound, pieces: &[SmsPiece]) -> Disposi
         origin: out.origin,
         pieces: history_pieces(pieces, &vec![None; n]),
         delivery: "log".to_owned(),
+        media: out.media_urls.clone(),
     };
     finish(ctx, out, event, "logged").await
 }

@@ -300,6 +300,146 @@ pub enum Delivery {
     Log,
 }
 
+/// How the worker fetches a channel's inbound media (MMS) and hands it to
+/// the chat pipeline (docs/ARCHITECTURE.md §2.6). Every key is optional.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where Twilio's media URLs may redirect to: URL prefixes (scheme,
+    /// host, port if any, path prefix). A redirect anywhere else is refused
+    /// and that media is not loaded.
+    #[serde(default = "default_media_hosts")]
+    pub hosts: Vec<String>,
+    /// The most bytes fetched for one message, all its media together
+    /// (Twilio's own limit is 5 MB per message).
+    #[serde(default = "default_media_max_bytes")]
+    pub max_bytes: u64,
+    /// How long fetching one media file may take, redirects included.
+    #[serde(default = "default_media_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Pictures larger than this (longest edge, in pixels) are scaled down
+    /// before they go to an `openai` model; 0 sends them as fetched.
+    #[serde(default = "default_media_max_edge")]
+    pub max_edge: u32,
+    /// The content types that are fetched (`type/subtype` or `type/*`);
+    /// anything else is described to the model, not fetched.
+    #[serde(default = "default_media_types")]
+    pub content_types: Vec<String>,
+}
+
+/// Twilio's media storage: `mms.twiliocdn.com` for accounts with HTTP auth
+/// on media (the default now), the older S3 location for the rest.
+pub const DEFAULT_MEDIA_HOSTS: [&str; 3] = [
+    "https://mms.twiliocdn.com/",
+    "https://media.twiliocdn.com/",
+    "https://s3-external-1.amazonaws.com/media.twiliocdn.com/",
+];
+/// Twilio's limit for one message's media.
+pub const DEFAULT_MEDIA_MAX_BYTES: u64 = 5 * 1024 * 1024;
+/// The most `media.max_bytes` may be.
+pub const MAX_MEDIA_MAX_BYTES: u64 = 20 * 1024 * 1024;
+/// Types fetched unless the channel says otherwise: the pictures a vision
+/// model reads, and the attachments phones send (contact cards, calendar
+/// entries, PDFs, voice notes, clips) that an agent may want.
+pub const DEFAULT_MEDIA_TYPES: [&str; 11] = [
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "text/vcard",
+    "text/x-vcard",
+    "text/calendar",
+    "text/plain",
+    "application/pdf",
+    "audio/*",
+    "video/*",
+];
+
+fn default_media_hosts() -> Vec<String> {
+    DEFAULT_MEDIA_HOSTS.iter().map(|h| (*h).to_owned()).collect()
+}
+fn default_media_max_bytes() -> u64 {
+    DEFAULT_MEDIA_MAX_BYTES
+}
+fn default_media_timeout_ms() -> u64 {
+    15_000
+}
+fn default_media_max_edge() -> u32 {
+    1024
+}
+fn default_media_types() -> Vec<String> {
+    DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect()
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            hosts: default_media_hosts(),
+            max_bytes: default_media_max_bytes(),
+            timeout_ms: default_media_timeout_ms(),
+            max_edge: default_media_max_edge(),
+            content_types: default_media_types(),
+        }
+    }
+}
+
+impl MediaConfig {
+    /// Whether `content_type` (parameters and case ignored) may be fetched.
+    pub fn allows(&self, content_type: &str) -> bool {
+        let t = essence(content_type);
+        self.content_types.iter().any(|a| match a.strip_suffix("/*") {
+            Some(major) => t.split('/').next() == Some(major) && t.contains('/'),
+            None => *a == t,
+        })
+    }
+
+    /// Problems with the values, as (key under `config.media`, message).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let ok = url::Url::parse(h).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+            });
+            if !ok {
+                out.push((
+                    "hosts",
+                    format!("[{i}] {h:?} is not an http(s) URL prefix like \"https://mms.twiliocdn.com/\""),
+                ));
+            }
+        }
+        if !(1..=MAX_MEDIA_MAX_BYTES).contains(&self.max_bytes) {
+            out.push(("max_bytes", format!("must be 1 to {MAX_MEDIA_MAX_BYTES}, is {}", self.max_bytes)));
+        }
+        if !(100..=120_000).contains(&self.timeout_ms) {
+            out.push(("timeout_ms", format!("must be 100 to 120000, is {}", self.timeout_ms)));
+        }
+        if self.max_edge != 0 && !(64..=8192).contains(&self.max_edge) {
+            out.push(("max_edge", format!("must be 0 (as fetched) or 64 to 8192, is {}", self.max_edge)));
+        }
+        for (i, t) in self.content_types.iter().enumerate() {
+            let mut halves = t.split('/');
+            let ok = *t == essence(t)
+                && halves.next().is_some_and(|m| !m.is_empty() && m != "*")
+                && halves.next().is_some_and(|s| !s.is_empty())
+                && halves.next().is_none();
+            if !ok {
+                out.push(("content_types", format!("[{i}] {t:?} is not a lowercase type/subtype or type/*")));
+            }
+        }
+        out
+    }
+}
+
+/// A content type without its parameters, trimmed and lowercased
+/// (`Image/JPEG; name=x` → `image/jpeg`).
+pub fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
 /// The chat pipeline that answers a channel's messages.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -402,6 +542,11 @@ pub struct Channel {
     pub chat: ChatConfig,
     pub delivery: Delivery,
     pub insecure_skip_signature: bool,
+    /// Inbound media: where it may come from, how much, which types.
+    pub media: MediaConfig,
+    /// Delete each inbound media file from Twilio once the chat pipeline
+    /// has had it (`DELETE …/Media/<MediaSid>.json`).
+    pub delete_media_after_fetch: bool,
     /// Keys of the channel's JSON that smsgate does not know, with a "did
     /// you mean" when one is close: logged as a warning at start and shown by
     /// `check-config`.
@@ -446,7 +591,7 @@ struct RawChannel {
 /// The keys of a channel object, for "did you mean".
 const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
 /// The keys of a channel's `config`, for "did you mean".
-const CONFIG_KEYS: [&str; 22] = [
+const CONFIG_KEYS: [&str; 24] = [
     "twilio_account_sid",
     "twilio_auth_token",
     "twilio_from_number",
@@ -469,6 +614,8 @@ const CONFIG_KEYS: [&str; 22] = [
     "chat",
     "delivery",
     "insecure_skip_signature",
+    "media",
+    "delete_media_after_fetch",
 ];
 
 fn default_manifest() -> String {
@@ -522,6 +669,11 @@ struct RawChannelConfig {
     delivery: Option<Delivery>,
     #[serde(default)]
     insecure_skip_signature: bool,
+    /// Parsed separately so that its errors name `config.media`.
+    #[serde(default)]
+    media: Option<Value>,
+    #[serde(default)]
+    delete_media_after_fetch: bool,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -874,14 +1026,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
             );
             ChatConfig::default()
         }
-        None | Some(Value::Null) => ChatConfig::default(),
-        Some(v) => match serde_json::from_value::<ChatConfig>(v) {
-            Ok(chat) => chat,
-            Err(e) => {
-                fail("config.chat", e.to_string());
-                ChatConfig::default()
-            }
-        },
+        chat => section(chat, "config.chat", &mut fail),
     };
     match &chat {
         ChatConfig::Openai { base_url, model, .. } => {
@@ -899,6 +1044,10 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         }
         ChatConfig::Static { reply } if reply.trim().is_empty() => fail("config.chat.reply", "is empty".to_owned()),
         _ => {}
+    }
+    let media: MediaConfig = section(c.media, "config.media", &mut fail);
+    for (key, message) in media.problems() {
+        fail(&format!("config.media.{key}"), message);
     }
     if !ok {
         return None;
@@ -929,8 +1078,26 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         chat,
         delivery,
         insecure_skip_signature: c.insecure_skip_signature,
+        media,
+        delete_media_after_fetch: c.delete_media_after_fetch,
         unknown_keys,
     })
+}
+
+/// An object key parsed on its own, so that its errors name `key`; its
+/// default when absent, null or invalid (the problem is reported).
+fn section<T: serde::de::DeserializeOwned + Default>(
+    value: Option<Value>,
+    key: &str,
+    fail: &mut dyn FnMut(&str, String),
+) -> T {
+    match value {
+        None | Some(Value::Null) => T::default(),
+        Some(v) => serde_json::from_value(v).unwrap_or_else(|e| {
+            fail(key, e.to_string());
+            T::default()
+        }),
+    }
 }
 
 /// How long a pause of the bot lasts unless the channel or the request
@@ -1072,6 +1239,41 @@ mod tests {
             c.webhook_url().unwrap(),
             format!("https://sms.example.com/api/channels/sms/twilio/webhook/{TOKEN}")
         );
+    }
+
+    #[test]
+    fn media_settings_have_twilio_defaults_and_are_checked() {
+        let c = parse(&channel_json("a", TOKEN)).unwrap().remove(0);
+        assert_eq!(c.media, MediaConfig::default());
+        assert!(!c.delete_media_after_fetch);
+        assert!(c.media.allows("Image/JPEG; charset=x"));
+        assert!(c.media.allows("audio/amr"));
+        assert!(!c.media.allows("application/x-msdownload"));
+        assert!(!c.media.allows("audio"));
+
+        let with = |extra: &str| channel_json("a", TOKEN).replace(r#""sms_max_len": 480"#, extra);
+        let c = parse(&with(
+            r#""media": {"hosts": ["http://127.0.0.1:9/m/"], "max_edge": 0}, "delete_media_after_fetch": true"#,
+        ))
+        .unwrap()
+        .remove(0);
+        assert_eq!(c.media.hosts, ["http://127.0.0.1:9/m/"]);
+        assert_eq!(c.media.max_edge, 0);
+        assert_eq!(c.media.max_bytes, DEFAULT_MEDIA_MAX_BYTES);
+        assert!(c.delete_media_after_fetch);
+
+        let e = parse(&with(
+            r#""media": {"hosts": ["ftp://x"], "max_bytes": 0, "max_edge": 10, "content_types": ["Image/*"]}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        for key in
+            ["config.media.hosts", "config.media.max_bytes", "config.media.max_edge", "config.media.content_types"]
+        {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let e = parse(&with(r#""media": {"host": []}"#)).unwrap_err().to_string();
+        assert!(e.contains("config.media") && e.contains("host"), "{e}");
     }
 
     #[test]

@@ -280,6 +280,15 @@ pub enum NoteReason {
     Paused,
     /// The operator handed the conversation back to the bot.
     Resumed,
+    /// Media not given to the chat pipeline (a URL that is not this
+    /// message's Twilio media, too large, a type not allowed, unreachable);
+    /// the detail says which and why.
+    MediaSkipped,
+    /// Inbound media deleted from Twilio after the chat pipeline had it
+    /// (`delete_media_after_fetch`).
+    MediaDeleted,
+    /// The media of a reply (an agent's `"media"`) refused; the text went alone.
+    MediaRefused,
 }
 
 impl NoteReason {
@@ -302,10 +311,13 @@ impl NoteReason {
             Self::Logged => "logged",
             Self::Paused => "paused",
             Self::Resumed => "resumed",
+            Self::MediaSkipped => "media_skipped",
+            Self::MediaDeleted => "media_deleted",
+            Self::MediaRefused => "media_refused",
         }
     }
 
-    pub const ALL: [NoteReason; 16] = [
+    pub const ALL: [NoteReason; 19] = [
         Self::Duplicate,
         Self::RateLimited,
         Self::OverLimit,
@@ -322,6 +334,9 @@ impl NoteReason {
         Self::Logged,
         Self::Paused,
         Self::Resumed,
+        Self::MediaSkipped,
+        Self::MediaDeleted,
+        Self::MediaRefused,
     ];
 }
 
@@ -356,6 +371,9 @@ pub enum HistoryEvent {
         pieces: Vec<Piece>,
         /// `twilio` or `log`.
         delivery: String,
+        /// The media URLs sent with the first piece (an MMS).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        media: Vec<String>,
     },
     Status {
         /// Twilio's SID of the piece.

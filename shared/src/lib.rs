@@ -16,6 +16,8 @@
 //!   an id, the history and dead-letter writers.
 //! - [`topology`]: stream, bucket and subject names under the prefix, and
 //!   [`topology::Topology::ensure`], the one place that creates them.
+//! - [`media`]: MMS rules: which inbound media URLs may be fetched
+//!   ([`media::MediaRef`]), which media a reply may carry.
 //! - [`redact`]: masking numbers and clipping third-party text for logs.
 //! - [`retry`]: the one `Retry-After` parser (seconds or an HTTP date).
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
@@ -40,6 +42,7 @@ pub mod consume;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod media;
 pub mod nats;
 pub mod ops;
 pub mod redact;

@@ -9,7 +9,8 @@
 //! - [`AgentStub`]: an agent webhook that checks the Standard Webhooks
 //!   signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`) with
 //!   its own implementation, records each call with the verdict, and answers
-//!   `{"reply": ...}`, `{"reply": null}`, 204 or an error status.
+//!   `{"reply": ...}`, `{"reply": null}`, any JSON (a reply with `media`),
+//!   204 or an error status.
 //!
 //! Both are cheap to start; each test starts its own.
 
@@ -288,6 +289,8 @@ pub enum AgentAnswer {
     Reply(String),
     /// `{"reply": null}`.
     Null,
+    /// Any JSON answer (e.g. `{"reply": "...", "media": [...]}`).
+    Json(Value),
     /// 204 No Content.
     NoContent,
     /// An error status.
@@ -400,6 +403,7 @@ async fn agent_handler(State(state): State<Arc<Mutex<AgentState>>>, headers: Hea
         }
         AgentAnswer::Reply(text) => axum::Json(json!({"reply": text})).into_response(),
         AgentAnswer::Null => axum::Json(json!({"reply": null})).into_response(),
+        AgentAnswer::Json(value) => axum::Json(value).into_response(),
         AgentAnswer::NoContent => StatusCode::NO_CONTENT.into_response(),
         AgentAnswer::Status(code) => {
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()

@@ -10,7 +10,10 @@
 //! - [`nats`]: [`nats::NatsServer`], a real `nats-server -js` on a free port
 //!   with a temporary store, stopped and removed on drop, and
 //!   [`nats::NatsCluster`], three of them in one JetStream cluster.
-//! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format.
+//! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format,
+//!   with media (MMS) served behind Basic auth and deletable.
+//! - [`media`]: a second server, Twilio's media store or any host that must
+//!   see no request, recording what it gets.
 //! - [`chat`]: a stub of an OpenAI-compatible chat server and of an agent webhook.
 //! - This file: the test channel ([`channel`], [`channel_with_id`]) with its
 //!   credentials ([`ACCOUNT_SID`], [`AUTH_TOKEN`], [`PATH_TOKEN`],
@@ -18,6 +21,7 @@
 
 pub mod browser;
 pub mod chat;
+pub mod media;
 pub mod nats;
 pub mod twilio;
 

@@ -10,6 +10,15 @@
 //! - answers 201 with a Twilio-shaped message (`sid` `SM` + 32 hex,
 //!   `status` `queued`, `num_segments` as a string, …).
 //!
+//! Media (MMS), as Twilio serves it (docs/TWILIO.md §8):
+//! - `GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media/{MediaSid}`
+//!   with the same Basic auth: a registered media file's bytes, or a 307 to
+//!   where it was registered to redirect (a [`super::media::MediaHost`]),
+//!   else 404 (20404);
+//! - `DELETE …/Media/{MediaSid}.json`: 204, recorded ([`TwilioStub::deleted_media`]).
+//!
+//! Every media request, authenticated or not, is recorded ([`TwilioStub::media_requests`]).
+//!
 //! Every request that passes authentication is recorded with its arrival
 //! time ([`Call`]). Answers can be scripted: a FIFO queue of forced replies
 //! ([`TwilioStub::push`]), and a probabilistic [`Chaos`] mode for fault
@@ -24,7 +33,7 @@ use axum::Router;
 use axum::extract::{Path, RawForm, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -115,9 +124,32 @@ impl Call {
     }
 }
 
+/// A media file the stub serves.
+#[derive(Debug, Clone)]
+enum StubMedia {
+    Bytes { content_type: String, bytes: Vec<u8> },
+    Redirect(String),
+}
+
+/// One request for a media resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRequest {
+    pub method: String,
+    pub path: String,
+    pub authorized: bool,
+}
+
 #[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
+    /// By `(MessageSid, MediaSid)`.
+    media: std::collections::HashMap<(String, String), StubMedia>,
+    /// Served for any media not registered (the e2e load).
+    any_media: Option<StubMedia>,
+    media_requests: Vec<MediaRequest>,
+    deleted_media: Vec<String>,
+    /// Answer the next N media GETs with this status.
+    media_failures: Option<(u16, usize)>,
     script: VecDeque<Reply>,
     chaos: Chaos,
     unauthorized: usize,
@@ -164,6 +196,10 @@ impl TwilioStub {
         });
         let app = Router::new()
             .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(create_message))
+            .route(
+                "/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{media}",
+                get(get_media).delete(delete_media),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -178,6 +214,51 @@ impl TwilioStub {
     /// The base URL, for a channel's `twilio_api_base`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The `MediaUrl` Twilio would post for this media of this message.
+    pub fn media_url(&self, message_sid: &str, media_sid: &str) -> String {
+        format!(
+            "{}/2010-04-01/Accounts/{}/Messages/{message_sid}/Media/{media_sid}",
+            self.base_url(),
+            self.state.account_sid
+        )
+    }
+
+    /// Serves `bytes` for this media and returns its `MediaUrl`.
+    pub fn add_media(&self, message_sid: &str, media_sid: &str, content_type: &str, bytes: &[u8]) -> String {
+        let media = StubMedia::Bytes { content_type: content_type.to_owned(), bytes: bytes.to_vec() };
+        self.state.lock().media.insert((message_sid.to_owned(), media_sid.to_owned()), media);
+        self.media_url(message_sid, media_sid)
+    }
+
+    /// Answers this media with a 307 to `location` (as Twilio redirects to
+    /// its media store) and returns its `MediaUrl`.
+    pub fn add_media_redirect(&self, message_sid: &str, media_sid: &str, location: &str) -> String {
+        let media = StubMedia::Redirect(location.to_owned());
+        self.state.lock().media.insert((message_sid.to_owned(), media_sid.to_owned()), media);
+        self.media_url(message_sid, media_sid)
+    }
+
+    /// Serves `bytes` for every media not registered otherwise.
+    pub fn serve_any_media(&self, content_type: &str, bytes: &[u8]) {
+        self.state.lock().any_media =
+            Some(StubMedia::Bytes { content_type: content_type.to_owned(), bytes: bytes.to_vec() });
+    }
+
+    /// Answers the next `times` media GETs with `status` (500, 429, ...).
+    pub fn fail_media_next(&self, times: usize, status: u16) {
+        self.state.lock().media_failures = Some((status, times));
+    }
+
+    /// Every request for a media resource, in arrival order.
+    pub fn media_requests(&self) -> Vec<MediaRequest> {
+        self.state.lock().media_requests.clone()
+    }
+
+    /// The paths of the media resources deleted (authenticated DELETEs).
+    pub fn deleted_media(&self) -> Vec<String> {
+        self.state.lock().deleted_media.clone()
     }
 
     /// Queues a forced answer for the next authenticated request.
@@ -389,6 +470,71 @@ async fn create_message(
             error(status, code, &message)
         }
     }
+}
+
+/// Records a media request; None when it may go on, else the answer.
+fn media_gate(state: &StubState, method: &str, path: &str, account_sid: &str, headers: &HeaderMap) -> Option<Response> {
+    let ok = authorized(headers, state);
+    state.lock().media_requests.push(MediaRequest { method: method.to_owned(), path: path.to_owned(), authorized: ok });
+    if !ok {
+        state.lock().unauthorized += 1;
+        return Some(error(401, 20003, "Authentication Error - invalid username"));
+    }
+    if account_sid != state.account_sid {
+        return Some(error(404, 20404, "The requested resource was not found"));
+    }
+    None
+}
+
+async fn get_media(
+    State(state): State<Arc<StubState>>,
+    Path((account_sid, message_sid, media_sid)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = media_gate(&state, "GET", uri.path(), &account_sid, &headers) {
+        return refused;
+    }
+    let (media, failure) = {
+        let mut inner = state.lock();
+        let failure = match &mut inner.media_failures {
+            Some((status, times)) if *times > 0 => {
+                *times -= 1;
+                Some(*status)
+            }
+            _ => None,
+        };
+        let media = inner.media.get(&(message_sid, media_sid)).cloned().or_else(|| inner.any_media.clone());
+        (media, failure)
+    };
+    if let Some(status) = failure {
+        return error(status, 20500, "stub media failure");
+    }
+    match media {
+        Some(StubMedia::Bytes { content_type, bytes }) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        Some(StubMedia::Redirect(location)) => {
+            (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)], "").into_response()
+        }
+        None => error(404, 20404, "The requested resource was not found"),
+    }
+}
+
+async fn delete_media(
+    State(state): State<Arc<StubState>>,
+    Path((account_sid, _message_sid, media)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = media_gate(&state, "DELETE", uri.path(), &account_sid, &headers) {
+        return refused;
+    }
+    if !media.ends_with(".json") {
+        return error(405, 20004, "Method not allowed");
+    }
+    state.lock().deleted_media.push(uri.path().to_owned());
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn roll(chaos: &Chaos) -> Reply {

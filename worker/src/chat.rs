@@ -1,7 +1,8 @@
 //! The chat pipeline: one [`ChatBackend`] per channel, built from its
 //! [`ChatConfig`], all sharing one `reqwest::Client`.
 //!
-//! A backend answers a [`ChatRequest`] with `Some(reply)`, with `None` (no
+//! A backend answers a [`ChatRequest`] with `Some(answer)` (text, and for a
+//! webhook agent media URLs to send), with `None` (no
 //! reply now: a webhook agent may answer later through the admin API), or
 //! with a [`ChatError`] whose [`ChatError::kind`] tells the consumer whether
 //! to retry (through JetStream redelivery) or to give up at once.
@@ -17,6 +18,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use smsgate_shared::config::ChatConfig;
 use smsgate_shared::envelope::{Inbound, Media};
+
+use crate::media::{Attachment, Content, describe_earlier};
 use smsgate_shared::redact::third_party;
 use smsgate_shared::retry::parse_retry_after;
 use time::OffsetDateTime;
@@ -40,11 +43,27 @@ pub struct Turn {
     pub at: OffsetDateTime,
 }
 
-/// What a backend is asked: the current message and the turns before it.
+/// What a backend is asked: the current message, its media as fetched
+/// ([`crate::media`]; empty for backends that take none) and the turns before it.
 #[derive(Debug, Clone)]
 pub struct ChatRequest<'a> {
     pub inbound: &'a Inbound,
     pub history: &'a [Turn],
+    pub attachments: &'a [Attachment],
+}
+
+/// A backend's reply: text, and media URLs to send with it (a webhook
+/// agent's `"media"`; checked by the caller before anything is sent).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answer {
+    pub text: String,
+    pub media: Vec<String>,
+}
+
+impl Answer {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { text: text.into(), media: vec![] }
+    }
 }
 
 /// Whether a failed call is worth another try.
@@ -161,13 +180,24 @@ impl ChatBackend {
         }
     }
 
+    /// Whether this backend reads media (the worker fetches it only then).
+    pub fn wants_media(&self) -> bool {
+        matches!(self, Self::Openai { .. } | Self::Webhook { .. })
+    }
+
+    /// Whether pictures are scaled down before this backend gets them (a
+    /// model pays per pixel; an agent gets what the person sent).
+    pub fn scales_pictures(&self) -> bool {
+        matches!(self, Self::Openai { .. })
+    }
+
     /// Asks for the reply to `req.inbound`.
-    pub async fn reply(&self, req: &ChatRequest<'_>) -> Result<Option<String>, ChatError> {
+    pub async fn reply(&self, req: &ChatRequest<'_>) -> Result<Option<Answer>, ChatError> {
         match self {
-            Self::Static { reply } => Ok(Some(reply.clone())),
+            Self::Static { reply } => Ok(Some(Answer::text(reply.clone()))),
             Self::Echo => {
                 let body = req.inbound.body.trim();
-                Ok((!body.is_empty()).then(|| body.to_owned()))
+                Ok((!body.is_empty()).then(|| Answer::text(body)))
             }
             Self::Openai { http, url, model, api_key, system_prompt, timeout, max_tokens, temperature, .. } => {
                 let body = openai_body(model, system_prompt.as_deref(), *max_tokens, *temperature, req);
@@ -178,7 +208,7 @@ impl ChatBackend {
                 let response = request.send().await.map_err(transport)?;
                 let response = check_status(response)?;
                 let answer = response.bytes().await.map_err(transport)?;
-                openai_reply(&answer)
+                Ok(openai_reply(&answer)?.map(Answer::text))
             }
             Self::Webhook { http, url, secret, timeout, .. } => {
                 let payload = serde_json::to_vec(&webhook_body(req))
@@ -229,12 +259,6 @@ fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatEr
     Err(ChatError::Status { status, retry_after })
 }
 
-fn is_image(media: &Media) -> bool {
-    media.content_type.as_deref().is_some_and(|t| t.trim().to_ascii_lowercase().starts_with("image/"))
-}
-
-/// A user message: plain text, or text and image parts when there are images.
-/// Non-image media are named in the text so the model knows they exist.
 /// OpenAI's chat completions request: what smsgate sends of it.
 #[derive(Debug, Serialize)]
 struct CompletionRequest<'a> {
@@ -249,13 +273,13 @@ struct CompletionRequest<'a> {
 struct Message<'a> {
     /// `system`, `user` or `assistant`.
     role: &'a str,
-    content: Content,
+    content: MessageContent,
 }
 
 /// Plain text, or parts when the message carries pictures.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum Content {
+enum MessageContent {
     Text(String),
     Parts(Vec<Part>),
 }
@@ -291,21 +315,38 @@ struct AnswerMessage {
     content: Option<Value>,
 }
 
-/// The text of a user turn, with pictures as image parts and other
-/// attachments named in the text.
-fn user_content(body: &str, media: &[Media]) -> Content {
+/// The current message: its text, every attachment that is not a loaded
+/// picture described in words, and the loaded pictures as `image_url` parts
+/// with `data:` URLs (which OpenAI and self-hosted vision servers alike
+/// read; Twilio's own URLs need credentials they do not have).
+fn user_content(body: &str, attachments: &[Attachment]) -> MessageContent {
     let mut text = body.to_owned();
-    for m in media.iter().filter(|m| !is_image(m)) {
-        let kind = m.content_type.as_deref().unwrap_or("file");
-        text.push_str(&format!("\n[attachment {kind}: {}]", m.url));
+    for words in attachments.iter().filter_map(Attachment::describe) {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&words);
     }
-    let images: Vec<&Media> = media.iter().filter(|m| is_image(m)).collect();
+    let images: Vec<String> = attachments.iter().filter_map(Attachment::data_url).collect();
     if images.is_empty() {
-        return Content::Text(text);
+        return MessageContent::Text(text);
     }
     let mut parts = vec![Part::Text { text }];
-    parts.extend(images.iter().map(|m| Part::ImageUrl { image_url: ImageUrl { url: m.url.clone() } }));
-    Content::Parts(parts)
+    parts.extend(images.into_iter().map(|url| Part::ImageUrl { image_url: ImageUrl { url } }));
+    MessageContent::Parts(parts)
+}
+
+/// An earlier user turn: its text, its media named in words (the history
+/// keeps references only, and they may be deleted from Twilio by now).
+fn earlier_content(body: &str, media: &[Media]) -> MessageContent {
+    let mut text = body.to_owned();
+    for m in media {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&describe_earlier(m.content_type.as_deref()));
+    }
+    MessageContent::Text(text)
 }
 
 fn openai_body<'a>(
@@ -317,16 +358,16 @@ fn openai_body<'a>(
 ) -> CompletionRequest<'a> {
     let mut messages = Vec::with_capacity(req.history.len() + 2);
     if let Some(prompt) = system_prompt {
-        messages.push(Message { role: "system", content: Content::Text(prompt.to_owned()) });
+        messages.push(Message { role: "system", content: MessageContent::Text(prompt.to_owned()) });
     }
     for turn in req.history {
         let (role, content) = match turn.role {
-            Role::User => ("user", user_content(&turn.body, &turn.media)),
-            Role::Assistant => ("assistant", Content::Text(turn.body.clone())),
+            Role::User => ("user", earlier_content(&turn.body, &turn.media)),
+            Role::Assistant => ("assistant", MessageContent::Text(turn.body.clone())),
         };
         messages.push(Message { role, content });
     }
-    messages.push(Message { role: "user", content: user_content(&req.inbound.body, &req.inbound.media) });
+    messages.push(Message { role: "user", content: user_content(&req.inbound.body, req.attachments) });
     CompletionRequest { model, messages, max_tokens, temperature }
 }
 
@@ -349,35 +390,73 @@ fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
     }
 }
 
+/// The agent's request. Each `media` item keeps Twilio's `url` and the
+/// webhook's `content_type`; a fetched one adds `size` and `data` (the bytes,
+/// base64: inline, so the agent needs no credentials and no second request),
+/// one that was not fetched adds `skipped` with the reason.
 fn webhook_body(req: &ChatRequest<'_>) -> Value {
     let i = req.inbound;
+    let media: Vec<Value> = if req.attachments.is_empty() {
+        i.media.iter().map(|m| json!({"url": m.url, "content_type": m.content_type})).collect()
+    } else {
+        req.attachments.iter().map(webhook_media).collect()
+    };
     json!({
         "channel_id": i.channel_id,
         "from": i.from,
         "to": i.to,
         "body": i.body,
-        "media": i.media,
+        "media": media,
         "message_sid": i.message_sid,
         "history": req.history,
     })
 }
 
-/// `{"reply": "..."}` is a reply; `{"reply": null}`, no `reply` or an empty
-/// body is none.
-fn webhook_reply(bytes: &[u8]) -> Result<Option<String>, ChatError> {
+fn webhook_media(a: &Attachment) -> Value {
+    match &a.content {
+        Content::Loaded { content_type, bytes, .. } => json!({
+            "url": a.url,
+            "content_type": content_type,
+            "size": bytes.len(),
+            "data": STANDARD.encode(bytes),
+        }),
+        Content::Skipped(_) => json!({
+            "url": a.url,
+            "content_type": a.declared_type,
+            "skipped": a.skip_line().unwrap_or_default(),
+        }),
+    }
+}
+
+/// `{"reply": "...", "media": ["https://..."]?}` is a reply (media alone
+/// too); `{"reply": null}`, no `reply` or an empty body is none.
+fn webhook_reply(bytes: &[u8]) -> Result<Option<Answer>, ChatError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     let answer: Value =
         serde_json::from_slice(bytes).map_err(|e| ChatError::BadAnswer(third_party(&e.to_string(), 200)))?;
-    match answer.get("reply") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
-        Some(Value::String(_) | Value::Null) | None if answer.is_object() => Ok(None),
-        _ => Err(ChatError::BadAnswer(format!(
-            "expected {{\"reply\": string|null}}, got {}",
+    let bad = |answer: &Value| {
+        ChatError::BadAnswer(format!(
+            "expected {{\"reply\": string|null, \"media\"?: [string]}}, got {}",
             third_party(&answer.to_string(), 80)
-        ))),
-    }
+        ))
+    };
+    let media = match answer.get("media") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|m| m.as_str().map(|s| s.trim().to_owned()))
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| bad(&answer))?,
+        Some(_) => return Err(bad(&answer)),
+    };
+    let text = match answer.get("reply") {
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::Null) | None if answer.is_object() => String::new(),
+        _ => return Err(bad(&answer)),
+    };
+    Ok((!text.is_empty() || !media.is_empty()).then_some(Answer { text, media }))
 }
 
 /// The Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key,
@@ -422,22 +501,48 @@ mod tests {
             Media { url: "https://m/1".into(), content_type: Some("image/jpeg".into()) },
             Media { url: "https://m/2".into(), content_type: Some("audio/amr".into()) },
         ];
-        let i = inbound("look", media);
+        let i = inbound("look", media.clone());
         let history = vec![
-            Turn { role: Role::User, body: "hi".into(), media: vec![], at: OffsetDateTime::UNIX_EPOCH },
+            Turn { role: Role::User, body: "hi".into(), media, at: OffsetDateTime::UNIX_EPOCH },
             Turn { role: Role::Assistant, body: "hello".into(), media: vec![], at: OffsetDateTime::UNIX_EPOCH },
         ];
-        let body = openai_body("m", Some("be brief"), 50, Some(0.5), &ChatRequest { inbound: &i, history: &history });
+        let media_ref = smsgate_shared::media::MediaRef { url: "https://m/1".into(), media_sid: "ME1".into() };
+        let attachments = vec![
+            Attachment {
+                index: 0,
+                url: "https://m/1".into(),
+                declared_type: Some("image/jpeg".into()),
+                content: Content::Loaded {
+                    content_type: "image/jpeg".into(),
+                    bytes: bytes::Bytes::from_static(b"jpg"),
+                    fetched_bytes: 3,
+                    media: media_ref,
+                },
+            },
+            Attachment {
+                index: 1,
+                url: "https://m/2".into(),
+                declared_type: Some("audio/amr".into()),
+                content: Content::Skipped(crate::media::Skip::Refused(404)),
+            },
+        ];
+        let req = ChatRequest { inbound: &i, history: &history, attachments: &attachments };
+        let body = openai_body("m", Some("be brief"), 50, Some(0.5), &req);
         let body = serde_json::to_value(&body).unwrap();
         let msgs = body["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 4);
         assert_eq!(msgs[0], json!({"role": "system", "content": "be brief"}));
-        assert_eq!(msgs[1], json!({"role": "user", "content": "hi"}));
+        assert_eq!(
+            msgs[1],
+            json!({"role": "user", "content": "hi\n[a photo sent earlier]\n[an attachment (audio/amr) sent earlier]"}),
+            "earlier media is named, never linked"
+        );
         assert_eq!(msgs[2], json!({"role": "assistant", "content": "hello"}));
         let parts = msgs[3]["content"].as_array().unwrap();
-        assert!(parts[0]["text"].as_str().unwrap().contains("[attachment audio/amr: https://m/2]"));
-        assert_eq!(parts[1], json!({"type": "image_url", "image_url": {"url": "https://m/1"}}));
+        assert_eq!(parts[0]["text"], "look\n[an attachment (audio/amr) could not be loaded]");
+        assert_eq!(parts[1], json!({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,anBn"}}));
         assert_eq!(parts.len(), 2);
+        assert!(!body.to_string().contains("https://m/"), "no Twilio URL reaches the model");
         assert_eq!(body["max_tokens"], 50);
         assert_eq!(body["temperature"], 0.5);
     }
@@ -459,11 +564,17 @@ mod tests {
 
     #[test]
     fn webhook_answers_reply_null_and_garbage() {
-        assert_eq!(webhook_reply(br#"{"reply": "yes"}"#).unwrap().as_deref(), Some("yes"));
+        assert_eq!(webhook_reply(br#"{"reply": "yes"}"#).unwrap(), Some(Answer::text("yes")));
         assert_eq!(webhook_reply(br#"{"reply": null}"#).unwrap(), None);
         assert_eq!(webhook_reply(b"").unwrap(), None);
         assert!(webhook_reply(b"<html>").is_err());
         assert!(webhook_reply(br#"{"reply": 3}"#).is_err());
+        let with_media = webhook_reply(br#"{"reply": "see", "media": ["https://x.example.com/a.png"]}"#).unwrap();
+        assert_eq!(with_media, Some(Answer { text: "see".into(), media: vec!["https://x.example.com/a.png".into()] }));
+        let media_only = webhook_reply(br#"{"reply": null, "media": ["https://x.example.com/a.png"]}"#).unwrap();
+        assert_eq!(media_only.map(|a| a.text), Some(String::new()));
+        assert!(webhook_reply(br#"{"reply": "x", "media": "https://x"}"#).is_err());
+        assert!(webhook_reply(br#"{"reply": "x", "media": [1]}"#).is_err());
     }
 
     #[test]
@@ -489,11 +600,12 @@ mod tests {
     async fn static_and_echo_need_no_network() {
         let http = reqwest::Client::new();
         let i = inbound("  ping ", vec![]);
-        let req = ChatRequest { inbound: &i, history: &[] };
+        let req = ChatRequest { inbound: &i, history: &[], attachments: &[] };
         let echo = ChatBackend::new(&ChatConfig::Echo, &http);
-        assert_eq!(echo.reply(&req).await.unwrap().as_deref(), Some("ping"));
+        assert_eq!(echo.reply(&req).await.unwrap(), Some(Answer::text("ping")));
         let fixed = ChatBackend::new(&ChatConfig::Static { reply: "thanks".into() }, &http);
-        assert_eq!(fixed.reply(&req).await.unwrap().as_deref(), Some("thanks"));
+        assert_eq!(fixed.reply(&req).await.unwrap(), Some(Answer::text("thanks")));
+        assert!(!fixed.wants_media());
         assert_eq!(fixed.history_turns(), 0);
     }
 }

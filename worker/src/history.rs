@@ -291,6 +291,7 @@ mod tests {
             origin,
             pieces: vec![],
             delivery: "log".into(),
+            media: vec![],
         };
         let mut c = Cached { last_seq: 0, turns: VecDeque::new(), sids: VecDeque::new(), used: 0 };
         for event in [inbound("SM1", "hi"), inbound("SM2", "HELP"), outbound(Origin::Chat), outbound(Origin::Help)] {

@@ -11,7 +11,9 @@
 //! the MessageSid (dedupe beyond the stream window, crash-safe progress),
 //! [`history`] records the inbound and reads recent turns, [`keywords`]
 //! (STOP/START/HELP), the opt-out bucket, allow/block lists, [`limiter`]
-//! (per-sender rate limit) → [`chat`] asks the channel's pipeline (openai,
+//! (per-sender rate limit) → [`media`] fetches the message's MMS media
+//! (only this message's Twilio media, bounded, described when it cannot be
+//! loaded) → [`chat`] asks the channel's pipeline (openai,
 //! webhook, static, echo) → the reply is stored in `P_seen`, published to
 //! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, marked done, and the inbound
 //! is acked. Failures go to `P_DEAD` with the fallback text sent.
@@ -27,6 +29,7 @@ pub mod chat;
 pub mod history;
 pub mod keywords;
 pub mod limiter;
+pub mod media;
 pub mod process;
 pub mod seen;
 
@@ -226,6 +229,7 @@ impl App {
             conversations: bus.conversations,
             limiter: limiter::Limiter::new(cells.clone()),
             budget: budget::Budget::new(cells),
+            media: media::Fetcher::new().map_err(Error::Http)?,
             tuning,
         });
         Ok(Self { ops, local_addr, processor, consumer, limits, client })

@@ -10,9 +10,14 @@
 //!    per-sender rate limit, the channel's limits and reply countries
 //!    ([`crate::budget`]), then HELP: each recorded as a note, none reaches
 //!    the chat pipeline (HELP after the limits: each answer costs a reply);
-//! 5. the chat call (with `Progress` acks while it runs); a transient
+//! 5. the message's media fetched for backends that read it ([`crate::media`]:
+//!    only this message's Twilio media; a transient failure is retried like
+//!    the chat call, what cannot be loaded is described and noted), then the
+//!    chat call (with `Progress` acks while it runs); a transient
 //!    failure is retried through redelivery, the last one or a permanent one
-//!    gives the fallback text and a dead letter;
+//!    gives the fallback text and a dead letter; with
+//!    `delete_media_after_fetch` the fetched media is deleted from Twilio
+//!    once the backend answered;
 //! 6. the reply is stored in `P_seen`, then published with `Nats-Msg-Id:
 //!    reply.<sid>`, then the entry is marked done, then the inbound is acked.
 
@@ -31,10 +36,11 @@ use time::OffsetDateTime;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::budget::Budget;
-use crate::chat::{ChatBackend, ChatRequest, ErrorKind};
+use crate::chat::{Answer, ChatBackend, ChatRequest, ErrorKind};
 use crate::history::History;
 use crate::keywords::{self, Keyword};
 use crate::limiter::{Limiter, Verdict};
+use crate::media::{self, Attachment, Content, Fetcher};
 use crate::seen::{Claim, Record, Seen, State, StoredReply};
 use crate::{Error, Tuning};
 
@@ -115,6 +121,8 @@ pub struct Processor {
     pub history: History,
     pub limiter: Limiter,
     pub budget: Budget,
+    /// Fetches (and deletes) inbound media.
+    pub media: Fetcher,
     pub tuning: Tuning,
 }
 
@@ -400,17 +408,103 @@ impl Step<'_> {
         self.chat(&turns).await
     }
 
+    /// The message's media as the backend gets it: fetched and checked
+    /// ([`crate::media`]), scaled for a model, each skip noted. `Err` is the
+    /// delay after a transient failure that is worth another delivery.
+    async fn attachments(&self) -> Result<Result<Vec<Attachment>, Duration>, Error> {
+        let (backend, channel) = (&self.lane.chat, &self.lane.channel);
+        if !backend.wants_media() || self.inbound.media.is_empty() {
+            return Ok(Ok(vec![]));
+        }
+        let mut attachments = self.p.media.fetch_all(channel, self.inbound).await;
+        if let Some(retry_after) = attachments.iter().find_map(Attachment::transient)
+            && self.delivered < self.p.tuning.max_attempts()
+            && !self.last
+        {
+            let delay = self.p.tuning.retry_delay(self.delivered, retry_after);
+            warn!(
+                retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                outcome = "retry",
+                "media could not be fetched; will retry"
+            );
+            return Ok(Err(delay));
+        }
+        if backend.scales_pictures() {
+            attachments = media::fit_for_model(attachments, channel.media.max_edge).await;
+        }
+        let skipped: Vec<String> = attachments.iter().filter_map(Attachment::skip_line).collect();
+        if !skipped.is_empty() {
+            warn!(
+                skipped = skipped.len(),
+                of = attachments.len(),
+                outcome = "media_skipped",
+                "media not given to the chat pipeline"
+            );
+            self.note(NoteReason::MediaSkipped, skipped.join("; ")).await?;
+        }
+        Ok(Ok(attachments))
+    }
+
+    /// `delete_media_after_fetch`: deletes what the backend was given from
+    /// Twilio and notes each result. A failed delete does not hold the reply.
+    async fn delete_media(&self, attachments: &[Attachment]) -> Result<(), Error> {
+        let channel = &self.lane.channel;
+        let fetched: Vec<_> = attachments
+            .iter()
+            .filter_map(|a| match &a.content {
+                Content::Loaded { media, .. } => Some(media),
+                Content::Skipped(_) => None,
+            })
+            .collect();
+        if !channel.delete_media_after_fetch || fetched.is_empty() {
+            return Ok(());
+        }
+        let results = futures::future::join_all(fetched.iter().map(|m| self.p.media.delete(channel, m))).await;
+        let lines: Vec<String> = fetched
+            .iter()
+            .zip(results)
+            .map(|(m, r)| match r {
+                Ok(()) => format!("{} deleted from Twilio", m.media_sid),
+                Err(e) => {
+                    warn!(error = %e, outcome = "media_not_deleted", "cannot delete media from Twilio");
+                    format!("{} not deleted: {e}", m.media_sid)
+                }
+            })
+            .collect();
+        self.note(NoteReason::MediaDeleted, lines.join("; ")).await
+    }
+
+    /// The reply's media if it may be sent; else none, with a note.
+    async fn checked_media(&self, media: Vec<String>) -> Result<Vec<String>, Error> {
+        match smsgate_shared::media::check_outbound_urls(&media) {
+            Ok(()) => Ok(media),
+            Err(e) => {
+                warn!(error = %e, outcome = "media_refused", "reply media refused; sending the text alone");
+                self.note(NoteReason::MediaRefused, format!("the reply's media was not sent: {e}")).await?;
+                Ok(vec![])
+            }
+        }
+    }
+
     async fn chat(&self, turns: &[crate::chat::Turn]) -> Result<(Disposition, Outcome), Error> {
         let backend = &self.lane.chat;
+        let attachments = match self.attachments().await? {
+            Ok(a) => a,
+            Err(delay) => return Ok((Disposition::Retry(delay), Outcome::Retry)),
+        };
         let started = Instant::now();
-        let request = ChatRequest { inbound: self.inbound, history: turns };
+        let request = ChatRequest { inbound: self.inbound, history: turns, attachments: &attachments };
         // The runtime keeps the message alive while the call runs.
         let answer = backend.reply(&request).await;
+        if answer.is_ok() {
+            // The backend has the media now.
+            self.delete_media(&attachments).await?;
+        }
         let elapsed = started.elapsed();
         metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
         let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match answer {
-            Ok(Some(text)) if text.len() > REPLY_CAP_BYTES => {
+            Ok(Some(Answer { text, .. })) if text.len() > REPLY_CAP_BYTES => {
                 let carry = self.lane.channel.sms_max_len.saturating_mul(self.lane.channel.max_parts);
                 let cut: String = text.chars().take(carry).collect();
                 let reason = format!(
@@ -429,10 +523,17 @@ impl Step<'_> {
                 let (d, _) = self.reply(cut, Origin::Chat, Some(reason)).await?;
                 Ok((d, Outcome::Oversized))
             }
-            Ok(Some(text)) => {
-                info!(latency_ms, chat = backend.kind(), "chat answered");
+            Ok(Some(Answer { text, media })) => {
+                info!(latency_ms, chat = backend.kind(), media = media.len(), "chat answered");
                 debug!(reply = %text, "chat reply");
-                self.reply(text, Origin::Chat, None).await
+                let media = self.checked_media(media).await?;
+                if text.is_empty() && media.is_empty() {
+                    self.note(NoteReason::NoReply, "the chat pipeline gave no text and no media that can be sent")
+                        .await?;
+                    return self.done(Outcome::NoReply).await;
+                }
+                let reply = StoredReply { body: text, media, origin: Origin::Chat, dead_reason: None };
+                self.store_and_finish(reply).await
             }
             Ok(None) => {
                 info!(latency_ms, chat = backend.kind(), "chat answered with no reply");
@@ -504,7 +605,10 @@ impl Step<'_> {
         origin: Origin,
         dead_reason: Option<String>,
     ) -> Result<(Disposition, Outcome), Error> {
-        let reply = StoredReply { body, origin, dead_reason };
+        self.store_and_finish(StoredReply { body, media: vec![], origin, dead_reason }).await
+    }
+
+    async fn store_and_finish(&self, reply: StoredReply) -> Result<(Disposition, Outcome), Error> {
         let record = Record { seq: self.seq, state: State::Replied, reply: Some(reply.clone()) };
         self.p.seen.store(self.sid(), &record).await?;
         self.finish_reply(reply).await
@@ -518,7 +622,7 @@ impl Step<'_> {
             channel_id: self.inbound.channel_id.clone(),
             to: self.peer.clone(),
             body: reply.body,
-            media_urls: vec![],
+            media_urls: reply.media,
             in_reply_to: Some(self.sid().clone()),
             origin: reply.origin,
             created_at: OffsetDateTime::now_utc(),

@@ -43,6 +43,9 @@ pub enum State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredReply {
     pub body: String,
+    /// Media URLs to send with it (an agent's `"media"`, already checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<String>,
     pub origin: Origin,
     /// When set, the message also goes to dead-letter with this reason
     /// (the fallback reply after the chat pipeline failed).
@@ -144,7 +147,7 @@ mod tests {
         let r = Record {
             seq: 7,
             state: State::Replied,
-            reply: Some(StoredReply { body: "hi".into(), origin: Origin::Chat, dead_reason: None }),
+            reply: Some(StoredReply { body: "hi".into(), media: vec![], origin: Origin::Chat, dead_reason: None }),
         };
         let text = String::from_utf8(encode(&r).to_vec()).unwrap();
         assert_eq!(text, r#"{"seq":7,"state":"replied","reply":{"body":"hi","origin":"chat"}}"#);

@@ -410,6 +410,7 @@ async fn a_conversation_reads_oldest_first_with_limit_and_each_piece_s_delivery_
                 origin: Origin::Chat,
                 pieces: vec![piece(0, "SMp0"), piece(1, "SMp1")],
                 delivery: "twilio".into(),
+                media: vec!["https://cdn.example.com/a.png".into()],
             },
         )
         .await;
@@ -445,6 +446,7 @@ async fn a_conversation_reads_oldest_first_with_limit_and_each_piece_s_delivery_
     assert_eq!(outbound["pieces"][0]["state"], "delivered", "a late 'sent' never moves a piece back: {outbound}");
     assert_eq!(outbound["pieces"][1]["state"], "sent");
     assert_eq!(outbound["state"], "sent", "the least advanced piece: {outbound}");
+    assert_eq!(outbound["media"], serde_json::json!(["https://cdn.example.com/a.png"]), "an MMS shows its media");
     assert_eq!(entries[0]["body"], "hello");
     assert_eq!(entries[5]["reason"], "rate_limited");
 
@@ -488,6 +490,7 @@ async fn log_delivery_shows_as_logged() {
         origin: Origin::Api,
         pieces: vec![piece],
         delivery: "log".into(),
+        media: vec![],
     };
     admin.history(PEER, OffsetDateTime::now_utc(), event).await;
     let (_, body) = admin.get("/api/v1/conversations/test/+14155550100").await;

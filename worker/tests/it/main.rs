@@ -9,6 +9,7 @@ mod crash;
 mod failures;
 mod helpers;
 mod limits;
+mod media;
 mod order;
 mod pipeline;
 mod shutdown;

@@ -1,0 +1,96 @@
+//! A second HTTP server for media tests, on `127.0.0.1:<free port>`:
+//! Twilio's media store (where the Twilio stub redirects a media URL), or
+//! any other server that must see no request at all (an attacker's host in
+//! a forged `MediaUrl`, a redirect target that is not a media host).
+//!
+//! It records every request (method, path and query, `Authorization`
+//! header) and serves what was [`MediaHost::put`] for a path, else 404.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+/// One request the host received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRequest {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    files: HashMap<String, (String, Vec<u8>)>,
+    requests: Vec<HostRequest>,
+}
+
+/// The running server; stopped on drop.
+pub struct MediaHost {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    stop: CancellationToken,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MediaHost {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap_or_else(|e| panic!("media host stub cannot bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("media host address: {e}"));
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(serve).with_state(inner.clone());
+        let stop = CancellationToken::new();
+        let until = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(until).await;
+        });
+        Self { addr, inner, stop }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves `bytes` at `path` (which starts with `/`); returns its URL
+    /// with a query like the signed URLs of Twilio's media store.
+    pub fn put(&self, path: &str, content_type: &str, bytes: &[u8]) -> String {
+        lock(&self.inner).files.insert(path.to_owned(), (content_type.to_owned(), bytes.to_vec()));
+        format!("{}{path}?Expires=9999999999&Signature=stub", self.base_url())
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<HostRequest> {
+        lock(&self.inner).requests.clone()
+    }
+}
+
+impl Drop for MediaHost {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn serve(State(inner): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let mut inner = lock(&inner);
+    inner.requests.push(HostRequest { method: method.to_string(), target, authorization });
+    match inner.files.get(uri.path()) {
+        Some((content_type, bytes)) if method == Method::GET => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type.clone())], bytes.clone()).into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
