@@ -248,6 +248,9 @@ pub enum Event {
         state: String,
         #[serde(default)]
         pieces: Vec<Piece>,
+        /// The media URLs sent with it (an MMS).
+        #[serde(default)]
+        media: Vec<String>,
     },
     Status,
     Note {

@@ -117,12 +117,17 @@ pub fn conversation(c: &Conversation, offset: UtcOffset) -> String {
         match &entry.event {
             Event::Inbound { body, media } => {
                 let mut text = body.clone();
-                if !media.is_empty() {
-                    let _ = write!(text, "{}[{} attachment(s)]", if text.is_empty() { "" } else { " " }, media.len());
+                for m in media {
+                    let kind = m.get("content_type").and_then(|t| t.as_str()).unwrap_or("unknown type");
+                    let _ = write!(text, "{}[attachment: {kind}]", if text.is_empty() { "" } else { "\n" });
                 }
                 push_message(&mut out, &format!("[{time}] ← Them: "), &text, "");
             }
-            Event::Outbound { body, state, pieces } => {
+            Event::Outbound { body, state, pieces, media } => {
+                let mut body = body.clone();
+                for url in media {
+                    let _ = write!(body, "{}[media: {url}]", if body.is_empty() { "" } else { "\n" });
+                }
                 let mut suffix = if state.is_empty() { String::new() } else { format!("  ({state}") };
                 if let Some(code) = pieces.iter().find_map(|p| p.error_code.as_deref()) {
                     let _ = write!(suffix, ", error {code}");
@@ -130,7 +135,7 @@ pub fn conversation(c: &Conversation, offset: UtcOffset) -> String {
                 if !suffix.is_empty() {
                     suffix.push(')');
                 }
-                push_message(&mut out, &format!("[{time}] → You: "), body, &suffix);
+                push_message(&mut out, &format!("[{time}] → You: "), &body, &suffix);
             }
             Event::Note { reason, detail } => {
                 let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
@@ -196,5 +201,23 @@ mod tests {
         assert!(text.contains("[10:30] ← Them: hi\n                there\n"), "{text}");
         assert!(text.contains("[10:31] → You: hello  (delivered)\n"), "{text}");
         assert!(!text.contains("status"), "{text}");
+    }
+
+    #[test]
+    fn media_is_shown_on_both_sides() {
+        let c: Conversation = serde_json::from_value(serde_json::json!({
+            "channel_id": "local", "peer": "+14155550100", "total": 2, "messages": 2,
+            "started_at": "2026-11-21T10:30:00Z",
+            "entries": [
+                {"seq": 1, "at": "2026-11-21T10:30:00Z", "kind": "inbound", "message_sid": "SM1", "body": "what plant?",
+                 "media": [{"url": "https://api.twilio.com/x", "content_type": "image/jpeg"}]},
+                {"seq": 2, "at": "2026-11-21T10:31:00Z", "kind": "outbound", "id": "reply.SM1", "body": "",
+                 "origin": "chat", "delivery": "twilio", "state": "sent", "pieces": [], "media": ["https://cdn.example.com/a.png"]}
+            ]
+        }))
+        .unwrap();
+        let text = conversation(&c, UtcOffset::UTC);
+        assert!(text.contains("[10:30] ← Them: what plant?\n                [attachment: image/jpeg]\n"), "{text}");
+        assert!(text.contains("[10:31] → You: [media: https://cdn.example.com/a.png]  (sent)\n"), "{text}");
     }
 }

@@ -3,7 +3,9 @@
 //! 1. Decode (a bad payload or an unknown channel is dead-lettered).
 //! 2. Opted out (`P_optout`)? Record a note, ack, send nothing.
 //! 3. [`sms::prepare`]: normalize, split, count. Deterministic, so a
-//!    redelivery yields the same pieces under the same indices.
+//!    redelivery yields the same pieces under the same indices. With media
+//!    (an MMS) the text is one message, never split, cut at 1600
+//!    characters; the `MediaUrl`s go with it.
 //! 4. `delivery: "log"`: log the pieces and record them; no Twilio.
 //! 5. Each piece in order: skip it if `P_sent` has `<id>.<i>`; else pace,
 //!    create it (retrying as [`crate::twilio::ErrorKind`] says), and put its
@@ -141,7 +143,13 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         }
     }
 
-    let prepared = sms::prepare(&out.body, channel.sms_max_len, channel.max_parts);
+    let prepared = if out.media_urls.is_empty() {
+        sms::prepare(&out.body, channel.sms_max_len, channel.max_parts)
+    } else {
+        // An MMS is one message: the text goes whole with its media, no
+        // `(i/n)` pieces, cut at Twilio's 1600-character body limit.
+        sms::prepare(&out.body, config::TWILIO_MAX_BODY, 1)
+    };
     let pieces = if prepared.pieces.is_empty() {
         if out.media_urls.is_empty() {
             tracing::info!(outcome = "empty", "nothing to send: empty body and no media");

@@ -12,6 +12,8 @@
 //!   [`nats::NatsCluster`], three of them in one JetStream cluster.
 //! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format,
 //!   with media (MMS) served behind Basic auth and deletable.
+//! - [`twilio_spec`]: a request checked against Twilio's OpenAPI
+//!   description of `CreateMessage` (the spec in `shared/twilio/`).
 //! - [`media`]: a second server, Twilio's media store or any host that must
 //!   see no request, recording what it gets.
 //! - [`chat`]: a stub of an OpenAI-compatible chat server and of an agent webhook.
@@ -24,6 +26,7 @@ pub mod chat;
 pub mod media;
 pub mod nats;
 pub mod twilio;
+pub mod twilio_spec;
 
 use std::time::Duration;
 

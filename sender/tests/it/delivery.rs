@@ -26,6 +26,8 @@ async fn a_reply_goes_to_twilio_as_one_message_with_every_form_field() {
     assert_eq!(call.all("MediaUrl"), vec!["https://m.example/a.png", "https://m.example/b.png"]);
     assert_eq!(call.get("StatusCallback"), t.channel.status_url().as_deref());
     assert!(call.get("StatusCallback").unwrap().contains("/api/channels/sms/twilio/status/"));
+    let spec = testkit::twilio_spec::load_spec();
+    assert_eq!(testkit::twilio_spec::check_create_message(&spec, &call.account_sid, &call.form), Ok(()));
 
     let history = t.wait_history(&to, "the outbound entry", |h| !h.is_empty()).await;
     let pieces = outbound_pieces(&history);
@@ -50,9 +52,7 @@ async fn a_long_reply_goes_as_marked_pieces_in_order() {
     let body = "The first sentence is about the weather today. The second one says it will rain later on. \
                 The third sentence suggests an umbrella. The fourth asks whether you need anything else. \
                 A fifth one closes the message politely.";
-    let mut out = outbound("reply.SM2", &to, body);
-    out.media_urls = vec!["https://m.example/a.png".to_owned()];
-    t.publish(&out).await;
+    t.publish(&outbound("reply.SM2", &to, body)).await;
 
     let history = t.wait_history(&to, "the outbound entry", |h| !h.is_empty()).await;
     let pieces = outbound_pieces(&history);
@@ -66,9 +66,48 @@ async fn a_long_reply_goes_as_marked_pieces_in_order() {
         assert!(body.chars().count() <= 100);
         assert_eq!(piece.body, body);
         assert_eq!(piece.sid, call.sid);
-        assert_eq!(call.all("MediaUrl").len(), usize::from(i == 0), "media on the first piece only");
     }
     assert!(calls[0].get("Body").unwrap().starts_with("The first sentence is about the weather today."));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_mms_is_one_message_with_its_media_never_split_and_valid_by_twilios_spec() {
+    let mut t = TestSender::start(r#""sms_max_len": 100, "max_parts": 4"#).await;
+    let to = peer(6);
+    let body = "A picture of the plant you asked about, with notes. ".repeat(40);
+    let mut out = outbound("reply.SMmms", &to, &body);
+    out.media_urls = vec!["https://m.example/a.png".to_owned(), "https://m.example/b.jpg".to_owned()];
+    t.publish(&out).await;
+
+    let history = t.wait_history(&to, "the outbound entry", |h| !h.is_empty()).await;
+    let calls = t.twilio.created();
+    assert_eq!(calls.len(), 1, "an MMS is one message, whatever sms_max_len says");
+    let call = &calls[0];
+    let sent = call.get("Body").unwrap();
+    assert!(sent.chars().count() <= 1600, "within Twilio's body limit: {}", sent.chars().count());
+    assert!(sent.ends_with("..."), "cut, not split: {sent}");
+    assert!(!sent.contains("(1/"), "no (i/n) marker: {sent}");
+    assert_eq!(call.all("MediaUrl"), ["https://m.example/a.png", "https://m.example/b.jpg"]);
+    let spec = testkit::twilio_spec::load_spec();
+    testkit::twilio_spec::check_create_message(&spec, &call.account_sid, &call.form)
+        .unwrap_or_else(|p| panic!("not a valid CreateMessage request: {p:?}\n{:?}", call.form));
+    match &history[0].event {
+        HistoryEvent::Outbound { media, pieces, .. } => {
+            assert_eq!(media, &out.media_urls, "the history shows the media");
+            assert_eq!(pieces.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Media alone: one message without a body.
+    let mut bare = outbound("reply.SMbare", &to, "");
+    bare.media_urls = vec!["https://m.example/c.gif".to_owned()];
+    t.publish(&bare).await;
+    let calls = t.twilio.wait_for_calls(2, WAIT).await;
+    assert_eq!(calls[1].get("Body"), None);
+    assert_eq!(calls[1].all("MediaUrl"), ["https://m.example/c.gif"]);
+    testkit::twilio_spec::check_create_message(&spec, &calls[1].account_sid, &calls[1].form).unwrap();
     t.stop().await;
 }
 
