@@ -10,13 +10,11 @@ use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::TWILIO_MAX_BODY;
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::{self, Origin, Outbound};
+use smsgate_shared::media::{OutboundMediaError, check_outbound_urls};
 use smsgate_shared::redact::clip;
 use time::OffsetDateTime;
 
 use crate::{AdminError, AdminState, bounded};
-
-/// The most attachments Twilio takes on one message.
-const MAX_MEDIA: usize = 10;
 
 /// The body of `POST /api/v1/messages`.
 #[derive(Debug, Deserialize)]
@@ -62,18 +60,14 @@ impl SendRequest {
                 format!("body has {chars} characters; Twilio takes at most {TWILIO_MAX_BODY}"),
             ));
         }
-        if self.media_urls.len() > MAX_MEDIA {
-            return Err(AdminError::invalid(
-                "too_many_media",
-                format!("{} media_urls; Twilio takes at most {MAX_MEDIA}", self.media_urls.len()),
-            ));
-        }
-        for (i, u) in self.media_urls.iter().enumerate() {
-            let ok = (u.starts_with("https://") || u.starts_with("http://")) && !u.contains(char::is_whitespace);
-            if !ok {
-                return Err(AdminError::invalid("invalid_media_url", format!("media_urls[{i}] is not an http(s) URL")));
-            }
-        }
+        // https only, at most 10, public host names: Twilio fetches them.
+        check_outbound_urls(&self.media_urls).map_err(|e| {
+            let code = match e {
+                OutboundMediaError::TooMany(_) => "too_many_media",
+                OutboundMediaError::Bad { .. } => "invalid_media_url",
+            };
+            AdminError::invalid(code, e.to_string())
+        })?;
         // Caller keys and generated ids alike live under `api.`.
         let id = match self.idempotency_key {
             Some(key) if !Outbound::valid_id(&key) || !Outbound::valid_id(&Outbound::api_id(&key)) => {

@@ -314,12 +314,41 @@ async fn send_validation_errors_are_400_with_a_code() {
         ),
         (json!({"channel_id": "test", "to": PEER, "body": "hi", "idempotency_key": ".dot"}), "invalid_idempotency_key"),
         (json!({"channel_id": "test", "to": PEER, "body": "hi", "media_urls": ["ftp://x/y"]}), "invalid_media_url"),
+        (
+            json!({"channel_id": "test", "to": PEER, "media_urls": ["http://cdn.example.com/a.png"]}),
+            "invalid_media_url",
+        ),
+        (
+            json!({"channel_id": "test", "to": PEER, "body": "hi", "media_urls": ["https://cdn.example.com/a", "https://127.0.0.1/b"]}),
+            "invalid_media_url",
+        ),
+        (json!({"channel_id": "test", "to": PEER, "media_urls": ["https://localhost/a.png"]}), "invalid_media_url"),
+        (json!({"channel_id": "test", "to": PEER, "media_urls": ["https://[fe80::1]/a.png"]}), "invalid_media_url"),
+        (json!({"channel_id": "test", "to": PEER, "media_urls": ["https://printer.local/a.png"]}), "invalid_media_url"),
+        (
+            json!({"channel_id": "test", "to": PEER, "media_urls": vec!["https://cdn.example.com/a.png"; 11]}),
+            "too_many_media",
+        ),
         (json!({"channel_id": "test", "to": PEER, "body": "hi", "colour": "red"}), "invalid_json"),
         (json!(["not", "an", "object"]), "invalid_json"),
     ];
     for (request, code) in cases {
         let (status, body) = admin.post("/api/v1/messages", &request).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    }
+    // The 400 names the problem and the URL's place.
+    for (urls, detail) in [
+        (json!(["http://cdn.example.com/a.png"]), "media_urls[0] must be an https:// URL"),
+        (
+            json!(["https://cdn.example.com/a", "https://10.1.2.3/b"]),
+            "media_urls[1] must name a host, not an IP address",
+        ),
+        (json!(["https://localhost/a.png"]), "media_urls[0] must be on a public host"),
+        (json!(vec!["https://cdn.example.com/a.png"; 11]), "media_urls has 11 URLs; at most 10"),
+    ] {
+        let request = json!({"channel_id": "test", "to": PEER, "body": "hi", "media_urls": urls});
+        let (_, body) = admin.post("/api/v1/messages", &request).await;
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains(detail)), "{detail} in {body}");
     }
     let r = admin
         .http
