@@ -38,7 +38,23 @@ pub fn inbound_params(target: &Target, sid: &str, from: &str, body: &str) -> Vec
 
 /// Builds and signs one webhook.
 pub fn signed(target: &Target, sid: &str, from: &str, text: &str) -> SignedWebhook {
-    let params = inbound_params(target, sid, from, text);
+    signed_with_media(target, sid, from, text, &[])
+}
+
+/// Builds and signs one MMS webhook: `NumMedia`, then `MediaContentTypeN`
+/// and `MediaUrlN` for each `(url, content type)`, as Twilio posts them.
+pub fn signed_with_media(
+    target: &Target,
+    sid: &str,
+    from: &str,
+    text: &str,
+    media: &[(String, String)],
+) -> SignedWebhook {
+    let mut params = signature::inbound_sms_params(&target.account_sid, &target.to, sid, from, text, media.len());
+    for (n, (url, content_type)) in media.iter().enumerate() {
+        params.push((format!("MediaContentType{n}"), content_type.clone()));
+        params.push((format!("MediaUrl{n}"), url.clone()));
+    }
     let signature = signature::sign(&target.auth_token, &target.public_url, &params);
     let mut body = form_urlencoded::Serializer::new(String::new());
     for (k, v) in &params {

@@ -189,6 +189,8 @@ impl Stack {
         let dir = tempfile::Builder::new().prefix(&format!("smsgate-e2e-{}-", config.name)).tempdir()?;
         let nats = if config.cluster { Nats::Cluster(NatsCluster::start()) } else { Nats::Single(NatsServer::start()) };
         let twilio = TwilioStub::start().await;
+        // Any MMS of the load gets a real (tiny) picture.
+        twilio.serve_any_media("image/png", &smsgate_testkit::media::TINY_PNG);
         let chat = OpenAiStub::start().await;
         let prefix = unique_prefix(&config.name);
 
@@ -478,6 +480,14 @@ impl Stack {
     /// A webhook for message `i` of this run, signed as Twilio signs it.
     pub fn webhook(&self, sid: &str, from: &str, body: &str) -> SignedWebhook {
         webhook::signed(&self.target, sid, from, body)
+    }
+
+    /// The same with one picture attached: a `MediaUrl0` on the Twilio
+    /// stub, which serves a small PNG for any media (the worker fetches it).
+    pub fn webhook_with_picture(&self, sid: &str, from: &str, body: &str) -> SignedWebhook {
+        let media_sid = format!("ME{:0>32}", sid.get(sid.len().saturating_sub(32)..).unwrap_or(sid));
+        let media = [(self.twilio.media_url(sid, &media_sid), "image/png".to_owned())];
+        webhook::signed_with_media(&self.target, sid, from, body, &media)
     }
 
     /// Posts a webhook to ingress as Twilio does; returns the HTTP status

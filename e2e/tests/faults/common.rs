@@ -20,7 +20,8 @@ pub fn run_id() -> u64 {
 
 /// Webhook `i` of run `run`: its own MessageSid, one of [`SENDERS`] numbers,
 /// a body unique to it (so the stub's calls tell pieces apart) of about
-/// `len` characters.
+/// `len` characters. Every tenth carries a picture (an MMS the worker
+/// fetches from the Twilio stub), so the ledger holds for MMS too.
 pub fn hook(stack: &Stack, run: u64, i: u64, len: usize) -> SignedWebhook {
     let mut text = format!("Message {i:04} of run {run:x}.");
     let filler = " Here is another plain sentence to make it longer.";
@@ -28,7 +29,11 @@ pub fn hook(stack: &Stack, run: u64, i: u64, len: usize) -> SignedWebhook {
         text.push_str(filler);
     }
     let from = sender_number(2_000_000 + (run % 1000) * SENDERS + i % SENDERS);
-    stack.webhook(&message_sid(run, i), &from, &text)
+    if i.is_multiple_of(10) {
+        stack.webhook_with_picture(&message_sid(run, i), &from, &text)
+    } else {
+        stack.webhook(&message_sid(run, i), &from, &text)
+    }
 }
 
 /// Posts `hooks` (8 connections) and records every answer in `expect`.

@@ -2,6 +2,7 @@
 //! (inside JetStream's duplicate window: never stored) and 50 re-posted after
 //! the worker answered them and the window passed (stored again: the worker's
 //! `P_seen` catches them and records a `duplicate` note for the copy).
+//! A tenth of them are MMS (a picture the worker fetches).
 
 use std::time::{Duration, Instant};
 
@@ -45,4 +46,16 @@ async fn re_posted_webhooks_get_one_reply_each() {
     assert_eq!(report.duplicate_notes + report.deduped_by_jetstream, 100);
     assert!(report.duplicate_notes >= 50, "the late copies reached the worker: {report}");
     assert_eq!(report.chat_calls, 400, "no chat call for a copy");
+    // A tenth were MMS: each picture fetched once, with the account's
+    // credentials, and given to the model; none for a copy.
+    let fetched = stack.twilio.media_requests();
+    assert_eq!(fetched.len(), 40, "{fetched:?}");
+    assert!(fetched.iter().all(|r| r.authorized && r.method == "GET"));
+    let with_pictures = stack
+        .chat
+        .requests()
+        .iter()
+        .filter(|r| r.body.to_string().contains("data:image/png;base64,"))
+        .count();
+    assert_eq!(with_pictures, 40);
 }
