@@ -387,10 +387,15 @@ impl MediaConfig {
     /// Whether `content_type` (parameters and case ignored) may be fetched.
     pub fn allows(&self, content_type: &str) -> bool {
         let t = essence(content_type);
-        self.content_types.iter().any(|a| match a.strip_suffix("/*") {
-            Some(major) => t.split('/').next() == Some(major) && t.contains('/'),
-            None => *a == t,
-        })
+        // Only a plain `type/subtype` (RFC 6838 characters): the type is
+        // written into a `data:` URL and shown to people.
+        let plain = t.bytes().filter(|b| *b == b'/').count() == 1
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"/!#$&^_.+-".contains(&b));
+        plain
+            && self.content_types.iter().any(|a| match a.strip_suffix("/*") {
+                Some(major) => t.split('/').next() == Some(major) && t.contains('/'),
+                None => *a == t,
+            })
     }
 
     /// Problems with the values, as (key under `config.media`, message).
@@ -1250,6 +1255,8 @@ mod tests {
         assert!(c.media.allows("audio/amr"));
         assert!(!c.media.allows("application/x-msdownload"));
         assert!(!c.media.allows("audio"));
+        assert!(!c.media.allows("audio/x,evil"));
+        assert!(!c.media.allows("audio/a/b"));
 
         let with = |extra: &str| channel_json("a", TOKEN).replace(r#""sms_max_len": 480"#, extra);
         let c = parse(&with(

@@ -51,11 +51,7 @@ async fn re_posted_webhooks_get_one_reply_each() {
     let fetched = stack.twilio.media_requests();
     assert_eq!(fetched.len(), 40, "{fetched:?}");
     assert!(fetched.iter().all(|r| r.authorized && r.method == "GET"));
-    let with_pictures = stack
-        .chat
-        .requests()
-        .iter()
-        .filter(|r| r.body.to_string().contains("data:image/png;base64,"))
-        .count();
+    let with_pictures =
+        stack.chat.requests().iter().filter(|r| r.body.to_string().contains("data:image/png;base64,")).count();
     assert_eq!(with_pictures, 40);
 }
