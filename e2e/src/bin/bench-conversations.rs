@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
                     origin: envelope::Origin::Chat,
                     pieces: Vec::new(),
                     delivery: "twilio".to_owned(),
+                    media: Vec::new(),
                 },
                 _ => HistoryEvent::Note {
                     reason: NoteReason::Delivered,
