@@ -32,9 +32,18 @@ pub struct HostRequest {
     pub authorization: Option<String>,
 }
 
+/// How a file is served.
+#[derive(Debug, Clone, Copy, Default)]
+struct Serve {
+    /// Wait this long before answering.
+    delay: std::time::Duration,
+    /// Send the body in chunks without a `Content-Length`.
+    chunked: bool,
+}
+
 #[derive(Default)]
 struct Inner {
-    files: HashMap<String, (String, Vec<u8>)>,
+    files: HashMap<String, (String, Vec<u8>, Serve)>,
     requests: Vec<HostRequest>,
 }
 
@@ -73,7 +82,22 @@ impl MediaHost {
     /// Serves `bytes` at `path` (which starts with `/`); returns its URL
     /// with a query like the signed URLs of Twilio's media store.
     pub fn put(&self, path: &str, content_type: &str, bytes: &[u8]) -> String {
-        lock(&self.inner).files.insert(path.to_owned(), (content_type.to_owned(), bytes.to_vec()));
+        self.put_as(path, content_type, bytes, Serve::default())
+    }
+
+    /// Like [`Self::put`], answered only after `delay` (a stalled store).
+    pub fn put_slow(&self, path: &str, content_type: &str, bytes: &[u8], delay: std::time::Duration) -> String {
+        self.put_as(path, content_type, bytes, Serve { delay, chunked: false })
+    }
+
+    /// Like [`Self::put`], the body in 1 KiB chunks with no `Content-Length`
+    /// (a client must count what it reads).
+    pub fn put_chunked(&self, path: &str, content_type: &str, bytes: &[u8]) -> String {
+        self.put_as(path, content_type, bytes, Serve { delay: std::time::Duration::ZERO, chunked: true })
+    }
+
+    fn put_as(&self, path: &str, content_type: &str, bytes: &[u8], serve: Serve) -> String {
+        lock(&self.inner).files.insert(path.to_owned(), (content_type.to_owned(), bytes.to_vec(), serve));
         format!("{}{path}?Expires=9999999999&Signature=stub", self.base_url())
     }
 
@@ -92,12 +116,20 @@ impl Drop for MediaHost {
 async fn serve(State(inner): State<Arc<Mutex<Inner>>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    let mut inner = lock(&inner);
-    inner.requests.push(HostRequest { method: method.to_string(), target, authorization });
-    match inner.files.get(uri.path()) {
-        Some((content_type, bytes)) if method == Method::GET => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, content_type.clone())], bytes.clone()).into_response()
-        }
-        _ => StatusCode::NOT_FOUND.into_response(),
-    }
+    let file = {
+        let mut inner = lock(&inner);
+        inner.requests.push(HostRequest { method: method.to_string(), target, authorization });
+        inner.files.get(uri.path()).cloned()
+    };
+    let Some((content_type, bytes, serve)) = file.filter(|_| method == Method::GET) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    tokio::time::sleep(serve.delay).await;
+    let body = if serve.chunked {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+        axum::body::Body::from_stream(futures::stream::iter(chunks))
+    } else {
+        axum::body::Body::from(bytes)
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }

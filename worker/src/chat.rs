@@ -548,6 +548,40 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_gets_fetched_media_inline_and_skipped_media_with_the_reason() {
+        let i = inbound("two", vec![]);
+        let media_ref = smsgate_shared::media::MediaRef { url: "https://m/1".into(), media_sid: "ME1".into() };
+        let attachments = vec![
+            Attachment {
+                index: 0,
+                url: "https://m/1".into(),
+                declared_type: Some("text/vcard".into()),
+                content: Content::Loaded {
+                    content_type: "text/vcard".into(),
+                    bytes: bytes::Bytes::from_static(b"BEGIN:VCARD"),
+                    fetched_bytes: 11,
+                    media: media_ref,
+                },
+            },
+            Attachment {
+                index: 1,
+                url: "https://evil.example/x".into(),
+                declared_type: Some("image/png".into()),
+                content: Content::Skipped(crate::media::Skip::NotTwilio("another host")),
+            },
+        ];
+        let body = webhook_body(&ChatRequest { inbound: &i, history: &[], attachments: &attachments });
+        assert_eq!(
+            body["media"],
+            json!([
+                {"url": "https://m/1", "content_type": "text/vcard", "size": 11, "data": "QkVHSU46VkNBUkQ="},
+                {"url": "https://evil.example/x", "content_type": "image/png",
+                 "skipped": "MediaUrl1 (image/png): never requested: not this message's Twilio media (another host)"}
+            ])
+        );
+    }
+
+    #[test]
     fn openai_answer_is_read_from_the_first_choice() {
         let ok = br#"{"id": "c1", "choices": [{"index": 0, "message": {"role": "assistant", "content": " Hi! "}}]}"#;
         assert_eq!(openai_reply(ok).unwrap().as_deref(), Some("Hi!"));

@@ -208,6 +208,32 @@ async fn oversized_and_unwanted_media_is_described_not_sent() {
 }
 
 #[tokio::test]
+async fn a_stalled_media_store_is_bounded_in_time_and_a_body_without_length_in_size() {
+    let (twilio, store, model) = (TwilioStub::start().await, MediaHost::start().await, OpenAiStub::start().await);
+    let extra = r#""timeout_ms": 300, "max_bytes": 3000"#;
+    let mut w = TestWorker::start(vec![media_channel(&model.chat_config(""), &twilio, &store, extra)]).await;
+    let sid = "SMstall1";
+    let stalled = store.put_slow("/media/slow", "image/png", &png(4, 4), std::time::Duration::from_secs(5));
+    let endless = store.put_chunked("/media/long", "image/png", &vec![1u8; 10_000]);
+    let slow = twilio.add_media_redirect(sid, &me(1), &stalled);
+    let long = twilio.add_media_redirect(sid, &me(2), &endless);
+
+    let started = std::time::Instant::now();
+    w.bus.send(&with_media(inbound("test", sid, ALICE, "hm"), &[(&slow, "image/png"), (&long, "image/png")])).await;
+    w.bus.wait_outbound(1).await;
+    // Three attempts (the test schedule), each bounded by the 300 ms timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    let (text, images) = last_user(&model);
+    assert!(images.is_empty());
+    assert_eq!(text, "hm\n[a photo could not be loaded]\n[a photo could not be loaded]");
+    w.bus.wait_drained().await;
+    let detail = note_detail(&w.bus.history("test", ALICE).await, NoteReason::MediaSkipped).unwrap();
+    assert!(detail.contains("MediaUrl0 (image/png): unavailable: no answer within 300 ms"), "{detail}");
+    assert!(detail.contains("MediaUrl1 (image/png): over the 3000-byte media limit"), "{detail}");
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn a_transient_media_failure_is_retried_like_the_chat_call() {
     let (twilio, store, model) = (TwilioStub::start().await, MediaHost::start().await, OpenAiStub::start().await);
     let mut w = TestWorker::start(vec![media_channel(&model.chat_config(""), &twilio, &store, "")]).await;
