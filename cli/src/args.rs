@@ -32,7 +32,8 @@ pub enum Command {
         to: String,
         #[arg(long)]
         body: String,
-        /// A media URL to attach (MMS); repeat for more.
+        /// A media URL to attach (MMS): https on a public host, at most 10;
+        /// repeat for more.
         #[arg(long = "media-url")]
         media_urls: Vec<String>,
         /// Sending twice with the same key sends once (within the duplicate window).
@@ -111,7 +112,9 @@ pub enum Command {
         /// Use this MessageSid instead of a random one (to try a redelivery).
         #[arg(long)]
         message_sid: Option<String>,
-        /// A media URL, as an MMS would carry; repeat for more.
+        /// A media URL, as an MMS would carry; repeat for more. The worker
+        /// fetches only this message's media on the channel's Twilio API
+        /// base; any other URL is described to the model, never fetched.
         #[arg(long = "media-url")]
         media_urls: Vec<String>,
     },

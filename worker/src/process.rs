@@ -496,13 +496,13 @@ impl Step<'_> {
         let request = ChatRequest { inbound: self.inbound, history: turns, attachments: &attachments };
         // The runtime keeps the message alive while the call runs.
         let answer = backend.reply(&request).await;
+        let elapsed = started.elapsed();
+        metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
+        let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         if answer.is_ok() {
             // The backend has the media now.
             self.delete_media(&attachments).await?;
         }
-        let elapsed = started.elapsed();
-        metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
-        let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match answer {
             Ok(Some(Answer { text, .. })) if text.len() > REPLY_CAP_BYTES => {
                 let carry = self.lane.channel.sms_max_len.saturating_mul(self.lane.channel.max_parts);
