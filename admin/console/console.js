@@ -212,6 +212,7 @@ function entryRow(e) {
     case "outbound":
       item = el("li", "entry outbound" + (e.origin === "api" ? " operator" : ""), e.body);
       item.append(el("span", "meta", (e.origin === "api" ? "operator · " : "") + e.state));
+      for (const u of e.media || []) item.append(el("span", "meta", "media: " + u));
       break;
     case "status":
       item = el("li", "entry status", "status " + e.status + (e.error_code ? " (" + e.error_code + ")" : ""));
