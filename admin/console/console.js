@@ -308,7 +308,7 @@ async function loadDead() {
 }
 
 const EVENT_NAMES = [
-  "message.received", "message.sent", "message.status", "message.skipped",
+  "message.received", "message.sent", "message.status", "message.skipped", "message.media",
   "conversation.paused", "conversation.resumed", "call.started", "call.turn", "call.ended", "dead.letter",
 ];
 

@@ -11,9 +11,13 @@
 //!
 //! Names: history entries are `message.received` (inbound),
 //! `message.sent` (outbound), `message.status` (a delivery status),
-//! `conversation.paused` / `conversation.resumed` (takeover notes) and
-//! `message.skipped` (every other note: duplicate, rate-limited, opted out,
-//! chat error, ...); `P_DEAD` entries are `dead.letter`. The data is the
+//! `conversation.paused` / `conversation.resumed` (takeover notes),
+//! `message.skipped` (the notes of a message not answered by the model:
+//! duplicate, rate-limited, opted out, keyword, blocked, paused, chat error,
+//! no reply), `message.status` also for the notes where a reply ended (sent
+//! failed, delivered, logged) and `message.media` (a picture skipped,
+//! deleted from Twilio, or refused in a reply); `P_DEAD` entries are
+//! `dead.letter`. The data is the
 //! stored entry as JSON with `type`, `seq`, `channel_id` and `peer` (the
 //! full number: this is the private side).
 
@@ -60,17 +64,37 @@ impl Position {
     }
 }
 
-/// The event name of a history entry.
+/// The event name of a history entry. Every note reason is placed here by
+/// name, so a new one has to be given its event.
 pub fn event_name(event: &HistoryEvent) -> &'static str {
     match event {
         HistoryEvent::Inbound { .. } => "message.received",
         HistoryEvent::Outbound { .. } => "message.sent",
         HistoryEvent::Status { .. } => "message.status",
-        // The operator's pause; the worker's "not answered while paused"
-        // notes name the message they skipped.
-        HistoryEvent::Note { reason: NoteReason::Paused, message_sid: None, .. } => "conversation.paused",
-        HistoryEvent::Note { reason: NoteReason::Resumed, .. } => "conversation.resumed",
-        HistoryEvent::Note { .. } => "message.skipped",
+        HistoryEvent::Note { reason, message_sid, .. } => match reason {
+            // The operator's pause; the worker's "not answered while
+            // paused" notes name the message they skipped.
+            NoteReason::Paused if message_sid.is_none() => "conversation.paused",
+            NoteReason::Resumed => "conversation.resumed",
+            NoteReason::Paused
+            | NoteReason::Duplicate
+            | NoteReason::RateLimited
+            | NoteReason::OverLimit
+            | NoteReason::CountryNotAllowed
+            | NoteReason::OptedOut
+            | NoteReason::OptOutKeyword
+            | NoteReason::OptInKeyword
+            | NoteReason::HelpKeyword
+            | NoteReason::Blocked
+            | NoteReason::ChatError
+            | NoteReason::NoReply => "message.skipped",
+            // Where a reply ended: sent and delivered, written to the log,
+            // or failed for good.
+            NoteReason::SendFailed | NoteReason::Delivered | NoteReason::Logged => "message.status",
+            // What happened to a message's pictures; the message itself
+            // was answered.
+            NoteReason::MediaSkipped | NoteReason::MediaDeleted | NoteReason::MediaRefused => "message.media",
+        },
     }
 }
 
