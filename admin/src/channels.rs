@@ -26,6 +26,8 @@ pub struct NatsHealth {
 #[derive(Debug, Serialize)]
 pub struct ChannelView {
     pub channel_id: String,
+    /// `file` (read-only) or `runtime` (connected through this API).
+    pub source: &'static str,
     pub enabled: bool,
     pub from_number: Option<String>,
     pub messaging_service_sid: Option<String>,
@@ -49,10 +51,11 @@ pub(crate) async fn list_channels(State(state): State<AdminState>) -> Json<Chann
         connected && tokio::time::timeout(NATS_TIMEOUT, state.topology.present(&state.js)).await.unwrap_or(false);
     let dead_counts: Option<HashMap<String, u64>> =
         if streams_present { dead_counts_by_channel(&state).await.ok() } else { None };
-    let channels = state
-        .channels
+    let snapshot = state.channels.snapshot();
+    let channels = snapshot
         .iter()
-        .map(|c| {
+        .map(|live| {
+            let c = &live.channel;
             let dead_letters = dead_counts.as_ref().map(|m| m.get(c.id.as_str()).copied().unwrap_or(0));
             let mut problems = Vec::new();
             if !connected {
@@ -80,6 +83,7 @@ pub(crate) async fn list_channels(State(state): State<AdminState>) -> Json<Chann
             };
             ChannelView {
                 channel_id: c.id.to_string(),
+                source: live.source.as_str(),
                 enabled: c.enabled,
                 from_number: c.from_number.as_ref().map(ToString::to_string),
                 messaging_service_sid: c.messaging_service_sid.clone(),

@@ -48,11 +48,12 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use smsgate_shared::bus::{self, MsgId};
+use smsgate_shared::channels::Registry;
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{ConversationState, HistoryEvent, NoteReason};
 use smsgate_shared::redact::clip;
-use smsgate_shared::topology::Topology;
+use smsgate_shared::topology::{ChannelSubjects, Topology};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -80,7 +81,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AdminState {
     pub js: jetstream::Context,
     pub topology: Topology,
-    pub channels: Arc<Vec<Channel>>,
+    /// The live channels (file and runtime), shared with ingress's webhook routes.
+    pub channels: Registry<ChannelSubjects>,
     /// The conversation list, kept by [`AdminState::start`].
     pub index: Arc<ConversationIndex>,
     /// Ends the long-lived answers (the event stream) at shutdown.
@@ -88,7 +90,7 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(js: jetstream::Context, topology: Topology, channels: Arc<Vec<Channel>>) -> Self {
+    pub fn new(js: jetstream::Context, topology: Topology, channels: Registry<ChannelSubjects>) -> Self {
         Self { js, topology, channels, index: Arc::default(), shutdown: CancellationToken::new() }
     }
 
@@ -186,8 +188,8 @@ impl AdminState {
         .await
     }
 
-    pub(crate) fn channel(&self, id: &str) -> Option<&Channel> {
-        self.channels.iter().find(|c| c.id.as_str() == id)
+    pub(crate) fn channel(&self, id: &str) -> Option<Channel> {
+        self.channels.snapshot().get_str(id).map(|l| l.channel.clone())
     }
 
     pub(crate) fn known_channel(&self, id: &str) -> Result<ChannelId, AdminError> {

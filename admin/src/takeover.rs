@@ -41,12 +41,9 @@ pub(crate) async fn pause_conversation(
     Path((channel_id, peer)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<TakeoverState>, AdminError> {
-    let channel = state
-        .channel(&channel_id)
-        .ok_or_else(|| {
-            AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(&channel_id, 64)))
-        })?
-        .clone();
+    let channel = state.channel(&channel_id).ok_or_else(|| {
+        AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(&channel_id, 64)))
+    })?;
     let peer = peer_of_path(&peer)?;
     let request: PauseRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PauseRequest { minutes: None }

@@ -6,7 +6,8 @@
 //!   NATS, makes sure the topology exists (retrying in the background while
 //!   NATS is down), and serves until the shutdown token is cancelled.
 //! - [`webhook`]: the two Twilio routes. A request goes: path token →
-//!   channel ([`webhook::Channels::find`], constant time) → content type →
+//!   channel (the live [`webhook::Channels`] registry, file and runtime
+//!   channels, constant time) → content type →
 //!   body size → `X-Twilio-Signature` over the channel's public URL →
 //!   required fields → publish to `P_INBOUND` / `P_STATUS` with
 //!   `Nats-Msg-Id`, waiting for the stream's ack (bounded) → `200 <Response/>`.
@@ -33,6 +34,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use smsgate_shared::channels::RuntimeSource;
 use smsgate_shared::config::Config;
 use smsgate_shared::topology::Topology;
 use smsgate_shared::{ops, telemetry};
@@ -74,7 +76,11 @@ pub struct Shared {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub topology: Topology,
+    /// The live channels (file and runtime), shared with the admin API.
     pub channels: webhook::Channels,
+    /// `SMSGATE_SECRET_KEY`, for reading runtime channels.
+    pub secret_key: Option<Arc<smsgate_shared::secret_key::SecretKey>>,
+    pub public_base_url: Option<String>,
     pub metrics: webhook::Metrics,
     /// Set once every stream exists.
     pub topology_ready: AtomicBool,
@@ -121,7 +127,7 @@ impl App {
         let client = smsgate_shared::nats::connect(&settings.nats, "ingress").await.map_err(Error::Nats)?;
         let js = jetstream::new(client.clone());
         let topology = Topology::from_settings(&settings);
-        let channels = Arc::new(channels);
+        let channels = webhook::channels(channels, &topology);
         // The recorder before any metric handle: a handle made earlier
         // belongs to the no-op recorder and never shows in /metrics.
         telemetry::metrics_handle();
@@ -129,7 +135,9 @@ impl App {
             client,
             js: js.clone(),
             topology: topology.clone(),
-            channels: webhook::Channels::new(&channels, &topology),
+            channels: channels.clone(),
+            secret_key: settings.secret_key.clone(),
+            public_base_url: settings.public_base_url.clone(),
             metrics: webhook::Metrics::new(),
             topology_ready: AtomicBool::new(false),
             publish_timeout: PUBLISH_TIMEOUT,
@@ -169,7 +177,7 @@ impl App {
         tracing::info!(
             addr = %public.local_addr().map_err(Error::Serve)?,
             admin_addr = %admin.local_addr().map_err(Error::Serve)?,
-            channels = shared.channels.len(),
+            channels = shared.channels.snapshot().len(),
             max_connections = limits.max_connections,
             "ingress listening"
         );
@@ -227,9 +235,19 @@ async fn ensure_topology(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(250);
     loop {
         match shared.topology.ensure(&shared.js).await {
-            Ok(_) => {
+            Ok(bus) => {
                 shared.topology_ready.store(true, Ordering::Release);
                 tracing::info!(outcome = "ready", "JetStream topology in place");
+                // Runtime channels from now on: read them, then follow the bucket.
+                shared.channels.attach(RuntimeSource {
+                    store: bus.channels,
+                    key: shared.secret_key.clone(),
+                    public_base_url: shared.public_base_url.clone(),
+                });
+                if let Err(e) = shared.channels.reload().await {
+                    tracing::warn!(error = %e, "cannot read the channels connected at run time yet");
+                }
+                tokio::spawn(shared.channels.clone().watch(shutdown));
                 return;
             }
             Err(e) => {

@@ -15,13 +15,13 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use smsgate_shared::bus::{self, MsgId};
+use smsgate_shared::channels::{Live, Registry};
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::MessageSid;
 use smsgate_shared::envelope::{self, InboundRef, Media, StatusUpdate};
-use smsgate_shared::http::{has_media_type, token_digest};
+use smsgate_shared::http::has_media_type;
 use smsgate_shared::signature;
-use smsgate_shared::topology::Topology;
-use subtle::ConstantTimeEq;
+use smsgate_shared::topology::{ChannelSubjects, Topology};
 use time::OffsetDateTime;
 
 use crate::Shared;
@@ -34,54 +34,17 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// back to the person as an SMS.
 pub const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
 
-/// A channel with what the hot path needs precomputed.
-pub struct Entry {
-    pub channel: Channel,
-    inbound_subject: String,
-    status_subject: String,
-}
+/// A channel with what the hot path needs precomputed (its subjects).
+pub type Entry = Live<ChannelSubjects>;
 
-/// The channels, found by path token in constant time.
-pub struct Channels {
-    entries: Vec<(Arc<Entry>, [u8; 32])>,
-}
+/// The live channels (the file's and those connected at run time), found
+/// by path token in constant time ([`smsgate_shared::channels::Snapshot::find_token`]).
+pub type Channels = Registry<ChannelSubjects>;
 
-impl Channels {
-    pub fn new(channels: &[Channel], topology: &Topology) -> Self {
-        let entries = channels
-            .iter()
-            .map(|c| {
-                let entry = Entry {
-                    channel: c.clone(),
-                    inbound_subject: topology.inbound_subject(&c.id),
-                    status_subject: topology.status_subject(&c.id),
-                };
-                (Arc::new(entry), token_digest(c.path_token.expose_secret()))
-            })
-            .collect();
-        Self { entries }
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Compares the token's digest with every channel's, always all of them,
-    /// so neither the answer's timing nor a partial match tells anything.
-    pub fn find(&self, token: &str) -> Option<Arc<Entry>> {
-        let digest = token_digest(token);
-        let mut found = None;
-        for (entry, d) in &self.entries {
-            if bool::from(d.ct_eq(&digest)) {
-                found = Some(entry.clone());
-            }
-        }
-        found
-    }
+/// The registry ingress and its admin API share.
+pub fn channels(file: Vec<Channel>, topology: &Topology) -> Channels {
+    let topology = topology.clone();
+    Registry::new("ingress", file, move |c| ChannelSubjects::new(&topology, &c.id))
 }
 
 /// Metric handles registered once, so the accepted path does no registry
@@ -190,7 +153,7 @@ pub async fn status(
 
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let entry = shared.channels.find(token);
+    let entry = shared.channels.find_token(token);
     let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str());
     let result = match &entry {
         None => Err(UNKNOWN_TOKEN),
@@ -315,7 +278,7 @@ async fn accept(
                 received_at: now,
                 params: &params,
             };
-            (entry.inbound_subject.clone(), MsgId::Inbound(&message_sid), envelope::encode(&inbound))
+            (entry.local.inbound.clone(), MsgId::Inbound(&message_sid), envelope::encode(&inbound))
         }
         Route::Status => {
             status = fields.get("MessageStatus").ok_or(missing("MessageStatus missing"))?.to_owned();
@@ -333,7 +296,7 @@ async fn accept(
                 status: status.clone(),
             };
             let payload = envelope::encode(&update);
-            (entry.status_subject.clone(), MsgId::Status { sid: &message_sid, status: &status }, payload)
+            (entry.local.status.clone(), MsgId::Status { sid: &message_sid, status: &status }, payload)
         }
     };
     let duplicate = publish(shared, subject, msg_id, payload).await?;
@@ -442,11 +405,11 @@ mod tests {
 
     #[test]
     fn finds_a_channel_by_token_and_nothing_by_a_near_miss() {
-        let channels = Channels::new(&[testkit::channel("")], &Topology::new("t"));
-        assert!(channels.find(testkit::PATH_TOKEN).is_some());
+        let channels = channels(vec![testkit::channel("")], &Topology::new("t"));
+        assert!(channels.find_token(testkit::PATH_TOKEN).is_some());
         let near = &testkit::PATH_TOKEN[..testkit::PATH_TOKEN.len() - 1];
-        assert!(channels.find(near).is_none());
-        assert!(channels.find("").is_none());
+        assert!(channels.find_token(near).is_none());
+        assert!(channels.find_token("").is_none());
     }
 
     #[test]

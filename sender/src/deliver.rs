@@ -109,10 +109,11 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     span.record("channel_id", out.channel_id.as_str());
     span.record("outbound_id", out.id.as_str());
     span.record("peer", out.to.masked());
-    let Some(channel) = ctx.channels.get(&out.channel_id).cloned() else {
+    let Some(live) = ctx.channels.get_fresh(&out.channel_id).await else {
         let reason = format!("channel {} is not configured in this sender", out.channel_id);
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
     };
+    let channel = &live.channel;
     if !Outbound::valid_id(&out.id) {
         let reason = "the outbound id is not 1-128 letters, digits, '_', '-' or '.'".to_owned();
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
@@ -187,7 +188,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
             }
         }
         let media: &[String] = if i == 0 { &out.media_urls } else { &[] };
-        match send_piece(ctx, msg, &channel, &out.to, piece, media, (i, n)).await {
+        match send_piece(ctx, msg, channel, &out.to, piece, media, (i, n)).await {
             Ok(created) => {
                 let sid = created.sid.unwrap_or_else(|| "unknown".to_owned());
                 remember_sent(ctx, &key, &sid).await;

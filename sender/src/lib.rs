@@ -31,15 +31,14 @@ pub mod sms;
 pub mod status;
 pub mod twilio;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
-use smsgate_shared::config::{Channel, Config, Delivery, Settings};
+use smsgate_shared::channels::{Registry, RuntimeSource};
+use smsgate_shared::config::{Config, Delivery, Settings};
 use smsgate_shared::consume::{self, Limits, Runtime};
-use smsgate_shared::domain::ChannelId;
 use smsgate_shared::ops::OpsServer;
 use smsgate_shared::topology::{self, Bus, Topology};
 use tokio_util::sync::CancellationToken;
@@ -156,7 +155,8 @@ pub enum Error {
 /// What every handler shares.
 pub struct Ctx {
     pub bus: Bus,
-    pub channels: HashMap<ChannelId, Arc<Channel>>,
+    /// The live channels (file and runtime).
+    pub channels: Registry<()>,
     pub twilio: TwilioClient,
     pub pacer: Pacer,
     pub tuning: Tuning,
@@ -168,7 +168,7 @@ pub struct App {
     ops: OpsServer,
     local_addr: SocketAddr,
     bus: Bus,
-    channels: HashMap<ChannelId, Arc<Channel>>,
+    channels: Registry<()>,
     twilio: TwilioClient,
     tuning: Tuning,
     limits: Limits,
@@ -217,7 +217,15 @@ impl App {
                 );
             }
         }
-        let channels = config.channels.into_iter().map(|c| (c.id.clone(), Arc::new(c))).collect();
+        let channels = Registry::new("sender", config.channels, |_| ());
+        channels.attach(RuntimeSource {
+            store: bus.channels.clone(),
+            key: settings.secret_key.clone(),
+            public_base_url: settings.public_base_url.clone(),
+        });
+        if let Err(e) = channels.reload().await {
+            tracing::warn!(error = %e, "cannot read the channels connected at run time yet");
+        }
         Ok(Self { ops, local_addr, bus, channels, twilio, tuning, limits, client, outbound, status })
     }
 
@@ -238,7 +246,13 @@ impl App {
             tuning: self.tuning,
             shutdown: shutdown.clone(),
         });
-        tracing::info!(addr = %self.local_addr, channels = ctx.channels.len(), outcome = "started", "sender running");
+        tracing::info!(
+            addr = %self.local_addr,
+            channels = ctx.channels.snapshot().len(),
+            outcome = "started",
+            "sender running"
+        );
+        let watch = tokio::spawn(ctx.channels.clone().watch(shutdown.clone()));
         let (outbound_alive, status_alive) = (self.limits.liveness("sender"), self.limits.liveness("status"));
         let ops = tokio::spawn(self.ops.serve(shutdown.clone(), vec![outbound_alive.clone(), status_alive.clone()]));
         let outbound = Runtime {
@@ -259,6 +273,7 @@ impl App {
         };
         let (outbound, status) = (outbound.run(shutdown.clone()), status.run(shutdown.clone()));
         tokio::join!(outbound, status);
+        watch.abort();
         let served = ops.await;
         tracing::info!(outcome = "stopped", "sender stopped");
         match served {

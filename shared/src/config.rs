@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use crate::domain::{AccountSid, ChannelId, E164};
 use crate::nats::NatsOptions;
+use crate::secret_key::SecretKey;
 
 /// The exit status for a bad configuration (`EX_CONFIG` is 78; smsgate's
 /// contract uses 64, `EX_USAGE`).
@@ -115,6 +117,9 @@ pub struct Settings {
     /// `SMSGATE_WORKER_HISTORY_CACHE` [10000]: conversations whose recent
     /// turns the worker keeps in memory (0: read the stream every time).
     pub worker_history_cache: usize,
+    /// `SMSGATE_SECRET_KEY`: seals the secrets of channels connected at run
+    /// time ([`crate::secret_key`]); without it they are refused.
+    pub secret_key: Option<Arc<SecretKey>>,
 }
 
 /// Default chat calls in flight per worker: a model call is a wait of
@@ -169,6 +174,13 @@ impl Settings {
                 "must be letters, digits, '_' or '-'",
             ));
         }
+        let secret_key = match env(crate::secret_key::ENV).filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => Some(Arc::new(
+                SecretKey::parse(&v)
+                    .map_err(|e| ConfigError::one("environment", None, crate::secret_key::ENV, e.to_string()))?,
+            )),
+        };
         let public_base_url = env("SMSGATE_PUBLIC_BASE_URL").filter(|v| !v.trim().is_empty());
         if let Some(u) = &public_base_url {
             check_base_url(u).map_err(|m| ConfigError::one("environment", None, "SMSGATE_PUBLIC_BASE_URL", m))?;
@@ -193,6 +205,7 @@ impl Settings {
             worker_ack_wait: Duration::from_secs(positive("SMSGATE_WORKER_ACK_WAIT_SECS", 30)? as u64),
             sender_ack_wait: Duration::from_secs(positive("SMSGATE_SENDER_ACK_WAIT_SECS", 60)? as u64),
             worker_history_cache: usize::try_from(num("SMSGATE_WORKER_HISTORY_CACHE", 10_000)?).unwrap_or(usize::MAX),
+            secret_key,
         })
     }
 
@@ -220,6 +233,7 @@ impl Settings {
             worker_ack_wait: Duration::from_secs(30),
             sender_ack_wait: Duration::from_secs(60),
             worker_history_cache: 10_000,
+            secret_key: None,
         }
     }
 }
@@ -772,6 +786,12 @@ pub fn parse_channels(
     env: Lookup<'_>,
     public_base_url: Option<&str>,
 ) -> Result<Vec<Channel>, ConfigError> {
+    validate_all(expand_channels(text, source, env)?, source, public_base_url)
+}
+
+/// A channel file's channel objects (any of the three shapes) with `${VAR}`
+/// expanded, not yet validated: what `smsgate channels connect` sends.
+pub fn expand_channels(text: &str, source: &str, env: Lookup<'_>) -> Result<Vec<Value>, ConfigError> {
     let root: Value = serde_json::from_str(text)
         .map_err(|e| ConfigError::one(source, None, "(file)", format!("not valid JSON: {e}")))?;
     let list = match root {
@@ -804,10 +824,50 @@ pub fn parse_channels(
         });
         expanded.push(item);
     }
+    if problems.is_empty() { Ok(expanded) } else { Err(ConfigError(problems)) }
+}
+
+/// One channel connected at run time (the admin API, or read back from
+/// `P_channels`): the same keys, defaults and validation as a channel of
+/// the file, with two differences. `${VAR}` is not expanded (the API must
+/// not read the server's environment; `smsgate channels connect` expands a
+/// file's variables from its own before sending), and keys smsgate does not
+/// know are dropped from the returned JSON rather than kept (a mistyped
+/// secret's key would otherwise be stored unencrypted). Returns the channel
+/// (its `unknown_keys` name what was dropped) and the JSON to store.
+pub fn parse_runtime_channel(
+    mut value: Value,
+    source: &str,
+    public_base_url: Option<&str>,
+) -> Result<(Channel, Value), ConfigError> {
+    if !value.is_object() {
+        return Err(ConfigError::one(source, None, "(channel)", "must be one channel object"));
+    }
+    let name = channel_label(&value, 0);
+    let mut problems = Vec::new();
+    let mut probe = value.clone();
+    expand_vars(&mut probe, "", &|_| None, &mut |key, _| {
+        problems.push(Problem {
+            source: source.to_owned(),
+            channel: Some(name.clone()),
+            key,
+            message: "holds ${...}: variables are expanded by `smsgate channels connect` from its environment, \
+                      never by the server"
+                .to_owned(),
+        })
+    });
     if !problems.is_empty() {
         return Err(ConfigError(problems));
     }
-    validate_all(expanded, source, public_base_url)
+    let mut channels = validate_all(vec![value.clone()], source, public_base_url)?;
+    let channel = channels.pop().ok_or_else(|| ConfigError::one(source, Some(&name), "(channel)", "is empty"))?;
+    if let Value::Object(top) = &mut value {
+        top.retain(|k, _| CHANNEL_KEYS.contains(&k.as_str()));
+        if let Some(Value::Object(config)) = top.get_mut("config") {
+            config.retain(|k, _| CONFIG_KEYS.contains(&k.as_str()));
+        }
+    }
+    Ok((channel, value))
 }
 
 fn channel_label(item: &Value, index: usize) -> String {

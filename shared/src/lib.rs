@@ -5,6 +5,12 @@
 //! - [`admin_token`]: where the admin token is kept when not set, for ingress and the CLI.
 //! - [`config`]: the environment ([`config::Settings`]) and the channel file
 //!   ([`config::Channel`]), validated at start (exit 64 on a bad one).
+//! - [`channels`]: the live channel set every service holds
+//!   ([`channels::Registry`]): the file's channels plus those connected at
+//!   run time in `P_channels`, picked up by watching the bucket; connecting
+//!   and disconnecting ([`channels::connect`], [`channels::disconnect`]).
+//! - [`secret_key`]: `SMSGATE_SECRET_KEY`, sealing runtime channels'
+//!   secrets with AES-256-GCM.
 //! - [`domain`]: newtypes that only hold valid values: [`domain::E164`],
 //!   [`domain::MessageSid`], [`domain::ChannelId`], [`domain::AccountSid`].
 //! - [`envelope`]: the versioned JSON payloads on the bus: an
@@ -37,6 +43,7 @@
 pub mod admin_token;
 pub mod bus;
 pub mod cas;
+pub mod channels;
 pub mod config;
 pub mod consume;
 pub mod domain;
@@ -47,6 +54,7 @@ pub mod nats;
 pub mod ops;
 pub mod redact;
 pub mod retry;
+pub mod secret_key;
 pub mod shutdown;
 pub mod signature;
 pub mod sse;

@@ -54,6 +54,20 @@ impl Stage {
     }
 }
 
+/// A channel's work-queue subjects, built once when the channel is loaded
+/// so the webhook path formats nothing.
+#[derive(Debug, Clone)]
+pub struct ChannelSubjects {
+    pub inbound: String,
+    pub status: String,
+}
+
+impl ChannelSubjects {
+    pub fn new(topology: &Topology, channel: &ChannelId) -> Self {
+        Self { inbound: topology.inbound_subject(channel), status: topology.status_subject(channel) }
+    }
+}
+
 /// Everything [`Topology::ensure`] opened, ready to use.
 #[derive(Clone)]
 pub struct Bus {
@@ -66,6 +80,8 @@ pub struct Bus {
     pub budget: kv::Store,
     /// Per-conversation state: the bot paused (human takeover).
     pub conversations: kv::Store,
+    /// Channels connected at run time, secrets sealed (`crate::channels`).
+    pub channels: kv::Store,
 }
 
 impl Topology {
@@ -129,6 +145,9 @@ impl Topology {
     }
     pub fn budget_bucket(&self) -> String {
         format!("{}_budget", self.upper)
+    }
+    pub fn channels_bucket(&self) -> String {
+        format!("{}_channels", self.upper)
     }
 
     pub fn inbound_subject(&self, channel: &ChannelId) -> String {
@@ -279,6 +298,7 @@ impl Topology {
             (self.sent_bucket(), SENT_TTL),
             (self.budget_bucket(), BUDGET_TTL),
             (self.conversations_bucket(), Duration::ZERO),
+            (self.channels_bucket(), Duration::ZERO),
         ] {
             self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
@@ -297,6 +317,7 @@ impl Topology {
             sent: next()?,
             budget: next()?,
             conversations: next()?,
+            channels: next()?,
         })
     }
 
@@ -362,6 +383,7 @@ impl Topology {
                 self.sent_bucket(),
                 self.budget_bucket(),
                 self.conversations_bucket(),
+                self.channels_bucket(),
             ]
             .map(|b| format!("KV_{b}")),
         );

@@ -19,7 +19,8 @@
 //! - [`chat`]: a stub of an OpenAI-compatible chat server and of an agent webhook.
 //! - This file: the test channel ([`channel`], [`channel_with_id`]) with its
 //!   credentials ([`ACCOUNT_SID`], [`AUTH_TOKEN`], [`PATH_TOKEN`],
-//!   [`FROM_NUMBER`]), and [`eventually`], polling until a condition holds.
+//!   [`FROM_NUMBER`]), its JSON for connecting at run time ([`channel_json`]),
+//!   a fresh [`secret_key`], and [`eventually`], polling until a condition holds.
 
 pub mod browser;
 pub mod chat;
@@ -51,18 +52,36 @@ pub fn channel(extra: &str) -> Channel {
 
 /// Like [`channel`] with another id and path token.
 pub fn channel_with_id(id: &str, path_token: &str, extra: &str) -> Channel {
+    match parse_channels(&channel_text(id, path_token, extra), "testkit", &|_| None, None) {
+        Ok(mut v) => v.remove(0),
+        Err(e) => panic!("test channel config is invalid: {e}"),
+    }
+}
+
+/// The JSON of [`channel_with_id`]: what a test connects at run time
+/// (`POST /api/v1/channels`).
+pub fn channel_json(id: &str, path_token: &str, extra: &str) -> serde_json::Value {
+    serde_json::from_str(&channel_text(id, path_token, extra))
+        .unwrap_or_else(|e| panic!("test channel JSON is invalid: {e}"))
+}
+
+fn channel_text(id: &str, path_token: &str, extra: &str) -> String {
     let comma = if extra.trim().is_empty() { "" } else { "," };
-    let text = format!(
+    format!(
         r#"{{"channel_id": "{id}", "config": {{
             "twilio_account_sid": "{ACCOUNT_SID}", "twilio_auth_token": "{AUTH_TOKEN}",
             "twilio_from_number": "{FROM_NUMBER}", "webhook_path_token": "{path_token}",
             "public_base_url": "http://127.0.0.1:8000", "chat": {{"kind": "echo"}},
             "limits": {{"replies_per_minute": 1000000, "replies_per_day": 1000000}}{comma} {extra} }} }}"#
-    );
-    match parse_channels(&text, "testkit", &|_| None, None) {
-        Ok(mut v) => v.remove(0),
-        Err(e) => panic!("test channel config is invalid: {e}"),
-    }
+    )
+}
+
+/// A fresh `SMSGATE_SECRET_KEY` for a test.
+pub fn secret_key() -> std::sync::Arc<smsgate_shared::secret_key::SecretKey> {
+    let text = smsgate_shared::secret_key::SecretKey::generate();
+    std::sync::Arc::new(
+        smsgate_shared::secret_key::SecretKey::parse(&text).unwrap_or_else(|e| panic!("generated key: {e}")),
+    )
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout`.

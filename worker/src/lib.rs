@@ -33,7 +33,6 @@ pub mod media;
 pub mod process;
 pub mod seen;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +41,7 @@ use async_nats::jetstream::{
     self,
     consumer::{PullConsumer, pull},
 };
+use smsgate_shared::channels::{Registry, RuntimeSource};
 use smsgate_shared::config::Config;
 use smsgate_shared::consume::{self, Limits, Runtime};
 use smsgate_shared::ops::OpsServer;
@@ -206,15 +206,21 @@ impl App {
             .user_agent(concat!("smsgate-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(Error::Http)?;
-        let mut channels = HashMap::new();
-        for channel in config.channels.into_iter() {
-            if !channel.enabled {
+        for channel in &config.channels {
+            if channel.enabled {
+                info!(channel_id = %channel.id, chat = channel.chat.kind(), "channel ready");
+            } else {
                 warn!(channel_id = %channel.id, "channel is disabled; its messages go to dead-letter");
-                continue;
             }
-            info!(channel_id = %channel.id, chat = channel.chat.kind(), "channel ready");
-            let chat = chat::ChatBackend::new(&channel.chat, &http);
-            channels.insert(channel.id.clone(), process::Lane { channel, chat });
+        }
+        let channels = Registry::new("worker", config.channels, move |c| chat::ChatBackend::new(&c.chat, &http));
+        channels.attach(RuntimeSource {
+            store: bus.channels.clone(),
+            key: config.settings.secret_key.clone(),
+            public_base_url: config.settings.public_base_url.clone(),
+        });
+        if let Err(e) = channels.reload().await {
+            warn!(error = %e, "cannot read the channels connected at run time yet");
         }
         // The budget counters and the rate-limit state share one bucket and one cache.
         let cells = Arc::new(smsgate_shared::cas::Cas::new(bus.budget));
@@ -247,6 +253,7 @@ impl App {
         let ops_stop = CancellationToken::new();
         let liveness = self.limits.liveness("worker");
         let ops = tokio::spawn(self.ops.serve(ops_stop.clone(), vec![liveness.clone()]));
+        let watch = tokio::spawn(self.processor.channels.clone().watch(shutdown.clone()));
         let runtime = Runtime {
             name: "worker",
             handler: self.processor,
@@ -256,6 +263,7 @@ impl App {
             liveness,
         };
         runtime.run(shutdown).await;
+        watch.abort();
         ops_stop.cancel();
         match ops.await {
             Ok(Ok(())) => Ok(()),

@@ -21,13 +21,12 @@
 //! 6. the reply is stored in `P_seen`, then published with `Nats-Msg-Id:
 //!    reply.<sid>`, then the entry is marked done, then the inbound is acked.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use serde_json::json;
 use smsgate_shared::bus::{self, Failure, MsgId};
-use smsgate_shared::config::Channel;
+use smsgate_shared::channels::{Live, Registry};
 use smsgate_shared::consume::{self, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{self, ConversationState, DecodeError, Inbound, NoteReason, Origin, Outbound};
@@ -103,17 +102,15 @@ impl Outcome {
     }
 }
 
-/// A channel as the worker needs it.
-pub struct Lane {
-    pub channel: Channel,
-    pub chat: ChatBackend,
-}
+/// A channel as the worker needs it: its chat backend built once.
+pub type Lane = Live<ChatBackend>;
 
 /// Everything processing needs, shared by every handler task.
 pub struct Processor {
     pub js: jetstream::Context,
     pub topology: Topology,
-    pub channels: HashMap<ChannelId, Lane>,
+    /// The live channels (file and runtime).
+    pub channels: Registry<ChatBackend>,
     pub seen: Seen,
     pub optout: kv::Store,
     /// `P_conversations`: conversations an operator has paused the bot for.
@@ -213,9 +210,13 @@ impl Processor {
             Ok(i) => i,
             Err(e) => return self.dead_letter_only(job, seq, e.to_string()).await,
         };
-        let Some(lane) = self.channels.get(&inbound.channel_id) else {
+        let Some(lane) = self.channels.get_fresh(&inbound.channel_id).await else {
             return self.dead_letter_only(job, seq, format!("channel {} is not configured", inbound.channel_id)).await;
         };
+        if !lane.channel.enabled {
+            return self.dead_letter_only(job, seq, format!("channel {} is disabled", inbound.channel_id)).await;
+        }
+        let lane = &*lane;
         let Ok(peer) = E164::parse(&inbound.from) else {
             return self.dead_letter_only(job, seq, "From is not an E.164 number".to_owned()).await;
         };
@@ -244,6 +245,7 @@ impl Processor {
         let (Some(lane), Ok(peer)) = (self.channels.get(&inbound.channel_id), E164::parse(&inbound.from)) else {
             return self.dead_letter_only(job, job.seq, reason).await;
         };
+        let lane = &*lane;
         let step = Step { p: self, job, inbound, lane, peer, seq: job.seq, delivered: job.delivered, last: true };
         let text = lane.channel.fallback_text.clone();
         step.reply(text, Origin::Fallback, Some(reason)).await
@@ -325,12 +327,12 @@ impl Step<'_> {
         };
 
         let keyword = keywords::classify(&self.inbound.body);
-        let wants_history = keyword.is_none() && self.lane.chat.history_turns() > 0;
+        let wants_history = keyword.is_none() && self.lane.local.history_turns() > 0;
         // The inbound entry goes in once: on a redelivery it may be there already.
         let recent = if wants_history || !is_new {
             Some(
                 p.history
-                    .recent(&self.inbound.channel_id, &self.peer, self.sid(), self.lane.chat.history_turns())
+                    .recent(&self.inbound.channel_id, &self.peer, self.sid(), self.lane.local.history_turns())
                     .await?,
             )
         } else {
@@ -412,7 +414,7 @@ impl Step<'_> {
     /// ([`crate::media`]), scaled for a model, each skip noted. `Err` is the
     /// delay after a transient failure that is worth another delivery.
     async fn attachments(&self) -> Result<Result<Vec<Attachment>, Duration>, Error> {
-        let (backend, channel) = (&self.lane.chat, &self.lane.channel);
+        let (backend, channel) = (&self.lane.local, &self.lane.channel);
         if !backend.wants_media() || self.inbound.media.is_empty() {
             return Ok(Ok(vec![]));
         }
@@ -487,7 +489,7 @@ impl Step<'_> {
     }
 
     async fn chat(&self, turns: &[crate::chat::Turn]) -> Result<(Disposition, Outcome), Error> {
-        let backend = &self.lane.chat;
+        let backend = &self.lane.local;
         let attachments = match self.attachments().await? {
             Ok(a) => a,
             Err(delay) => return Ok((Disposition::Retry(delay), Outcome::Retry)),

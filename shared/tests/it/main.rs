@@ -45,5 +45,6 @@ async fn inbound_publish_dedupes_on_message_id() {
     assert!(second.duplicate);
     assert_eq!(first.sequence, second.sequence);
 }
+mod channels;
 mod consume;
 mod secured;
