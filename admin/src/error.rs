@@ -21,6 +21,17 @@ pub enum AdminError {
     /// No such channel, conversation or dead letter: 404.
     #[error("{detail}")]
     NotFound { code: &'static str, detail: String },
+    /// The request clashes with what exists (a channel id or path token in
+    /// use, a file channel that cannot be removed): 409.
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// The server is not set up for this (no `SMSGATE_SECRET_KEY`): 412.
+    #[error("{detail}")]
+    NotSetUp { code: &'static str, detail: String },
+    /// Twilio refused or could not be reached while acting for the
+    /// operator: 502.
+    #[error("{detail}")]
+    Upstream { code: &'static str, detail: String },
     /// Missing or wrong bearer token: 401.
     #[error("a valid bearer token is required")]
     Unauthorized,
@@ -66,6 +77,9 @@ impl AdminError {
             Self::Refused { status, .. } => *status,
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::NotSetUp { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,7 +88,12 @@ impl AdminError {
 
     fn code(&self) -> &'static str {
         match self {
-            Self::Invalid { code, .. } | Self::NotFound { code, .. } | Self::Refused { code, .. } => code,
+            Self::Invalid { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Refused { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::NotSetUp { code, .. }
+            | Self::Upstream { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::Unavailable { .. } => "nats_unavailable",
             Self::Internal { .. } => "internal",
@@ -120,7 +139,20 @@ impl IntoResponse for AdminError {
                 }
                 text
             }
-            _ => self.to_string(),
+            // The guard logs its own refusals.
+            Self::Refused { .. } | Self::Unauthorized => self.to_string(),
+            _ => {
+                tracing::info!(
+                    service = "ingress",
+                    stage = "admin",
+                    status = status.as_u16(),
+                    code = self.code(),
+                    outcome = "refused",
+                    reason = %smsgate_shared::redact::third_party(&self.to_string(), 300),
+                    "admin request refused"
+                );
+                self.to_string()
+            }
         };
         let mut response = (status, Json(ErrorBody { code: self.code().to_owned(), detail })).into_response();
         if status == StatusCode::UNAUTHORIZED {

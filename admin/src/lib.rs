@@ -14,7 +14,9 @@
 //!   piece folded with its delivery statuses).
 //! - `takeover`: pause and resume the bot for one conversation (KV
 //!   `P_conversations`, a note in the conversation's history).
-//! - `channels`: the configured channels with their health.
+//! - `channels`: the channels (file and runtime) with their health;
+//!   connecting and disconnecting at run time (`smsgate_shared::channels`),
+//!   and each channel's status as Twilio has it, through [`twilio`].
 //! - `dead`: list and replay `P_DEAD`.
 //! - [`index`]: the conversation list's read model, kept in memory from the
 //!   history stream (one follower task per process).
@@ -38,6 +40,7 @@ pub mod index;
 mod messages;
 mod reader;
 mod takeover;
+pub mod twilio;
 
 use std::sync::Arc;
 
@@ -46,7 +49,7 @@ use axum::Router;
 use axum::http::header;
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::channels::Registry;
 use smsgate_shared::config::Channel;
@@ -57,7 +60,7 @@ use smsgate_shared::topology::{ChannelSubjects, Topology};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-pub use channels::{ChannelView, ChannelsView, NatsHealth};
+pub use channels::{ChannelStatus, ChannelView, ChannelsView, ConnectQuery, Disconnected, NatsHealth, WebhookView};
 pub use conversations::{Conversation, ConversationList, EntryView, EventView, PieceView};
 pub use dead::{DeadList, DeadView, Replayed};
 pub use error::{AdminError, ErrorBody, NATS_TIMEOUT};
@@ -87,11 +90,21 @@ pub struct AdminState {
     pub index: Arc<ConversationIndex>,
     /// Ends the long-lived answers (the event stream) at shutdown.
     pub shutdown: CancellationToken,
+    /// Twilio's Account and IncomingPhoneNumbers resources (channel status,
+    /// `set_webhook`).
+    pub twilio: twilio::Twilio,
 }
 
 impl AdminState {
     pub fn new(js: jetstream::Context, topology: Topology, channels: Registry<ChannelSubjects>) -> Self {
-        Self { js, topology, channels, index: Arc::default(), shutdown: CancellationToken::new() }
+        Self {
+            js,
+            topology,
+            channels,
+            index: Arc::default(),
+            shutdown: CancellationToken::new(),
+            twilio: twilio::Twilio::new(),
+        }
     }
 
     /// Starts what the admin side keeps up to date in the background (the
@@ -118,7 +131,9 @@ pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
         .route("/api/v1/conversations/{channel_id}/{peer}", get(conversations::read_conversation))
         .route("/api/v1/conversations/{channel_id}/{peer}/pause", post(takeover::pause_conversation))
         .route("/api/v1/conversations/{channel_id}/{peer}/resume", post(takeover::resume_conversation))
-        .route("/api/v1/channels", get(channels::list_channels))
+        .route("/api/v1/channels", get(channels::list_channels).post(channels::connect_channel))
+        .route("/api/v1/channels/{channel_id}", delete(channels::disconnect_channel))
+        .route("/api/v1/channels/{channel_id}/status", get(channels::channel_status))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead", get(dead::list_dead))
         .route("/api/v1/dead/{seq}/replay", post(dead::replay_dead))

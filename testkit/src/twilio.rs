@@ -19,7 +19,19 @@
 //!
 //! Every media request, authenticated or not, is recorded ([`TwilioStub::media_requests`]).
 //!
-//! Every request that passes authentication is recorded with its arrival
+//! The account and its numbers, for `GET /api/v1/channels/{id}/status` and
+//! connecting with `set_webhook`:
+//! - `GET /2010-04-01/Accounts/{Sid}.json`: the Account resource (`status`
+//!   `active` unless [`TwilioStub::set_account_status`] says otherwise);
+//! - `GET …/IncomingPhoneNumbers.json[?PhoneNumber=+1…]`: Twilio's page
+//!   shape (`incoming_phone_numbers`, `page`, `page_size`, `uri`, …) over
+//!   the numbers added with [`TwilioStub::add_number`];
+//! - `POST …/IncomingPhoneNumbers/{Sid}.json` (form `SmsUrl`, `SmsMethod`,
+//!   `VoiceUrl`, `VoiceMethod`): updates the number, answers it (200).
+//!
+//! All with the same Basic auth (401 / 20003) and a 404 / 20404 for another
+//! account or an unknown number. Every request to the Messages API that
+//! passes authentication is recorded with its arrival
 //! time ([`Call`]). Answers can be scripted: a FIFO queue of forced replies
 //! ([`TwilioStub::push`]), and a probabilistic [`Chaos`] mode for fault
 //! tests. A scripted or chaotic reply is chosen before the form is checked.
@@ -30,6 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Query;
 use axum::extract::{Path, RawForm, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -139,6 +152,18 @@ pub struct MediaRequest {
     pub authorized: bool,
 }
 
+/// A phone number of the stub's account (`IncomingPhoneNumbers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Number {
+    /// `PN` and 32 hex digits.
+    pub sid: String,
+    pub phone_number: String,
+    pub sms_url: String,
+    pub sms_method: String,
+    pub voice_url: String,
+    pub voice_method: String,
+}
+
 #[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
@@ -153,6 +178,10 @@ struct Inner {
     script: VecDeque<Reply>,
     chaos: Chaos,
     unauthorized: usize,
+    numbers: Vec<Number>,
+    account_status: Option<String>,
+    /// Updates of numbers, in order: (number sid, form).
+    number_updates: Vec<(String, Vec<(String, String)>)>,
 }
 
 struct StubState {
@@ -200,6 +229,9 @@ impl TwilioStub {
                 "/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{media}",
                 get(get_media).delete(delete_media),
             )
+            .route("/2010-04-01/Accounts/{file}", get(fetch_account))
+            .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json", get(list_numbers))
+            .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers/{file}", post(update_number))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -284,6 +316,36 @@ impl TwilioStub {
     /// How many authenticated requests so far (cheaper than `calls().len()`).
     pub fn call_count(&self) -> usize {
         self.state.lock().calls.len()
+    }
+
+    /// Adds a number to the account with its SMS webhook (voice: none);
+    /// returns its SID.
+    pub fn add_number(&self, phone_number: &str, sms_url: &str, sms_method: &str) -> String {
+        let sid = new_sid().replacen("SM", "PN", 1);
+        self.state.lock().numbers.push(Number {
+            sid: sid.clone(),
+            phone_number: phone_number.to_owned(),
+            sms_url: sms_url.to_owned(),
+            sms_method: sms_method.to_owned(),
+            voice_url: String::new(),
+            voice_method: "POST".to_owned(),
+        });
+        sid
+    }
+
+    /// The number as the stub holds it now.
+    pub fn number(&self, phone_number: &str) -> Option<Number> {
+        self.state.lock().numbers.iter().find(|n| n.phone_number == phone_number).cloned()
+    }
+
+    /// Every update of a number so far: (number SID, form pairs).
+    pub fn number_updates(&self) -> Vec<(String, Vec<(String, String)>)> {
+        self.state.lock().number_updates.clone()
+    }
+
+    /// The account's `status`: `active` (the default), `suspended`, `closed`.
+    pub fn set_account_status(&self, status: &str) {
+        self.state.lock().account_status = Some(status.to_owned());
     }
 
     /// How many requests failed authentication.
@@ -557,4 +619,156 @@ fn roll(chaos: &Chaos) -> Reply {
         return Reply::SlowCreated(chaos.slow_delay);
     }
     Reply::Created
+}
+
+/// Authentication and the account in the path, for the account's
+/// resources: the refusal, if any.
+fn refusal(headers: &HeaderMap, state: &StubState, account_sid: &str) -> Option<Response> {
+    if !authorized(headers, state) {
+        state.lock().unauthorized += 1;
+        return Some(error(401, 20003, "Authenticate"));
+    }
+    if account_sid != state.account_sid {
+        return Some(error(404, 20404, "The requested resource was not found"));
+    }
+    None
+}
+
+fn rfc2822_now() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc2822).unwrap_or_default()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// `GET /2010-04-01/Accounts/{Sid}.json`.
+async fn fetch_account(State(state): State<Arc<StubState>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+    let Some(sid) = file.strip_suffix(".json") else {
+        return error(404, 20404, "The requested resource was not found");
+    };
+    if let Some(r) = refusal(&headers, &state, sid) {
+        return r;
+    }
+    let status = state.lock().account_status.clone().unwrap_or_else(|| "active".to_owned());
+    let now = rfc2822_now();
+    let base = format!("/2010-04-01/Accounts/{sid}");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "auth_token": "[Redacted]",
+            "date_created": now,
+            "date_updated": now,
+            "friendly_name": "smsgate test account",
+            "owner_account_sid": sid,
+            "sid": sid,
+            "status": status,
+            "subresource_uris": {
+                "incoming_phone_numbers": format!("{base}/IncomingPhoneNumbers.json"),
+                "messages": format!("{base}/Messages.json"),
+            },
+            "type": "Full",
+            "uri": format!("{base}.json"),
+        }),
+    )
+}
+
+fn number_json(account_sid: &str, n: &Number) -> Value {
+    let now = rfc2822_now();
+    json!({
+        "account_sid": account_sid,
+        "address_requirements": "none",
+        "api_version": "2010-04-01",
+        "beta": false,
+        "capabilities": {"voice": true, "sms": true, "mms": true, "fax": false},
+        "date_created": now,
+        "date_updated": now,
+        "friendly_name": n.phone_number,
+        "origin": "twilio",
+        "phone_number": n.phone_number,
+        "sid": n.sid,
+        "sms_application_sid": "",
+        "sms_fallback_method": "POST",
+        "sms_fallback_url": "",
+        "sms_method": n.sms_method,
+        "sms_url": n.sms_url,
+        "status_callback": "",
+        "status_callback_method": "POST",
+        "status": "in-use",
+        "uri": format!("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers/{}.json", n.sid),
+        "voice_application_sid": null,
+        "voice_caller_id_lookup": false,
+        "voice_fallback_method": "POST",
+        "voice_fallback_url": null,
+        "voice_method": n.voice_method,
+        "voice_url": n.voice_url,
+    })
+}
+
+/// `GET /2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers.json[?PhoneNumber=]`.
+async fn list_numbers(
+    State(state): State<Arc<StubState>>,
+    Path(account_sid): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refusal(&headers, &state, &account_sid) {
+        return r;
+    }
+    let filter = query.get("PhoneNumber");
+    let numbers: Vec<Value> = state
+        .lock()
+        .numbers
+        .iter()
+        .filter(|n| filter.is_none_or(|f| *f == n.phone_number))
+        .map(|n| number_json(&account_sid, n))
+        .collect();
+    let uri = format!("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json?PageSize=50&Page=0");
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "end": numbers.len().saturating_sub(1),
+            "first_page_uri": uri,
+            "incoming_phone_numbers": numbers,
+            "next_page_uri": null,
+            "page": 0,
+            "page_size": 50,
+            "previous_page_uri": null,
+            "start": 0,
+            "uri": uri,
+        }),
+    )
+}
+
+/// `POST /2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers/{Sid}.json`.
+async fn update_number(
+    State(state): State<Arc<StubState>>,
+    Path((account_sid, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawForm(raw): RawForm,
+) -> Response {
+    if let Some(r) = refusal(&headers, &state, &account_sid) {
+        return r;
+    }
+    let sid = file.strip_suffix(".json").unwrap_or_default().to_owned();
+    let form: Vec<(String, String)> = form_urlencoded::parse(&raw).into_owned().collect();
+    let mut inner = state.lock();
+    let Some(number) = inner.numbers.iter_mut().find(|n| n.sid == sid) else {
+        return error(404, 20404, "The requested resource was not found");
+    };
+    for (key, value) in &form {
+        match key.as_str() {
+            "SmsUrl" => number.sms_url = value.clone(),
+            "SmsMethod" if matches!(value.as_str(), "GET" | "POST") => number.sms_method = value.clone(),
+            "VoiceUrl" => number.voice_url = value.clone(),
+            "VoiceMethod" if matches!(value.as_str(), "GET" | "POST") => number.voice_method = value.clone(),
+            "SmsMethod" | "VoiceMethod" => {
+                return error(400, 21205, "Method must be GET or POST");
+            }
+            _ => {}
+        }
+    }
+    let answer = number_json(&account_sid, number);
+    inner.number_updates.push((sid, form));
+    json_response(StatusCode::OK, &answer)
 }
