@@ -283,6 +283,11 @@ pub struct NatsHealth {
 #[derive(Debug, Deserialize)]
 pub struct ChannelView {
     pub channel_id: String,
+    /// `file` or `runtime` (absent from older ingresses).
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
     pub enabled: bool,
     pub from_number: Option<String>,
     pub messaging_service_sid: Option<String>,
@@ -292,6 +297,35 @@ pub struct ChannelView {
     pub health: String,
     #[serde(default)]
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Connected {
+    pub channel: ChannelView,
+    #[serde(default)]
+    pub ignored_keys: Vec<String>,
+    #[serde(default)]
+    pub webhook_set: Option<Webhook>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Webhook {
+    pub url: Option<String>,
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelStatus {
+    pub channel_id: String,
+    pub ok: bool,
+    pub verdict: String,
+    pub credentials_valid: Option<bool>,
+    pub account_status: Option<String>,
+    pub number: Option<String>,
+    pub number_found: Option<bool>,
+    pub sms: Option<Webhook>,
+    pub expected_sms: Webhook,
+    pub voice: Option<Webhook>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -121,20 +121,47 @@ pub enum Command {
     /// Validate a channel file (default: SMSGATE_CHANNELS, else the TWILIO_* variables).
     CheckConfig { file: Option<PathBuf> },
     /// Print a fresh random token (webhook path token, admin token).
-    GenToken,
+    GenToken {
+        /// Print a fresh SMSGATE_SECRET_KEY instead (32 random bytes, base64):
+        /// it encrypts the secrets of channels connected at run time.
+        #[arg(long)]
+        secret_key: bool,
+    },
     /// Print the webhook URL to paste into Twilio's console.
     WebhookUrl {
         /// The channel (may be left out when only one is configured).
         #[arg(long)]
         channel: Option<String>,
     },
-    /// List channels with their health, from the running ingress.
-    Channels,
+    /// List channels with their health, from the running ingress; connect,
+    /// disconnect and check channels at run time.
+    Channels {
+        #[command(subcommand)]
+        command: Option<ChannelsCommand>,
+    },
     /// Dead letters: what could not be processed.
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCommand {
+    /// Connect the channel(s) of a channel file without a restart. `${VAR}`
+    /// is read from this command's environment; the secrets are stored
+    /// encrypted with the services' SMSGATE_SECRET_KEY.
+    Connect {
+        file: PathBuf,
+        /// Also point the number's SMS webhook at smsgate in Twilio (URL and POST).
+        #[arg(long)]
+        set_webhook: bool,
+    },
+    /// Disconnect a channel connected at run time (file channels are read-only).
+    Disconnect { channel_id: String },
+    /// Ask Twilio about a channel: credentials, the number, its webhooks
+    /// against smsgate's. Exit 1 unless all is well.
+    Status { channel_id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,7 @@ use smsgate_shared::signature;
 use time::UtcOffset;
 
 use crate::api::{self, Admin};
-use crate::args::{Cli, Command, DeadCommand};
+use crate::args::{ChannelsCommand, Cli, Command, DeadCommand};
 use crate::error::CliError;
 use crate::render;
 
@@ -23,8 +23,12 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     let json = cli.json;
     let admin = || Admin::new(&cli.admin_url, cli.token.clone().or_else(api::stored_token));
     match cli.command {
-        Command::GenToken => {
-            println!("{}", config::generate_token());
+        Command::GenToken { secret_key } => {
+            if secret_key {
+                println!("{}", smsgate_shared::secret_key::SecretKey::generate());
+            } else {
+                println!("{}", config::generate_token());
+            }
             Ok(())
         }
         Command::CheckConfig { file } => check_config(file.as_deref(), json),
@@ -135,7 +139,34 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
         Command::Resume { channel, peer } => {
             takeover(&admin()?, (&channel, &peer), "resume", json!({}), (json, offset)).await
         }
-        Command::Channels => {
+        Command::Channels { command: Some(ChannelsCommand::Connect { file, set_webhook }) } => {
+            connect_channels(&admin()?, &file, set_webhook, json).await
+        }
+        Command::Channels { command: Some(ChannelsCommand::Disconnect { channel_id }) } => {
+            let path = format!("/api/v1/channels/{}", channel_arg(&channel_id)?);
+            let answer = admin()?.call(Method::DELETE, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            println!("disconnected {channel_id}: ingress, worker and sender drop it within about a second");
+            Ok(())
+        }
+        Command::Channels { command: Some(ChannelsCommand::Status { channel_id }) } => {
+            let path = format!("/api/v1/channels/{}/status", channel_arg(&channel_id)?);
+            let answer = admin()?.call(Method::GET, &path, None).await?;
+            let status: api::ChannelStatus = api::parse(answer.clone())?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                print!("{}", render::channel_status(&status));
+            }
+            if status.ok {
+                Ok(())
+            } else {
+                Err(CliError::Failed(format!("channel {} is not ready: {}", status.channel_id, status.verdict)))
+            }
+        }
+        Command::Channels { command: None } => {
             let answer = admin()?.call(Method::GET, "/api/v1/channels", None).await?;
             if json {
                 return print_json(&answer);
@@ -152,6 +183,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
                 .map(|c| {
                     vec![
                         c.channel_id.clone(),
+                        c.source.clone().unwrap_or_default(),
                         if c.enabled { "yes" } else { "no" }.to_owned(),
                         c.from_number.clone().or_else(|| c.messaging_service_sid.clone()).unwrap_or_default(),
                         c.chat.clone(),
@@ -161,7 +193,10 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
                     ]
                 })
                 .collect();
-            print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "DEAD", "HEALTH"], &rows));
+            print!(
+                "{}",
+                render::table(&["CHANNEL", "SOURCE", "ENABLED", "FROM", "CHAT", "DELIVERY", "DEAD", "HEALTH"], &rows)
+            );
             for c in &view.channels {
                 for p in &c.problems {
                     println!("  {}: {p}", c.channel_id);
@@ -213,10 +248,62 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     }
 }
 
+/// `smsgate channels connect FILE`: the file is checked here first, as
+/// `check-config` would (exit 64 with every problem), with `${VAR}` read
+/// from this environment; each channel is then posted as it is.
+async fn connect_channels(admin: &Admin, file: &Path, set_webhook: bool, json: bool) -> Result<(), CliError> {
+    let source = file.display().to_string();
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::BadConfig(format!("{source}: cannot read the file: {e}")))?;
+    let env = |k: &str| std::env::var(k).ok();
+    let public_base_url = env("SMSGATE_PUBLIC_BASE_URL");
+    config::parse_channels(&text, &source, &env, public_base_url.as_deref())?;
+    let channels = config::expand_channels(&text, &source, &env)?;
+    let path = if set_webhook { "/api/v1/channels?set_webhook=true" } else { "/api/v1/channels" };
+    let mut answers = Vec::new();
+    for channel in &channels {
+        let answer = admin.call(Method::POST, path, Some(channel)).await?;
+        if !json {
+            let connected: api::Connected = api::parse(answer.clone())?;
+            let c = &connected.channel;
+            println!(
+                "connected {} (runtime): served by ingress, worker and sender within about a second",
+                c.channel_id
+            );
+            if let Some(url) = &c.webhook_url {
+                println!(
+                    "  webhook: {url}  (smsgate webhook-url cannot show runtime channels: the token is in {source})"
+                );
+            }
+            for key in &connected.ignored_keys {
+                println!("  warning: {key} is not a key smsgate knows; it was not stored");
+            }
+            match &connected.webhook_set {
+                Some(w) => println!(
+                    "  Twilio now sends this number's SMS to {} ({})",
+                    w.url.as_deref().unwrap_or("?"),
+                    w.method.as_deref().unwrap_or("?")
+                ),
+                None => println!("  check what Twilio has for the number: smsgate channels status {}", c.channel_id),
+            }
+        }
+        answers.push(answer);
+    }
+    if json {
+        return print_json(&Value::Array(answers));
+    }
+    Ok(())
+}
+
 fn print_json(value: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{text}");
     Ok(())
+}
+
+/// A channel id given as an argument (it goes into the URL path as it is).
+fn channel_arg(s: &str) -> Result<ChannelId, CliError> {
+    ChannelId::parse(s).map_err(|e| CliError::Usage(format!("CHANNEL_ID: {}", e.reason)))
 }
 
 fn channel_id(s: &str) -> Result<ChannelId, CliError> {
@@ -347,7 +434,7 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
             ]
         })
         .collect();
-    print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
+    print!("{}", render::table(&["CHANNEL", "SOURCE", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
     for c in channels {
         println!(
             "{}: at most {} replies a minute, {} a UTC day; replies to calling codes {}",

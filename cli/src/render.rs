@@ -163,6 +163,33 @@ fn push_message(out: &mut String, prefix: &str, body: &str, suffix: &str) {
     out.push('\n');
 }
 
+/// `smsgate channels status`: the verdict first, then what Twilio has.
+pub fn channel_status(s: &crate::api::ChannelStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: {}", s.channel_id, s.verdict);
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "not checked",
+    };
+    let hook = |w: Option<&crate::api::Webhook>| match w {
+        Some(w) => format!("{} ({})", w.url.as_deref().unwrap_or("none"), w.method.as_deref().unwrap_or("?")),
+        None => "not checked".to_owned(),
+    };
+    let _ = writeln!(out, "  credentials valid: {}", yes_no(s.credentials_valid));
+    if let Some(status) = &s.account_status {
+        let _ = writeln!(out, "  account:           {status}");
+    }
+    if let Some(number) = &s.number {
+        let _ = writeln!(out, "  number:            {number} (in the account: {})", yes_no(s.number_found));
+    }
+    let _ = writeln!(out, "  SMS webhook:       {}", hook(s.sms.as_ref()));
+    let _ = writeln!(out, "  smsgate needs:     {}", hook(Some(&s.expected_sms)));
+    let _ = writeln!(out, "  voice webhook:     {}", hook(s.voice.as_ref()));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use smsgate_shared::config::Config;
 use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,7 @@ impl Stack {
             ("SMSGATE_WORKER_ADDR", any.clone()),
             ("SMSGATE_SENDER_ADDR", any),
             ("XDG_STATE_HOME", state.path().display().to_string()),
+            ("SMSGATE_SECRET_KEY", smsgate_shared::secret_key::SecretKey::generate()),
         ]
         .into_iter()
         .chain(admin_token.then(|| ("SMSGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())))
@@ -334,4 +335,75 @@ async fn events_follow_the_pipeline_as_json_lines_and_the_list_pages() {
     let text = stdout(&out);
     assert!(text.contains(other) && !text.contains(PEER), "{text}");
     assert!(text.contains("→ hi") || text.contains("← hi"), "the last message shows: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_connected_at_run_time_is_answered_without_a_restart_and_goes_when_disconnected() {
+    let twilio = smsgate_testkit::twilio::TwilioStub::start().await;
+    let mut stack = Stack::start().await;
+    stack.env.push(("RT_AUTH_TOKEN".to_owned(), testkit::AUTH_TOKEN.to_owned()));
+    twilio.add_number(testkit::FROM_NUMBER, "https://old.example/sms", "GET");
+    let token = "runtime-stack-token-0123456789abcdefghij";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rt.json");
+    let channel = json!({"channel_id": "rt", "config": {
+        "twilio_account_sid": testkit::ACCOUNT_SID, "twilio_auth_token": "${RT_AUTH_TOKEN}",
+        "twilio_from_number": testkit::FROM_NUMBER, "webhook_path_token": token,
+        "twilio_api_base": twilio.base_url(), "chat": {"kind": "echo"}, "mps": 0}});
+    std::fs::write(&file, channel.to_string()).unwrap();
+
+    let out = stack.run(&["channels", "connect", file.to_str().unwrap(), "--set-webhook"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("connected rt (runtime)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Twilio now sends this number's SMS to https://sms.example.test/"),
+        "{}",
+        stdout(&out)
+    );
+    let out = stack.run(&["channels", "status", "rt"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).starts_with("rt: ok\n"), "{}", stdout(&out));
+
+    // A signed webhook to the new channel is taken by ingress and answered
+    // by the worker and the sender (through the Twilio stub): no restart.
+    let started = std::time::Instant::now();
+    let path = format!("/api/channels/sms/twilio/webhook/{token}");
+    let params = smsgate_shared::signature::inbound_sms_params(
+        testkit::ACCOUNT_SID,
+        testkit::FROM_NUMBER,
+        "SM0000000000000000000000000000rt01",
+        PEER,
+        "hello runtime",
+        0,
+    );
+    let signature =
+        smsgate_shared::signature::sign(testkit::AUTH_TOKEN, &format!("https://sms.example.test{path}"), &params);
+    let post = || async {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.iter()).finish();
+        reqwest::Client::new()
+            .post(format!("{}{path}", stack.ingress_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(smsgate_shared::signature::HEADER, &signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(post().await, reqwest::StatusCode::OK);
+    let sent = twilio.wait_for_calls(1, Duration::from_secs(10)).await;
+    assert_eq!((sent[0].get("To"), sent[0].get("Body")), (Some(PEER), Some("hello runtime")));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+
+    let out = stack.run(&["channels"]).await;
+    assert!(stdout(&out).contains("runtime"), "{}", stdout(&out));
+    // The file's channel is read-only; the runtime one goes.
+    let out = stack.run(&["channels", "disconnect", "local"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    let out = stack.run(&["channels", "disconnect", "rt"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(post().await, reqwest::StatusCode::NOT_FOUND);
+    let out = stack.run(&["channels", "status", "rt"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
