@@ -6,8 +6,8 @@
 #
 # Environment (all optional): SMSGATE_NATS_URL, SMSGATE_CHANNELS,
 # SMSGATE_PUBLIC_BASE_URL, TWILIO_AUTH_TOKEN, SMS_WEBHOOK_PATH_TOKEN,
-# SMSGATE_ADMIN_TOKEN / SMSGATE_ADMIN_TOKEN_FILE, SMSGATE_PROFILE
-# (release|debug, default release).
+# SMSGATE_ADMIN_TOKEN / SMSGATE_ADMIN_TOKEN_FILE, SMSGATE_SECRET_KEY (else one
+# kept in .local/secret_key), SMSGATE_PROFILE (release|debug, default release).
 #
 # The admin API always needs its bearer token. Unless SMSGATE_ADMIN_TOKEN is
 # set, ingress generates one at first start into SMSGATE_ADMIN_TOKEN_FILE
@@ -44,6 +44,15 @@ if [ -z "${SMS_WEBHOOK_PATH_TOKEN:-}" ]; then
   SMS_WEBHOOK_PATH_TOKEN=$(cat "$state/path_token")
 fi
 export SMS_WEBHOOK_PATH_TOKEN
+if [ -z "${SMSGATE_SECRET_KEY:-}" ]; then
+  # Encrypts channels connected at run time (smsgate channels connect); one
+  # key per checkout, kept (readable only by you) so they survive restarts.
+  if [ ! -s "$state/secret_key" ]; then
+    (umask 077; head -c 32 /dev/urandom | base64 > "$state/secret_key")
+  fi
+  SMSGATE_SECRET_KEY=$(cat "$state/secret_key")
+fi
+export SMSGATE_SECRET_KEY
 # The same place ingress and the CLI look by default, made explicit.
 export SMSGATE_ADMIN_TOKEN_FILE="${SMSGATE_ADMIN_TOKEN_FILE:-${XDG_STATE_HOME:-$HOME/.local/state}/smsgate/admin-token}"
 export SMSGATE_LOG_FORMAT="${SMSGATE_LOG_FORMAT:-pretty}"

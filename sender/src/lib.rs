@@ -20,6 +20,9 @@
 //! - [`status`]: a `StatusUpdate` from `P_STATUS`: compare-and-set of the
 //!   piece's state in `P_sent` (never backwards) → history entry → ack.
 //! - history entries and dead letters go through `smsgate_shared::bus`.
+//! - the channels: a live [`smsgate_shared::channels::Registry`] (the
+//!   file's plus those connected at run time, followed in `P_channels`); an
+//!   outbound for a channel not known yet re-reads the bucket first.
 //!
 //! A message's path: `P.outbound.<channel>` → the runtime (queue by
 //! (channel, to)) → [`deliver::Replies`] → [`sms::prepare`] → [`pacer`] →

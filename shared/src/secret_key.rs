@@ -1,6 +1,6 @@
 //! `SMSGATE_SECRET_KEY` and the secrets it seals: the credentials of
 //! channels connected at run time are kept in the `P_channels` bucket only as
-//! AES-256-GCM ciphertexts (docs/ARCHITECTURE.md §3.3).
+//! AES-256-GCM ciphertexts (docs/ARCHITECTURE.md §3.6).
 //!
 //! - The key is 32 random bytes, written as base64 (standard or URL-safe,
 //!   padded or not) or as 64 hex digits. `smsgate gen-token --secret-key`

@@ -11,7 +11,8 @@
 //!   with a temporary store, stopped and removed on drop, and
 //!   [`nats::NatsCluster`], three of them in one JetStream cluster.
 //! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format,
-//!   with media (MMS) served behind Basic auth and deletable.
+//!   with media (MMS) served behind Basic auth and deletable, and the
+//!   Account and IncomingPhoneNumbers resources (channel status, set_webhook).
 //! - [`twilio_spec`]: a request checked against Twilio's OpenAPI
 //!   description of `CreateMessage` (the spec in `shared/twilio/`).
 //! - [`media`]: a second server, Twilio's media store or any host that must

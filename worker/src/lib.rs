@@ -18,6 +18,11 @@
 //! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, marked done, and the inbound
 //! is acked. Failures go to `P_DEAD` with the fallback text sent.
 //!
+//! The channels are a live [`smsgate_shared::channels::Registry`] (the
+//! file's plus those connected at run time, followed in `P_channels`), each
+//! with its chat backend built once; a message for a channel this worker
+//! does not know yet re-reads the bucket before it is dead-lettered.
+//!
 //! [`App`] is the one seam for `main` and the tests: it binds the ops
 //! listener (`/api/health`, `/metrics`), connects NATS, ensures the topology,
 //! and runs until its cancellation token is cancelled. `main` uses the

@@ -1,5 +1,5 @@
 //! Channels connected at run time, and the one live channel set every
-//! service holds (docs/ARCHITECTURE.md §3.3).
+//! service holds (docs/ARCHITECTURE.md §3.6).
 //!
 //! - [`registry`]: [`Registry`], the file's channels plus the runtime ones,
 //!   re-read whenever `P_channels` changes. ingress finds a channel by path
