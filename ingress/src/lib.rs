@@ -35,7 +35,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use smsgate_shared::channels::RuntimeSource;
-use smsgate_shared::config::Config;
+use smsgate_shared::config::{Config, Settings};
 use smsgate_shared::topology::Topology;
 use smsgate_shared::{ops, telemetry};
 use tokio::net::TcpListener;
@@ -78,9 +78,9 @@ pub struct Shared {
     pub topology: Topology,
     /// The live channels (file and runtime), shared with the admin API.
     pub channels: webhook::Channels,
-    /// `SMSGATE_SECRET_KEY`, for reading runtime channels.
-    pub secret_key: Option<Arc<smsgate_shared::secret_key::SecretKey>>,
-    pub public_base_url: Option<String>,
+    /// For reading runtime channels once NATS is there
+    /// (`SMSGATE_SECRET_KEY`, `SMSGATE_PUBLIC_BASE_URL`).
+    pub settings: Settings,
     pub metrics: webhook::Metrics,
     /// Set once every stream exists.
     pub topology_ready: AtomicBool,
@@ -136,8 +136,7 @@ impl App {
             js: js.clone(),
             topology: topology.clone(),
             channels: channels.clone(),
-            secret_key: settings.secret_key.clone(),
-            public_base_url: settings.public_base_url.clone(),
+            settings: settings.clone(),
             metrics: webhook::Metrics::new(),
             topology_ready: AtomicBool::new(false),
             publish_timeout: PUBLISH_TIMEOUT,
@@ -239,14 +238,7 @@ async fn ensure_topology(shared: Arc<Shared>, shutdown: CancellationToken) {
                 shared.topology_ready.store(true, Ordering::Release);
                 tracing::info!(outcome = "ready", "JetStream topology in place");
                 // Runtime channels from now on: read them, then follow the bucket.
-                shared.channels.attach(RuntimeSource {
-                    store: bus.channels,
-                    key: shared.secret_key.clone(),
-                    public_base_url: shared.public_base_url.clone(),
-                });
-                if let Err(e) = shared.channels.reload().await {
-                    tracing::warn!(error = %e, "cannot read the channels connected at run time yet");
-                }
+                shared.channels.load(RuntimeSource::new(bus.channels, &shared.settings)).await;
                 tokio::spawn(shared.channels.clone().watch(shutdown));
                 return;
             }

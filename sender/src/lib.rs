@@ -221,14 +221,7 @@ impl App {
             }
         }
         let channels = Registry::new("sender", config.channels, |_| ());
-        channels.attach(RuntimeSource {
-            store: bus.channels.clone(),
-            key: settings.secret_key.clone(),
-            public_base_url: settings.public_base_url.clone(),
-        });
-        if let Err(e) = channels.reload().await {
-            tracing::warn!(error = %e, "cannot read the channels connected at run time yet");
-        }
+        channels.load(RuntimeSource::new(bus.channels.clone(), settings)).await;
         Ok(Self { ops, local_addr, bus, channels, twilio, tuning, limits, client, outbound, status })
     }
 

@@ -219,14 +219,7 @@ impl App {
             }
         }
         let channels = Registry::new("worker", config.channels, move |c| chat::ChatBackend::new(&c.chat, &http));
-        channels.attach(RuntimeSource {
-            store: bus.channels.clone(),
-            key: config.settings.secret_key.clone(),
-            public_base_url: config.settings.public_base_url.clone(),
-        });
-        if let Err(e) = channels.reload().await {
-            warn!(error = %e, "cannot read the channels connected at run time yet");
-        }
+        channels.load(RuntimeSource::new(bus.channels.clone(), &config.settings)).await;
         // The budget counters and the rate-limit state share one bucket and one cache.
         let cells = Arc::new(smsgate_shared::cas::Cas::new(bus.budget));
         let processor = Arc::new(Processor {

@@ -119,6 +119,13 @@ pub struct RuntimeSource {
     pub public_base_url: Option<String>,
 }
 
+impl RuntimeSource {
+    /// The bucket, with the key and default base URL of these settings.
+    pub fn new(store: kv::Store, settings: &crate::config::Settings) -> Self {
+        Self { store, key: settings.secret_key.clone(), public_base_url: settings.public_base_url.clone() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot read the channels bucket")]
@@ -179,6 +186,15 @@ impl<T: Send + Sync + 'static> Registry<T> {
     /// Reads runtime channels from `source` from now on (the first call wins).
     pub fn attach(&self, source: RuntimeSource) {
         let _ = self.inner.runtime.set(source);
+    }
+
+    /// Attaches `source` and reads it once; a failed read is logged (the
+    /// watch reads again), so a service starts with its file channels.
+    pub async fn load(&self, source: RuntimeSource) {
+        self.attach(source);
+        if let Err(e) = self.reload().await {
+            tracing::warn!(service = self.inner.service, error = %e, "cannot read the channels connected at run time yet");
+        }
     }
 
     /// The source attached, if any.
