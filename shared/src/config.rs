@@ -644,6 +644,9 @@ fn yes() -> bool {
     true
 }
 
+/// A new secret key here (or in [`ChatConfig`]) must also be listed in
+/// `channels::stored::SECRET_PATHS`, or a channel connected at run time
+/// would keep it unencrypted in `P_channels`.
 #[derive(Deserialize)]
 struct RawChannelConfig {
     twilio_account_sid: String,

@@ -1,6 +1,8 @@
 //! Checks a Messages API request against Twilio's own OpenAPI description
 //! of `CreateMessage` (`twilio_api_v2010.json`, from twilio/twilio-oai), so
-//! that what the sender posts is valid by the spec and not only by our stub.
+//! that what the sender posts is valid by the spec and not only by our stub;
+//! the same for `UpdateIncomingPhoneNumber` (the admin's `set_webhook`), and
+//! the stub's Account and IncomingPhoneNumber answers against their schemas.
 //! (A Prism mock of the spec refuses every `MediaUrl` with "must be array",
 //! a bug of its form decoding; hence this direct check.)
 //!
@@ -33,12 +35,53 @@ pub fn load_spec() -> Value {
 /// arrays only where the spec has them, each value of its type, format,
 /// length, pattern or enum. Returns every problem found.
 pub fn check_create_message(spec: &Value, account_sid: &str, form: &[(String, String)]) -> Result<(), Vec<String>> {
-    let op = &spec["paths"]["/2010-04-01/Accounts/{AccountSid}/Messages.json"]["post"];
-    assert_eq!(op["operationId"], "CreateMessage", "the spec has no CreateMessage where expected");
+    let path = "/2010-04-01/Accounts/{AccountSid}/Messages.json";
+    check_form(spec, (path, "CreateMessage"), &[("AccountSid", account_sid)], form)
+}
+
+/// The same for `UpdateIncomingPhoneNumber` (`POST …/IncomingPhoneNumbers/{Sid}.json`:
+/// what `set_webhook` posts).
+pub fn check_update_incoming_phone_number(
+    spec: &Value,
+    (account_sid, sid): (&str, &str),
+    form: &[(String, String)],
+) -> Result<(), Vec<String>> {
+    let path = "/2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers/{Sid}.json";
+    check_form(spec, (path, "UpdateIncomingPhoneNumber"), &[("AccountSid", account_sid), ("Sid", sid)], form)
+}
+
+/// Every key of `answer` is a property of the spec's schema `schema`
+/// (`api.v2010.account`, `api.v2010.account.incoming_phone_number`): a
+/// stub's answer has no field Twilio's lacks.
+pub fn check_answer_keys(spec: &Value, schema: &str, answer: &Value) -> Result<(), Vec<String>> {
+    let properties = &spec["components"]["schemas"][schema]["properties"];
+    assert!(properties.is_object(), "the spec has no schema {schema}");
+    let problems: Vec<String> = answer
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter(|k| properties.get(k.as_str()).is_none())
+        .map(|k| format!("{k} is not a field of {schema}"))
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+/// Checks a form-encoded operation: its path parameters and form fields.
+fn check_form(
+    spec: &Value,
+    (path, operation_id): (&str, &str),
+    parameters: &[(&str, &str)],
+    form: &[(String, String)],
+) -> Result<(), Vec<String>> {
+    let op = &spec["paths"][path]["post"];
+    assert_eq!(op["operationId"], operation_id, "the spec has no {operation_id} where expected");
     let schema = &op["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
     let mut problems = Vec::new();
-    if let Some(p) = op["parameters"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == "AccountSid")) {
-        check_value(spec, "AccountSid", &p["schema"], account_sid, &mut problems);
+    for (name, value) in parameters {
+        match op["parameters"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == *name)) {
+            Some(p) => check_value(spec, name, &p["schema"], value, &mut problems),
+            None => problems.push(format!("{name} is not a path parameter of {operation_id}")),
+        }
     }
     for required in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
         if !form.iter().any(|(k, _)| k == required) {
@@ -49,7 +92,7 @@ pub fn check_create_message(spec: &Value, account_sid: &str, form: &[(String, St
     let mut seen: Vec<&str> = Vec::new();
     for (key, value) in form {
         let Some(property) = properties.get(key) else {
-            problems.push(format!("{key} is not a CreateMessage parameter"));
+            problems.push(format!("{key} is not a {operation_id} parameter"));
             continue;
         };
         let property = resolve(spec, property);

@@ -267,8 +267,29 @@ async fn connecting_with_set_webhook_points_the_number_at_smsgate() {
     assert_eq!(v["webhook_set"]["method"], "POST", "{v}");
     let held = twilio.number(number).unwrap();
     assert_eq!((held.sms_url.as_str(), held.sms_method.as_str()), (ours(RT_TOKEN).as_str(), "POST"));
-    let (_, form) = twilio.number_updates().remove(0);
+    let (sid, form) = twilio.number_updates().remove(0);
     assert_eq!(form, [("SmsUrl".to_owned(), ours(RT_TOKEN)), ("SmsMethod".to_owned(), "POST".to_owned())]);
+    // What smsgate posted is valid by Twilio's spec, and what the stub
+    // answers has no field Twilio's resources lack.
+    let spec = testkit::twilio_spec::load_spec();
+    let update = testkit::twilio_spec::check_update_incoming_phone_number(&spec, (testkit::ACCOUNT_SID, &sid), &form);
+    assert_eq!(update, Ok(()));
+    let base = format!("{}/2010-04-01/Accounts/{}", twilio.base_url(), testkit::ACCOUNT_SID);
+    let get = |path: String| {
+        let (http, base) = (stack.http.clone(), base.clone());
+        async move {
+            let url = format!("{base}{path}");
+            let r = http.get(url).basic_auth(testkit::ACCOUNT_SID, Some(testkit::AUTH_TOKEN)).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let account = get(".json".to_owned()).await;
+    assert_eq!(testkit::twilio_spec::check_answer_keys(&spec, "api.v2010.account", &account), Ok(()));
+    let page = get(format!("/IncomingPhoneNumbers.json?PhoneNumber=%2B{}", &number[1..])).await;
+    assert_eq!(page["incoming_phone_numbers"].as_array().map(Vec::len), Some(1), "{page}");
+    let entry = &page["incoming_phone_numbers"][0];
+    let schema = "api.v2010.account.incoming_phone_number";
+    assert_eq!(testkit::twilio_spec::check_answer_keys(&spec, schema, entry), Ok(()));
     let (_, status) = stack.call(reqwest::Method::GET, "/api/v1/channels/hook/status", None).await;
     assert_eq!(status["verdict"], "ok", "{status}");
 
