@@ -2,6 +2,7 @@
 //! those connected at run time, kept current by watching `P_channels`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -145,6 +146,9 @@ struct Inner<T> {
     /// Serialises re-reads; remembers the (key, revision) pairs already
     /// logged as unusable, so a bad entry is reported once, not every resync.
     reload: tokio::sync::Mutex<HashSet<(String, u64)>>,
+    /// Re-reads begun so far: a caller that waited for the lock while
+    /// another re-read began has a fresh enough answer without its own.
+    reads_begun: AtomicU64,
 }
 
 /// The live channel set of one service: the file's channels, fixed, plus
@@ -179,6 +183,7 @@ impl<T: Send + Sync + 'static> Registry<T> {
                 prepare: Box::new(prepare),
                 runtime: OnceLock::new(),
                 reload: tokio::sync::Mutex::new(HashSet::new()),
+                reads_begun: AtomicU64::new(0),
             }),
         }
     }
@@ -222,8 +227,11 @@ impl<T: Send + Sync + 'static> Registry<T> {
         if let Some(found) = self.get(id) {
             return Some(found);
         }
+        // Many messages for one unknown channel arriving at once cost one
+        // re-read, not one each.
+        let asked = self.inner.reads_begun.load(Ordering::Acquire);
         if self.inner.runtime.get().is_some()
-            && let Err(e) = self.reload().await
+            && let Err(e) = self.refresh(Some(asked)).await
         {
             tracing::warn!(service = self.inner.service, error = %e, "cannot re-read the channels bucket");
         }
@@ -233,8 +241,18 @@ impl<T: Send + Sync + 'static> Registry<T> {
     /// Re-reads `P_channels` and swaps in the new set. Entries that did not
     /// change keep what was built from them.
     pub async fn reload(&self) -> Result<(), RegistryError> {
+        self.refresh(None).await
+    }
+
+    /// [`Registry::reload`]; with `asked` (the re-reads begun when the
+    /// caller asked), nothing when one has begun since.
+    async fn refresh(&self, asked: Option<u64>) -> Result<(), RegistryError> {
         let Some(source) = self.inner.runtime.get() else { return Ok(()) };
         let mut reported = self.inner.reload.lock().await;
+        if asked.is_some_and(|a| self.inner.reads_begun.load(Ordering::Acquire) > a) {
+            return Ok(());
+        }
+        self.inner.reads_begun.fetch_add(1, Ordering::AcqRel);
         let entries = tokio::time::timeout(RELOAD_TIMEOUT, read_all(&source.store))
             .await
             .map_err(|_| RegistryError::TimedOut)??;
