@@ -342,8 +342,28 @@ pub(crate) async fn channel_status(
         (Ok(_), Some(n)) => Some(state.twilio.find_number(&channel, n).await),
         _ => None,
     };
-    status.verdict = judge(&channel, expected_url.as_deref(), account, number, &mut status);
-    status.ok = status.verdict == "ok";
+    (status.ok, status.verdict) = match judge(&channel, expected_url.as_deref(), account, number, &mut status) {
+        Ok(()) => match (&channel.from_number, &channel.messaging_service_sid) {
+            (None, Some(service)) => (
+                true,
+                format!(
+                    "ok as far as smsgate can tell: credentials valid; this channel sends through Messaging Service \
+                     {service}, whose incoming webhook is set on the service (not checked)"
+                ),
+            ),
+            // The number is right, but a service with its own incoming
+            // webhook takes precedence over it (docs/TWILIO.md §9).
+            (Some(_), Some(service)) => (
+                true,
+                format!(
+                    "ok; this channel also names Messaging Service {service}: if that service has an incoming \
+                     webhook of its own, Twilio uses it instead of the number's"
+                ),
+            ),
+            _ => (true, "ok".to_owned()),
+        },
+        Err(verdict) => (false, verdict),
+    };
     tracing::info!(
         service = "ingress",
         stage = "admin",
@@ -355,15 +375,15 @@ pub(crate) async fn channel_status(
     Ok(Json(status))
 }
 
-/// The one-line verdict, from the first thing that is wrong; fills in what
-/// Twilio said on the way.
+/// The one-line verdict of the first thing that is wrong (`Err`), else
+/// `Ok`; fills in what Twilio said on the way.
 fn judge(
     channel: &Channel,
     expected_url: Option<&str>,
     account: Result<crate::twilio::Account, TwilioError>,
     number: Option<Result<Option<Number>, TwilioError>>,
     status: &mut ChannelStatus,
-) -> String {
+) -> Result<(), String> {
     let account = match account {
         Ok(a) => a,
         Err(e) if e.credentials_rejected() => {
@@ -372,32 +392,28 @@ fn judge(
                 TwilioError::Refused { code: Some(c), .. } => c,
                 _ => 20003,
             };
-            return format!(
+            return Err(format!(
                 "credentials rejected by Twilio ({code}): check config.twilio_account_sid and config.twilio_auth_token"
-            );
+            ));
         }
-        Err(e) => return format!("cannot check with Twilio: {e}"),
+        Err(e) => return Err(format!("cannot check with Twilio: {e}")),
     };
     status.credentials_valid = Some(true);
     status.account_status = Some(account.status.clone());
     if account.status != "active" {
-        return format!("the Twilio account {} is {}", channel.account_sid, account.status);
+        return Err(format!("the Twilio account {} is {}", channel.account_sid, account.status));
     }
-    let Some(number) = number else {
-        let service = channel.messaging_service_sid.as_deref().unwrap_or("(none)");
-        return format!(
-            "credentials valid; this channel sends through Messaging Service {service}, whose incoming webhook is set on \
-             the service in Twilio's console (not checked)"
-        );
-    };
+    // A channel with a Messaging Service and no number: nothing more to
+    // look at here (the service's webhook is not checked).
+    let Some(number) = number else { return Ok(()) };
     let found = match number {
         Ok(found) => found,
-        Err(e) => return format!("cannot look the number up in Twilio: {e}"),
+        Err(e) => return Err(format!("cannot look the number up in Twilio: {e}")),
     };
     let phone = status.number.clone().unwrap_or_default();
     let Some(found) = found else {
         status.number_found = Some(false);
-        return format!("{phone} is not a number of Twilio account {}", channel.account_sid);
+        return Err(format!("{phone} is not a number of Twilio account {}", channel.account_sid));
     };
     status.number_found = Some(true);
     status.number_sid = Some(found.sid.clone());
@@ -408,27 +424,29 @@ fn judge(
         method: found.voice_method.clone(),
     });
     let Some(expected) = expected_url else {
-        return "smsgate has no public base URL (set SMSGATE_PUBLIC_BASE_URL or config.public_base_url), so it \
-                cannot tell whether Twilio calls it"
-            .to_owned();
+        return Err("smsgate has no public base URL (set SMSGATE_PUBLIC_BASE_URL or config.public_base_url), so it \
+                    cannot tell whether Twilio calls it"
+            .to_owned());
     };
     let Some(sms_url) = sms_url else {
-        return format!("Twilio has no SMS webhook for {phone}; set it to {} (POST)", elide_token(expected));
+        return Err(format!("Twilio has no SMS webhook for {phone}; set it to {} (POST)", elide_token(expected)));
     };
     if !same_webhook(&sms_url, expected) {
         let shown = elide_token(&sms_url);
         let smsgate_path = url::Url::parse(sms_url.trim()).is_ok_and(|u| u.path().starts_with(WEBHOOK_PATH));
         if same_origin(&sms_url, expected) && smsgate_path {
-            return format!(
+            return Err(format!(
                 "Twilio sends this number's SMS to {shown}: smsgate, but with another path token than this channel's"
-            );
+            ));
         }
-        return format!("Twilio sends this number's SMS to {shown}, not to smsgate ({})", elide_token(expected));
+        return Err(format!("Twilio sends this number's SMS to {shown}, not to smsgate ({})", elide_token(expected)));
     }
     match found.sms_method.as_deref() {
-        Some(m) if m.eq_ignore_ascii_case("POST") => "ok".to_owned(),
-        Some(m) => format!("Twilio calls smsgate's webhook for this number with {m}; smsgate needs POST"),
-        None => "Twilio does not say which method it uses for this number's SMS webhook; smsgate needs POST".to_owned(),
+        Some(m) if m.eq_ignore_ascii_case("POST") => Ok(()),
+        Some(m) => Err(format!("Twilio calls smsgate's webhook for this number with {m}; smsgate needs POST")),
+        None => {
+            Err("Twilio does not say which method it uses for this number's SMS webhook; smsgate needs POST".to_owned())
+        }
     }
 }
 
