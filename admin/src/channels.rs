@@ -13,9 +13,10 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use smsgate_shared::channels::{self, ConnectError, DisconnectError, Live};
+use smsgate_shared::channels::{self, ConnectError, DisconnectError, Source};
 use smsgate_shared::config::{Channel, WEBHOOK_PATH, parse_runtime_channel};
 use smsgate_shared::redact::clip;
+use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::twilio::{Number, TwilioError};
@@ -69,15 +70,19 @@ pub(crate) async fn list_channels(State(state): State<AdminState>) -> Json<Chann
         .iter()
         .map(|live| {
             let dead_letters = dead_counts.as_ref().map(|m| m.get(live.channel.id.as_str()).copied().unwrap_or(0));
-            view(live, connected, streams_present, dead_letters)
+            view((&live.channel, live.source, live.connected_at), connected, streams_present, dead_letters)
         })
         .collect();
     Json(ChannelsView { nats: NatsHealth { connected, streams_present }, channels })
 }
 
 /// One channel's view and health.
-fn view<T>(live: &Live<T>, connected: bool, streams_present: bool, dead_letters: Option<u64>) -> ChannelView {
-    let c = &live.channel;
+fn view(
+    (c, source, connected_at): (&Channel, Source, Option<OffsetDateTime>),
+    connected: bool,
+    streams_present: bool,
+    dead_letters: Option<u64>,
+) -> ChannelView {
     let mut problems = Vec::new();
     if !connected {
         problems.push("NATS is not connected".to_owned());
@@ -104,8 +109,8 @@ fn view<T>(live: &Live<T>, connected: bool, streams_present: bool, dead_letters:
     };
     ChannelView {
         channel_id: c.id.to_string(),
-        source: live.source.as_str(),
-        connected_at: live.connected_at.and_then(|t| t.format(&Rfc3339).ok()),
+        source: source.as_str(),
+        connected_at: connected_at.and_then(|t| t.format(&Rfc3339).ok()),
         enabled: c.enabled,
         from_number: c.from_number.as_ref().map(ToString::to_string),
         messaging_service_sid: c.messaging_service_sid.clone(),
@@ -195,10 +200,6 @@ pub(crate) async fn connect_channel(
     }
     let webhook_set = if query.set_webhook { Some(set_webhook(&state, &channel).await?) } else { None };
     let connected = channels::connect(&state.channels, value).await.map_err(connect_error)?;
-    let live = state.channels.get(&connected.channel.id).ok_or_else(|| AdminError::Internal {
-        what: format!("channel {} was stored but is not served", connected.channel.id),
-        source: None,
-    })?;
     tracing::info!(
         service = "ingress",
         stage = "admin",
@@ -210,7 +211,7 @@ pub(crate) async fn connect_channel(
     Ok((
         StatusCode::CREATED,
         Json(ConnectedView {
-            channel: view(&live, true, true, Some(0)),
+            channel: view((&connected.channel, Source::Runtime, Some(connected.connected_at)), true, true, Some(0)),
             ignored_keys: connected.channel.unknown_keys,
             webhook_set,
         }),
