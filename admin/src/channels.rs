@@ -198,6 +198,12 @@ pub(crate) async fn connect_channel(
     if let Some(existing) = now.get(&channel.id) {
         return Err(connect_error(ConnectError::Exists { id: channel.id.to_string(), from: existing.source }));
     }
+    // Also a stored channel this process skips (it cannot open it): Twilio
+    // must not be touched for a connect that will be refused.
+    let stored = bounded("read the channels bucket", source.store.entry(channel.id.as_str())).await?;
+    if stored.is_some_and(|e| e.operation == async_nats::jetstream::kv::Operation::Put) {
+        return Err(connect_error(ConnectError::Exists { id: channel.id.to_string(), from: Source::Runtime }));
+    }
     let webhook_set = if query.set_webhook { Some(set_webhook(&state, &channel).await?) } else { None };
     let connected = channels::connect(&state.channels, value).await.map_err(connect_error)?;
     tracing::info!(
