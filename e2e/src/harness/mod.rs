@@ -46,6 +46,8 @@ pub use ledger::{Expect, Ledger, Report};
 pub const PUBLIC_BASE_URL: &str = "https://sms.example.test";
 /// The admin token every stack's ingress takes.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+/// `SMSGATE_SECRET_KEY` of every stack (32 bytes, hex).
+pub const SECRET_KEY: &str = "5e2e5e2e00112233445566778899aabbccddeeff00112233445566778899aabb";
 /// The channel id of the generated channel file.
 pub const CHANNEL_ID: &str = "e2e";
 
@@ -305,6 +307,8 @@ impl Stack {
             ("SMSGATE_LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", self.config.rust_log.clone()),
             ("SMSGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            // Channels connected at run time are sealed with it.
+            ("SMSGATE_SECRET_KEY", SECRET_KEY.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -505,6 +509,13 @@ impl Stack {
     /// kills and restarts things.
     pub fn poster(&self) -> Poster {
         Poster { http: self.http.clone(), url: self.ingress_url.clone() }
+    }
+
+    /// Posts to another channel's webhook path on this stack's ingress
+    /// (a channel connected at run time).
+    pub fn poster_for(&self, path_token: &str) -> Poster {
+        let base = self.ingress_url.strip_suffix(PATH_TOKEN).unwrap_or(&self.ingress_url);
+        Poster { http: self.http.clone(), url: format!("{base}{path_token}") }
     }
 
     /// Messages still stored in a work-queue stream (acked ones are gone).

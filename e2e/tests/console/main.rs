@@ -5,7 +5,9 @@
 //! One operator's session: sign in; a texted message and the bot's answer
 //! appear in the open conversation without a reload; pause, the next text
 //! shows but the model is not called, answer as the operator (it reaches
-//! Twilio), resume; replay a dead letter; a page of another origin on the
+//! Twilio), resume; replay a dead letter; connect a second number (its
+//! webhook set in Twilio, its status "ok", answered at once, no restart);
+//! a page of another origin on the
 //! same host cannot act with the operator's cookie. Screenshots of the main
 //! views at desktop and phone width go to `target/console-screenshots/` (not
 //! committed).
@@ -16,11 +18,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use smsgate_e2e::harness::{ADMIN_TOKEN, CHANNEL_ID, Stack, StackConfig};
+use smsgate_e2e::harness::{ADMIN_TOKEN, CHANNEL_ID, PUBLIC_BASE_URL, Stack, StackConfig};
+use smsgate_e2e::webhook::{Target, signed};
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, DeadLetter, Origin, Outbound};
 use smsgate_shared::topology::Stage;
 use smsgate_testkit::browser::Browser;
+use smsgate_testkit::{ACCOUNT_SID, AUTH_TOKEN};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -182,6 +186,54 @@ async fn an_operator_runs_a_conversation_from_the_console() {
     let sent = stack.twilio.wait_for_calls(3, Duration::from_secs(20)).await;
     assert!(sent.iter().any(|c| c.get("Body") == Some("Replayed from the console")), "{sent:?}");
     browser.wait_until("!document.querySelector('#dead .replay')", "the dead letter gone").await;
+
+    // Connect a second number from the console, pointing its webhook at us.
+    let number = "+15550002222";
+    let token = "console-connected-path-token-0123456789";
+    stack.twilio.add_number(number, "https://old.example/sms", "POST");
+    let channel = json!({"channel_id": "sales", "config": {
+        "twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN, "twilio_from_number": number,
+        "webhook_path_token": token, "public_base_url": PUBLIC_BASE_URL, "twilio_api_base": stack.twilio.base_url(),
+        "mps": 0, "chat": {"kind": "static", "reply": "Sales here, thanks!"},
+    }});
+    browser.click("#connect summary").await;
+    browser.eval("document.getElementById('connect-json').value = arguments[0];", json!([channel.to_string()])).await;
+    browser.click("#connect-webhook").await;
+    browser.click("#connect-button").await;
+    browser
+        .wait_until("document.getElementById('connect-result').textContent.startsWith('Connected sales.')", "connected")
+        .await;
+    let ours = format!("{PUBLIC_BASE_URL}{}{token}", smsgate_shared::config::WEBHOOK_PATH);
+    assert_eq!(stack.twilio.number(number).unwrap().sms_url, ours, "Twilio now sends the number's SMS to smsgate");
+    browser
+        .wait_until("document.querySelector(\"#channels li[data-channel='sales'] .status\")", "the new channel")
+        .await;
+    browser.click("#channels li[data-channel='sales'] .status").await;
+    browser
+        .wait_until(
+            "document.querySelector(\"#channels li[data-channel='sales'] .verdict\").textContent === 'ok'",
+            "Twilio's view of the new number: ok",
+        )
+        .await;
+    shoot(&browser, "5-channel-connected").await;
+    let target = Target {
+        public_url: ours.clone(),
+        auth_token: AUTH_TOKEN.to_owned(),
+        account_sid: ACCOUNT_SID.to_owned(),
+        to: number.to_owned(),
+    };
+    let hook = signed(&target, "SMconsole0003", "+14155550999", "Is this sales?");
+    let poster = stack.poster_for(token);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while poster.post(&hook).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the connected channel's webhook is accepted within seconds");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sent = stack.twilio.wait_for_calls(4, Duration::from_secs(20)).await;
+    assert!(
+        sent.iter().any(|c| c.get("Body") == Some("Sales here, thanks!") && c.get("From") == Some(number)),
+        "the new channel answered, no restart: {sent:?}"
+    );
 
     // Another origin on the same host, with the operator's cookie in the browser.
     let other = hostile_page(&stack.admin_url).await;
