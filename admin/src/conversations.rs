@@ -174,6 +174,20 @@ pub enum EventView {
         outbound_id: Option<String>,
         detail: String,
     },
+    Call {
+        call_sid: String,
+        status: String,
+        direction: String,
+        duration_secs: Option<u64>,
+        detail: Option<String>,
+    },
+    CallTurn {
+        call_sid: String,
+        turn: u32,
+        heard: String,
+        said: String,
+        origin: Origin,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +263,12 @@ impl DeliveryIndex {
             HistoryEvent::Status { sid, status, error_code } => EventView::Status { sid, status, error_code },
             HistoryEvent::Note { reason, message_sid, outbound_id, detail } => {
                 EventView::Note { reason, message_sid, outbound_id, detail }
+            }
+            HistoryEvent::Call { call_sid, status, direction, duration_secs, detail } => {
+                EventView::Call { call_sid, status, direction, duration_secs, detail }
+            }
+            HistoryEvent::CallTurn { call_sid, turn, heard, said, origin } => {
+                EventView::CallTurn { call_sid, turn, heard, said, origin }
             }
         };
         EntryView { seq, at: entry.at, event }

@@ -95,6 +95,9 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
             // was answered.
             NoteReason::MediaSkipped | NoteReason::MediaDeleted | NoteReason::MediaRefused => "message.media",
         },
+        HistoryEvent::Call { status, .. } if envelope::call_ended(status) => "call.ended",
+        HistoryEvent::Call { .. } => "call.started",
+        HistoryEvent::CallTurn { .. } => "call.turn",
     }
 }
 

@@ -164,7 +164,8 @@ impl ConversationIndex {
         let message = match &entry.event {
             HistoryEvent::Inbound { body, media, .. } => Some(("inbound", body, media.len())),
             HistoryEvent::Outbound { body, .. } => Some(("outbound", body, 0)),
-            HistoryEvent::Status { .. } | HistoryEvent::Note { .. } => None,
+            HistoryEvent::CallTurn { heard, .. } => Some(("call", heard, 0)),
+            HistoryEvent::Status { .. } | HistoryEvent::Note { .. } | HistoryEvent::Call { .. } => None,
         };
         if let Some((direction, body, media)) = message {
             summary.messages += 1;

@@ -89,6 +89,7 @@ impl SendRequest {
             in_reply_to: None,
             origin: Origin::Api,
             created_at: OffsetDateTime::now_utc(),
+            call: None,
         })
     }
 }

@@ -22,6 +22,7 @@
 //! read. Everything after the ack is the worker's and the sender's.
 
 pub mod serve;
+pub mod voice;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -89,6 +90,22 @@ pub struct Shared {
     pub store_wait: Duration,
     /// When the streams were last found present (or not).
     ready_cache: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// How the voice reply route waits ([`voice::VoiceTiming`]).
+    pub voice_timing: voice::VoiceTiming,
+    /// `P_calls`, opened on first use (the topology may not exist at start).
+    calls: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+}
+
+impl Shared {
+    /// The `P_calls` bucket, or None while it cannot be opened.
+    pub async fn calls(&self) -> Option<async_nats::jetstream::kv::Store> {
+        let open = || async {
+            self.js.get_key_value(self.topology.calls_bucket()).await.inspect_err(|e| {
+                tracing::warn!(error = e as &dyn std::error::Error, "cannot open the calls bucket");
+            })
+        };
+        self.calls.get_or_try_init(open).await.ok().cloned()
+    }
 }
 
 pub struct App {
@@ -142,6 +159,8 @@ impl App {
             publish_timeout: PUBLISH_TIMEOUT,
             store_wait: STORE_WAIT,
             ready_cache: tokio::sync::Mutex::new(None),
+            voice_timing: voice::VoiceTiming::default(),
+            calls: tokio::sync::OnceCell::new(),
         });
         let admin_at =
             admin_listener.local_addr().map_err(|source| Error::Bind { addr: settings.admin_addr, source })?;
@@ -153,6 +172,14 @@ impl App {
     /// Other limits for both listeners (tests shorten them).
     pub fn with_limits(mut self, limits: serve::Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Another wait for the voice reply route (tests shorten it).
+    pub fn with_voice_timing(mut self, timing: voice::VoiceTiming) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.voice_timing = timing;
+        }
         self
     }
 
@@ -196,12 +223,15 @@ impl App {
 /// The public routes: webhooks, status callbacks and health, nothing else
 /// (invariant 8 (docs/ARCHITECTURE.md §4); `/metrics` is on the admin listener).
 pub fn public_router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route(&format!("{}{{path_token}}", smsgate_shared::config::WEBHOOK_PATH), post(webhook::inbound))
         .route(&format!("{}{{path_token}}", smsgate_shared::config::STATUS_PATH), post(webhook::status))
         .route("/api/health", get(ops::health))
-        .route("/api/ready", get(ready))
-        .with_state(shared)
+        .route("/api/ready", get(ready));
+    for (path, handler) in voice::routes() {
+        router = router.route(&format!("{path}{{path_token}}"), handler);
+    }
+    router.with_state(shared)
 }
 
 /// Ready: NATS connected and every stream present (looked up at most once

@@ -83,7 +83,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    const fn new(status: StatusCode, reason: &'static str) -> Self {
+    pub(crate) const fn new(status: StatusCode, reason: &'static str) -> Self {
         Self { status, reason }
     }
 }
@@ -109,7 +109,7 @@ const NATS_DOWN: Rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "NA
 const ACK_TIMEOUT: Rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "JetStream did not ack in time");
 const PUBLISH_FAILED: Rejection = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "JetStream refused the publish");
 
-fn missing(field: &'static str) -> Rejection {
+pub(crate) fn missing(field: &'static str) -> Rejection {
     Rejection::new(StatusCode::BAD_REQUEST, field)
 }
 
@@ -153,37 +153,97 @@ pub async fn status(
 
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    checked(route.as_str(), shared, token, (uri, headers, body), |entry, body| async move {
+        let accepted = accept(route, shared, &entry, &body).await?;
+        shared.metrics.accepted(route == Route::Inbound).increment(1);
+        tracing::debug!(
+            route = route.as_str(),
+            channel_id = %entry.channel.id,
+            message_sid = %accepted.message_sid,
+            duplicate = accepted.duplicate,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            outcome = "accepted",
+            "webhook published"
+        );
+        Ok(match route {
+            Route::Inbound => twiml_response(EMPTY_TWIML.to_owned()),
+            Route::Status => StatusCode::OK.into_response(),
+        })
+    })
+    .await
+}
+
+/// Every Twilio route, SMS and voice: the checks in their order (path
+/// token 404 → channel on 404 → content type 415 → size 413 → signature 403),
+/// then `answer` with the channel and the verified body, then one log line
+/// and metric for a rejection.
+pub(crate) async fn checked<F, Fut>(
+    route: &'static str,
+    shared: &Shared,
+    token: &str,
+    (uri, headers, body): (&Uri, &HeaderMap, Body),
+    answer: F,
+) -> Response
+where
+    F: FnOnce(Arc<Entry>, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, Rejection>>,
+{
+    let started = Instant::now();
     let entry = shared.channels.find_token(token);
-    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str());
-    let result = match &entry {
+    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str()).to_owned();
+    let result = match entry {
         None => Err(UNKNOWN_TOKEN),
-        Some(entry) => accept(route, shared, entry, uri, headers, body).await,
+        Some(entry) => match verify(&entry.channel, uri, headers, body).await {
+            Ok(body) => answer(entry, body).await,
+            Err(rejection) => Err(rejection),
+        },
     };
+    finish(route, &channel_id, started, result)
+}
+
+/// The channel is on, the body a form within [`MAX_BODY`], and Twilio's
+/// signature over the URL it requested (query included) and every posted
+/// parameter matches, unless the channel skips it on purpose.
+async fn verify(channel: &Channel, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+    if !channel.enabled {
+        return Err(CHANNEL_DISABLED);
+    }
+    if !is_form(headers) {
+        return Err(NOT_A_FORM);
+    }
+    let body = read_body(headers, body).await?;
+    if !channel.insecure_skip_signature {
+        let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(&body).collect();
+        let signature = headers
+            .get(signature::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .ok_or(NO_SIGNATURE)?;
+        let url = signed_url(channel, uri, headers).ok_or(NO_URL)?;
+        if !signature::validate(channel.auth_token.expose_secret(), &url, &params, signature) {
+            return Err(BAD_SIGNATURE);
+        }
+    }
+    Ok(body)
+}
+
+/// A TwiML answer (`text/xml`).
+pub fn twiml_response(xml: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
+}
+
+/// Logs and counts a rejection (every one has its status code and a
+/// logged reason); an accepted answer goes out as it is.
+fn finish(route: &'static str, channel_id: &str, started: Instant, result: Result<Response, Rejection>) -> Response {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
-        Ok(accepted) => {
-            shared.metrics.accepted(route == Route::Inbound).increment(1);
-            tracing::debug!(
-                route = route.as_str(),
-                channel_id,
-                message_sid = %accepted.message_sid,
-                duplicate = accepted.duplicate,
-                latency_ms,
-                outcome = "accepted",
-                "webhook published"
-            );
-            match route {
-                Route::Inbound => ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response(),
-                Route::Status => StatusCode::OK.into_response(),
-            }
-        }
+        Ok(response) => response,
         Err(rejection) => {
             let outcome = outcome_label(rejection.status);
-            metrics::counter!("smsgate_ingress_requests_total", "route" => route.as_str(), "outcome" => outcome)
-                .increment(1);
+            metrics::counter!("smsgate_ingress_requests_total", "route" => route, "outcome" => outcome).increment(1);
             if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(
-                    route = route.as_str(),
+                    route,
                     channel_id,
                     status = rejection.status.as_u16(),
                     reason = rejection.reason,
@@ -193,7 +253,7 @@ async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: 
                 );
             } else {
                 tracing::info!(
-                    route = route.as_str(),
+                    route,
                     channel_id,
                     status = rejection.status.as_u16(),
                     reason = rejection.reason,
@@ -224,43 +284,14 @@ struct Accepted {
     duplicate: bool,
 }
 
-async fn accept(
-    route: Route,
-    shared: &Shared,
-    entry: &Entry,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Accepted, Rejection> {
+async fn accept(route: Route, shared: &Shared, entry: &Entry, body: &Bytes) -> Result<Accepted, Rejection> {
     let channel = &entry.channel;
-    if !channel.enabled {
-        return Err(CHANNEL_DISABLED);
-    }
-    if !is_form(headers) {
-        return Err(NOT_A_FORM);
-    }
-    let body = read_body(headers, body).await?;
     // Borrowed from the body wherever nothing needed decoding.
-    let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(&body).collect();
-
-    if !channel.insecure_skip_signature {
-        let signature = headers
-            .get(signature::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .ok_or(NO_SIGNATURE)?;
-        let url = signed_url(channel, uri, headers).ok_or(NO_URL)?;
-        if !signature::validate(channel.auth_token.expose_secret(), &url, &params, signature) {
-            return Err(BAD_SIGNATURE);
-        }
-    }
-
+    let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(body).collect();
     let fields = Fields(&params);
     let message_sid = MessageSid::parse(fields.get("MessageSid").ok_or(missing("MessageSid missing"))?)
         .map_err(|_| missing("MessageSid malformed"))?;
-    if fields.get("AccountSid") != Some(channel.account_sid.as_str()) {
-        return Err(WRONG_ACCOUNT);
-    }
+    fields.check_account(channel)?;
     let now = OffsetDateTime::now_utc();
     // The status callback's id borrows its status from here.
     let status: String;
@@ -292,7 +323,7 @@ async fn accept(
                 error_code: fields.get("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned),
                 to: fields.get("To").map(str::to_owned),
                 received_at: now,
-                params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                params: fields.owned(),
                 status: status.clone(),
             };
             let payload = envelope::encode(&update);
@@ -308,7 +339,12 @@ async fn accept(
 /// "no stream found", or no ack in time) is tried again every 250 ms for up
 /// to `store_wait`; the message id makes a repeat harmless. Returns whether
 /// JetStream saw the id before (a repeated webhook).
-async fn publish(shared: &Shared, subject: String, msg_id: MsgId<'_>, payload: Bytes) -> Result<bool, Rejection> {
+pub(crate) async fn publish(
+    shared: &Shared,
+    subject: String,
+    msg_id: MsgId<'_>,
+    payload: Bytes,
+) -> Result<bool, Rejection> {
     let started = Instant::now();
     let deadline = started + shared.store_wait;
     for attempt in 0u32.. {
@@ -366,21 +402,37 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> 
 /// without one, the URL rebuilt from the proxy headers and Host.
 fn signed_url(channel: &Channel, uri: &Uri, headers: &HeaderMap) -> Option<String> {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Some(format!("{}{path_and_query}", public_base(channel, headers)?))
+}
+
+/// Where Twilio reaches us: the channel's public base URL, or the one the
+/// proxy headers and Host name. The URLs our TwiML names start with it.
+pub(crate) fn public_base(channel: &Channel, headers: &HeaderMap) -> Option<String> {
     if let Some(base) = &channel.public_base_url {
-        return Some(format!("{base}{path_and_query}"));
+        return Some(base.clone());
     }
     let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let proto = header_str("x-forwarded-proto").and_then(|p| p.split(',').next()).unwrap_or("http").trim();
     let host = header_str("x-forwarded-host").or_else(|| header_str("host"))?;
-    Some(format!("{proto}://{host}{path_and_query}"))
+    Some(format!("{proto}://{host}"))
 }
 
 /// Form fields by name (the first value of a repeated key).
-struct Fields<'a>(&'a [(Cow<'a, str>, Cow<'a, str>)]);
+pub(crate) struct Fields<'a>(pub(crate) &'a [(Cow<'a, str>, Cow<'a, str>)]);
 
 impl<'a> Fields<'a> {
-    fn get(&self, name: &str) -> Option<&'a str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_ref())
+    }
+
+    /// `AccountSid` must be the channel's (400).
+    pub(crate) fn check_account(&self, channel: &Channel) -> Result<(), Rejection> {
+        if self.get("AccountSid") == Some(channel.account_sid.as_str()) { Ok(()) } else { Err(WRONG_ACCOUNT) }
+    }
+
+    /// Every parameter, owned (what the envelope keeps).
+    pub(crate) fn owned(&self) -> Vec<(String, String)> {
+        self.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// MediaUrl{N} / MediaContentType{N}, N from 0 to NumMedia - 1 (at most 10).

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 use crate::consume::Stranded;
-use crate::domain::{ChannelId, E164, MessageSid};
+use crate::domain::{CallSid, ChannelId, E164, MessageSid};
 use crate::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason};
 use crate::topology::{Stage, Topology};
 
@@ -53,6 +53,12 @@ pub enum MsgId<'a> {
     /// History: an operator paused or resumed the bot,
     /// `takeover.<channel>.<digits>.<reason>.<unix ns>`: each action once.
     Takeover { conversation: &'a str, reason: NoteReason, at_ns: i128 },
+    /// History: a call's progress, `call.<CallSid>.<status>`: each status
+    /// of a call recorded once.
+    HistoryCall { call_sid: &'a CallSid, status: &'a str },
+    /// History: one turn of a call, `turn.<CallSid>.<n>`: a redelivered
+    /// turn is recorded once.
+    HistoryCallTurn { call_sid: &'a CallSid, turn: u32 },
     /// A dead letter: `dead.<stage>.<original subject>.<seq>`. One per
     /// stored message however often it is redelivered; a replay is a new
     /// stored message and may be dead-lettered again.
@@ -75,6 +81,8 @@ impl fmt::Display for MsgId<'_> {
             Self::Takeover { conversation, reason, at_ns } => {
                 write!(f, "takeover.{conversation}.{}.{at_ns}", reason.as_str())
             }
+            Self::HistoryCall { call_sid, status } => write!(f, "call.{call_sid}.{status}"),
+            Self::HistoryCallTurn { call_sid, turn } => write!(f, "turn.{call_sid}.{turn}"),
             Self::Dead { stage, subject, seq } => write!(f, "dead.{}.{subject}.{seq}", stage.as_str()),
         }
     }
@@ -208,6 +216,7 @@ mod tests {
     #[test]
     fn ids_keep_their_wire_format() {
         let sid = MessageSid::parse("SM0123456789abcdef0123456789abcdef").unwrap();
+        let call = CallSid::parse("CA0123456789abcdef0123456789abcdef").unwrap();
         let cases = [
             (MsgId::Inbound(&sid), "SM0123456789abcdef0123456789abcdef"),
             (MsgId::Status { sid: &sid, status: "delivered" }, "SM0123456789abcdef0123456789abcdef.delivered"),
@@ -225,6 +234,11 @@ mod tests {
             (MsgId::HistoryOutbound("reply.SM1"), "out.reply.SM1"),
             (MsgId::HistoryStatus { sid: &sid, status: "sent" }, "status.SM0123456789abcdef0123456789abcdef.sent"),
             (MsgId::Dead { stage: Stage::Worker, subject: "P.inbound.sms", seq: 3 }, "dead.worker.P.inbound.sms.3"),
+            (
+                MsgId::HistoryCall { call_sid: &call, status: "completed" },
+                "call.CA0123456789abcdef0123456789abcdef.completed",
+            ),
+            (MsgId::HistoryCallTurn { call_sid: &call, turn: 3 }, "turn.CA0123456789abcdef0123456789abcdef.3"),
         ];
         for (id, wire) in cases {
             assert_eq!(id.to_string(), wire);

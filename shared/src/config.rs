@@ -566,6 +566,8 @@ pub struct Channel {
     /// Delete each inbound media file from Twilio once the chat pipeline
     /// has had it (`DELETE …/Media/<MediaSid>.json`).
     pub delete_media_after_fetch: bool,
+    /// Voice calls on the number (`voice`).
+    pub voice: crate::voice::VoiceConfig,
     /// Keys of the channel's JSON that smsgate does not know, with a "did
     /// you mean" when one is close: logged as a warning at start and shown by
     /// `check-config`.
@@ -584,6 +586,17 @@ impl Channel {
     /// The URL the sender sets as `StatusCallback`.
     pub fn status_url(&self) -> Option<String> {
         self.public_base_url.as_ref().map(|b| format!("{b}{STATUS_PATH}{}", self.path_token.expose_secret()))
+    }
+
+    /// The URL to paste into the number's "A call comes in" (None without
+    /// a public base URL).
+    pub fn voice_url(&self) -> Option<String> {
+        self.voice_route(crate::voice::path::CALL)
+    }
+
+    /// `public_base_url` + one of [`crate::voice::path`] + the path token.
+    pub fn voice_route(&self, path: &str) -> Option<String> {
+        self.public_base_url.as_ref().map(|b| format!("{b}{path}{}", self.path_token.expose_secret()))
     }
 
     /// Whether `from` may talk to this channel (allow and block lists).
@@ -610,7 +623,7 @@ struct RawChannel {
 /// The keys of a channel object, for "did you mean".
 const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
 /// The keys of a channel's `config`, for "did you mean".
-const CONFIG_KEYS: [&str; 24] = [
+const CONFIG_KEYS: [&str; 25] = [
     "twilio_account_sid",
     "twilio_auth_token",
     "twilio_from_number",
@@ -635,6 +648,7 @@ const CONFIG_KEYS: [&str; 24] = [
     "insecure_skip_signature",
     "media",
     "delete_media_after_fetch",
+    "voice",
 ];
 
 fn default_manifest() -> String {
@@ -696,6 +710,9 @@ struct RawChannelConfig {
     media: Option<Value>,
     #[serde(default)]
     delete_media_after_fetch: bool,
+    /// Parsed separately so that its errors name `config.voice.<key>`.
+    #[serde(default)]
+    voice: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -1117,6 +1134,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
     for (key, message) in media.problems() {
         fail(&format!("config.media.{key}"), message);
     }
+    let voice = crate::voice::parse(c.voice, &mut fail);
     if !ok {
         return None;
     }
@@ -1148,6 +1166,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         insecure_skip_signature: c.insecure_skip_signature,
         media,
         delete_media_after_fetch: c.delete_media_after_fetch,
+        voice,
         unknown_keys,
     })
 }

@@ -139,6 +139,22 @@ impl MessageSid {
     }
 }
 
+/// A Twilio call SID: `CA` and 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallSid(String);
+string_newtype!(CallSid);
+
+impl CallSid {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let ok = s.len() == 34 && s.starts_with("CA") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(parse_error("CallSid", format!("{:?} is not CA and 32 hex digits", clip(s, 40))))
+        }
+    }
+}
+
 /// A channel id from the config: 1-64 letters, digits, `_` or `-` (it is a
 /// NATS subject token).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
-use crate::domain::{ChannelId, E164, MessageSid};
+use crate::domain::{CallSid, ChannelId, E164, MessageSid};
 
 /// The payload version this build writes and reads.
 pub const VERSION: u32 = 1;
@@ -70,6 +70,78 @@ pub struct Inbound {
     /// Every parameter Twilio posted, in order, known or not.
     #[serde(default)]
     pub params: Vec<(String, String)>,
+    /// Set when this comes from a voice call, not a text (docs/ARCHITECTURE.md §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallPart>,
+}
+
+/// What part of a call an [`Inbound`] carries. Its `message_sid` is made
+/// by [`CallPart::message_sid`], which is also its `Nats-Msg-Id` and its
+/// `P_seen` key: one stored copy per turn, voicemail and status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CallPart {
+    /// The caller's words (`body`) of turn `turn`: the reply is spoken,
+    /// through `P_calls`, not sent by SMS.
+    Turn { call_sid: CallSid, turn: u32 },
+    /// A voicemail's transcription (`body`): answered by SMS like a text.
+    Voicemail { call_sid: CallSid },
+    /// A call's progress: a status callback, an incoming call answered, a
+    /// forwarded call's end. Recorded in history, never answered.
+    Status {
+        call_sid: CallSid,
+        status: String,
+        /// Twilio's `Direction` (`inbound`, `outbound-api`, …).
+        direction: String,
+        #[serde(default)]
+        duration_secs: Option<u64>,
+        #[serde(default)]
+        detail: Option<String>,
+    },
+}
+
+impl CallPart {
+    pub fn call_sid(&self) -> &CallSid {
+        match self {
+            Self::Turn { call_sid, .. } | Self::Voicemail { call_sid } | Self::Status { call_sid, .. } => call_sid,
+        }
+    }
+
+    /// The inbound's id: `<CallSid>-t<turn>`, `<CallSid>-vm` or
+    /// `<CallSid>-<status>` (a status seen twice is stored once).
+    pub fn message_sid(&self) -> MessageSid {
+        let id = match self {
+            Self::Turn { call_sid, turn } => format!("{call_sid}-t{turn}"),
+            Self::Voicemail { call_sid } => format!("{call_sid}-vm"),
+            Self::Status { call_sid, status, .. } => format!("{call_sid}-{status}"),
+        };
+        MessageSid::parse(&id).unwrap_or_else(|e| unreachable!("a CallSid and a status token make a MessageSid: {e}"))
+    }
+}
+
+/// Twilio's call statuses that end a call.
+pub fn call_ended(status: &str) -> bool {
+    matches!(status, "completed" | "busy" | "no-answer" | "failed" | "canceled")
+}
+
+/// The reply of one call turn in `P_calls` (`Topology::call_key`), written
+/// once (`create`): by the worker with the reply, or by ingress with the
+/// fallback when the reply did not come in time; whichever is first is
+/// what the caller hears.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallReply {
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// What to say (already made speakable).
+    pub say: String,
+    /// Hang up after saying it (the caller said goodbye, or the model failed).
+    #[serde(default)]
+    pub end: bool,
+    pub origin: Origin,
+    /// `worker` or `ingress` (the turn timed out).
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 /// The same payload as [`Inbound`], written from borrowed parts: ingress
@@ -104,6 +176,8 @@ pub enum Origin {
     Fallback,
     /// Sent through the admin API.
     Api,
+    /// Said by ingress because a call turn's reply did not come in time.
+    Timeout,
 }
 
 /// A message to send (`P.outbound.<channel_id>`, `Nats-Msg-Id` = `id`).
@@ -123,6 +197,18 @@ pub struct Outbound {
     pub origin: Origin,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Set for an outbound call instead of an SMS: `body` is what to say
+    /// unless the call carries its own TwiML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<OutboundCall>,
+}
+
+/// What an outbound call plays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundCall {
+    /// The operator's own TwiML, sent as Twilio's `Twiml` parameter.
+    #[serde(default)]
+    pub twiml: Option<String>,
 }
 
 impl Outbound {
@@ -390,6 +476,21 @@ pub enum HistoryEvent {
         outbound_id: Option<String>,
         detail: String,
     },
+    /// A call's progress (event `call.started`, or `call.ended` when
+    /// [`call_ended`]): a status callback, an incoming call answered or
+    /// forwarded, an outbound call created.
+    Call {
+        call_sid: String,
+        status: String,
+        direction: String,
+        #[serde(default)]
+        duration_secs: Option<u64>,
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    /// One turn of a call (event `call.turn`): what the caller said and
+    /// what was said back (`origin` `chat`, `fallback` or `timeout`).
+    CallTurn { call_sid: String, turn: u32, heard: String, said: String, origin: Origin },
 }
 
 /// A conversation's state in the `P_conversations` bucket
@@ -521,6 +622,7 @@ mod tests {
             media: borrowed.media.clone(),
             received_at: inbound.received_at,
             params: vec![("Body".to_owned(), "hi there".to_owned())],
+            call: None,
         };
         assert_eq!(inbound, expected);
         assert_eq!(inbound.received_at.unix_timestamp(), at.unix_timestamp());
@@ -543,6 +645,25 @@ mod tests {
         assert_eq!(MessageStatus::parse("Delivered"), MessageStatus::Other);
         let failures: Vec<_> = MessageStatus::ALL.into_iter().filter(|s| s.is_failure()).map(|s| s.as_str()).collect();
         assert_eq!(failures, ["failed", "undelivered", "canceled"]);
+    }
+
+    #[test]
+    fn call_parts_make_distinct_message_sids() {
+        let call_sid = CallSid::parse("CA0123456789abcdef0123456789abcdef").unwrap();
+        let turn = CallPart::Turn { call_sid: call_sid.clone(), turn: 2 };
+        assert_eq!(turn.message_sid().as_str(), "CA0123456789abcdef0123456789abcdef-t2");
+        let vm = CallPart::Voicemail { call_sid: call_sid.clone() };
+        assert_eq!(vm.message_sid().as_str(), "CA0123456789abcdef0123456789abcdef-vm");
+        let status = CallPart::Status {
+            call_sid,
+            status: "no-answer".to_owned(),
+            direction: "outbound-api".to_owned(),
+            duration_secs: None,
+            detail: None,
+        };
+        assert_eq!(status.message_sid().as_str(), "CA0123456789abcdef0123456789abcdef-no-answer");
+        let json = serde_json::to_string(&turn).unwrap();
+        assert_eq!(json, r#"{"kind":"turn","call_sid":"CA0123456789abcdef0123456789abcdef","turn":2}"#);
     }
 
     #[test]

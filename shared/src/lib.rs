@@ -24,6 +24,9 @@
 //!   [`topology::Topology::ensure`], the one place that creates them.
 //! - [`media`]: MMS rules: which inbound media URLs may be fetched
 //!   ([`media::MediaRef`]), which media a reply may carry.
+//! - [`markdown`]: a model's reply as plain text (look-alikes, markdown).
+//! - [`twiml`]: the one XML-escaping TwiML writer, and replies made speakable.
+//! - [`voice`]: the channel's `voice` key and the voice routes.
 //! - [`redact`]: masking numbers and clipping third-party text for logs.
 //! - [`retry`]: the one `Retry-After` parser (seconds or an HTTP date).
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
@@ -49,6 +52,7 @@ pub mod consume;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod markdown;
 pub mod media;
 pub mod nats;
 pub mod ops;
@@ -60,3 +64,5 @@ pub mod signature;
 pub mod sse;
 pub mod telemetry;
 pub mod topology;
+pub mod twiml;
+pub mod voice;

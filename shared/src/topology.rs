@@ -21,6 +21,8 @@ pub const SEEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 pub const SENT_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// How long reply counters live: a day's window and some margin.
 pub const BUDGET_TTL: Duration = Duration::from_secs(2 * 86_400);
+/// How long a call turn's reply is kept (contract: `P_calls` max age 1 h).
+pub const CALLS_TTL: Duration = Duration::from_secs(3600);
 /// How long dead letters are kept.
 pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 86_400);
 
@@ -82,6 +84,8 @@ pub struct Bus {
     pub conversations: kv::Store,
     /// Channels connected at run time, secrets sealed (`crate::channels`).
     pub channels: kv::Store,
+    /// Voice: each call turn's reply, read by ingress to answer Twilio.
+    pub calls: kv::Store,
 }
 
 impl Topology {
@@ -149,6 +153,9 @@ impl Topology {
     pub fn channels_bucket(&self) -> String {
         format!("{}_channels", self.upper)
     }
+    pub fn calls_bucket(&self) -> String {
+        format!("{}_calls", self.upper)
+    }
 
     pub fn inbound_subject(&self, channel: &ChannelId) -> String {
         format!("{}.inbound.{channel}", self.prefix)
@@ -184,6 +191,11 @@ impl Topology {
     /// Key in the `seen` bucket for an inbound MessageSid.
     pub fn seen_key(sid: &crate::domain::MessageSid) -> String {
         sid.to_string()
+    }
+    /// Key in the `calls` bucket for the reply of a call's turn `n`:
+    /// `<CallSid>.<n>`.
+    pub fn call_key(call_sid: &crate::domain::CallSid, turn: u32) -> String {
+        format!("{call_sid}.{turn}")
     }
     /// Key in the `conversations` bucket for a conversation (the same shape
     /// as an opt-out key: `<channel>.<digits>`).
@@ -299,6 +311,7 @@ impl Topology {
             (self.budget_bucket(), BUDGET_TTL),
             (self.conversations_bucket(), Duration::ZERO),
             (self.channels_bucket(), Duration::ZERO),
+            (self.calls_bucket(), CALLS_TTL),
         ] {
             self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
@@ -318,6 +331,7 @@ impl Topology {
             budget: next()?,
             conversations: next()?,
             channels: next()?,
+            calls: next()?,
         })
     }
 
@@ -384,6 +398,7 @@ impl Topology {
                 self.budget_bucket(),
                 self.conversations_bucket(),
                 self.channels_bucket(),
+                self.calls_bucket(),
             ]
             .map(|b| format!("KV_{b}")),
         );

@@ -492,6 +492,7 @@ mod tests {
             media,
             received_at: OffsetDateTime::UNIX_EPOCH,
             params: vec![],
+            call: None,
         }
     }
 

@@ -248,26 +248,33 @@ fn remember(cached: &mut Cached, entry: HistoryEntry, keep: usize) {
         HistoryEvent::Inbound { message_sid, .. } => Some(message_sid.clone()),
         _ => None,
     };
-    if let Some(turn) = as_turn(entry) {
+    for turn in as_turns(entry) {
         if cached.turns.len() == keep {
             cached.turns.pop_front();
         }
-        cached.turns.push_back((sid, turn));
+        cached.turns.push_back((sid.clone(), turn));
     }
 }
 
-/// The turn an entry is, if it is one: a user's message (keywords excluded,
-/// they are not conversation) or a reply from the chat pipeline or an
-/// operator.
-fn as_turn(entry: HistoryEntry) -> Option<Turn> {
+/// The turns an entry is, if any: a user's message (keywords excluded,
+/// they are not conversation), a reply from the chat pipeline or an
+/// operator, or a call's turn (what the caller said and the spoken reply:
+/// texts and calls are one conversation).
+fn as_turns(entry: HistoryEntry) -> Vec<Turn> {
+    let at = entry.at;
     match entry.event {
         HistoryEvent::Inbound { body, media, .. } if keywords::classify(&body).is_none() => {
-            Some(Turn { role: Role::User, body, media, at: entry.at })
+            vec![Turn { role: Role::User, body, media, at }]
         }
         HistoryEvent::Outbound { body, origin: Origin::Chat | Origin::Api, .. } => {
-            Some(Turn { role: Role::Assistant, body, media: vec![], at: entry.at })
+            vec![Turn { role: Role::Assistant, body, media: vec![], at }]
         }
-        _ => None,
+        HistoryEvent::CallTurn { heard, said, origin: Origin::Chat, .. } => vec![
+            Turn { role: Role::User, body: heard, media: vec![], at },
+            Turn { role: Role::Assistant, body: said, media: vec![], at },
+        ],
+        HistoryEvent::CallTurn { heard, .. } => vec![Turn { role: Role::User, body: heard, media: vec![], at }],
+        _ => Vec::new(),
     }
 }
 

@@ -23,6 +23,11 @@
 //! with its chat backend built once; a message for a channel this worker
 //! does not know yet re-reads the bucket before it is dead-lettered.
 //!
+//! A voice call's parts arrive on the same stream ([`call`]): a turn is
+//! answered through the same chat pipeline into `P_calls` (ingress speaks
+//! it), a call's progress becomes history, a voicemail is a text whose reply
+//! is an SMS.
+//!
 //! [`App`] is the one seam for `main` and the tests: it binds the ops
 //! listener (`/api/health`, `/metrics`), connects NATS, ensures the topology,
 //! and runs until its cancellation token is cancelled. `main` uses the
@@ -30,6 +35,7 @@
 //! only, never a release build) it also reads the crash tests' pause hook.
 
 pub mod budget;
+pub mod call;
 pub mod chat;
 pub mod history;
 pub mod keywords;
@@ -85,6 +91,8 @@ pub enum Error {
     OptOut(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read or advance the channel's reply counters or the sender's rate limit")]
     Budget(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot read or write the calls bucket")]
+    Calls(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the conversation history")]
     HistoryRead(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("unexpected JetStream message: {0}")]
@@ -231,6 +239,7 @@ impl App {
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
             conversations: bus.conversations,
+            calls: bus.calls,
             limiter: limiter::Limiter::new(cells.clone()),
             budget: budget::Budget::new(cells),
             media: media::Fetcher::new().map_err(Error::Http)?,

@@ -76,6 +76,10 @@ pub enum Outcome {
     DeadLetter,
     /// NATS failed mid-way; the message comes back.
     Error,
+    /// A call's progress, recorded.
+    CallStatus,
+    /// A call turn whose reply came after ingress had spoken the fallback.
+    CallTurnLate,
 }
 
 impl Outcome {
@@ -98,6 +102,8 @@ impl Outcome {
             Self::Oversized => "oversized",
             Self::DeadLetter => "dead_letter",
             Self::Error => "error",
+            Self::CallStatus => "call_status",
+            Self::CallTurnLate => "call_turn_late",
         }
     }
 }
@@ -115,6 +121,8 @@ pub struct Processor {
     pub optout: kv::Store,
     /// `P_conversations`: conversations an operator has paused the bot for.
     pub conversations: kv::Store,
+    /// `P_calls`: each call turn's reply, for ingress to speak.
+    pub calls: kv::Store,
     pub history: History,
     pub limiter: Limiter,
     pub budget: Budget,
@@ -228,6 +236,12 @@ impl Processor {
             stage = "worker",
             delivered,
         );
+        if let Some(result) = crate::call::handle(self, job, inbound, lane, &peer).instrument(span.clone()).await {
+            if let Ok((_, outcome)) = &result {
+                span.in_scope(|| info!(outcome = outcome.as_str(), "call part processed"));
+            }
+            return result;
+        }
         let step = Step { p: self, job, inbound, lane, peer, seq, delivered, last: job.is_last() };
         let started = Instant::now();
         let result = step.run().instrument(span.clone()).await;
@@ -326,7 +340,8 @@ impl Step<'_> {
             Claim::New => true,
         };
 
-        let keyword = keywords::classify(&self.inbound.body);
+        // STOP-style keywords are for texts: a voicemail saying "stop" opts nobody out.
+        let keyword = if self.inbound.call.is_some() { None } else { keywords::classify(&self.inbound.body) };
         let wants_history = keyword.is_none() && self.lane.local.history_turns() > 0;
         // The inbound entry goes in once: on a redelivery it may be there already.
         let recent = if wants_history || !is_new {
@@ -628,6 +643,7 @@ impl Step<'_> {
             in_reply_to: Some(self.sid().clone()),
             origin: reply.origin,
             created_at: OffsetDateTime::now_utc(),
+            call: None,
         };
         let subject = p.topology.outbound_subject(&self.inbound.channel_id);
         bus::publish(&p.js, subject, MsgId::Outbound(&outbound.id), envelope::encode(&outbound))

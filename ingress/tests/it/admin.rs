@@ -118,6 +118,7 @@ fn outbound_json(id: &str) -> String {
         in_reply_to: None,
         origin: Origin::Chat,
         created_at: OffsetDateTime::now_utc(),
+        call: None,
     };
     String::from_utf8(envelope::encode(&o).to_vec()).unwrap()
 }

@@ -3,7 +3,7 @@
 //! (what each piece costs). Pure functions; [`prepare`] runs all three.
 
 pub mod gsm;
-pub mod normalize;
+pub use smsgate_shared::markdown as normalize;
 pub mod split;
 
 pub use gsm::{Count, Encoding, count};

@@ -188,6 +188,7 @@ pub fn outbound(id: &str, to: &E164, body: &str) -> Outbound {
         in_reply_to: Some(MessageSid::parse(&format!("SMin{}", id.replace('.', "_"))).unwrap()),
         origin: Origin::Chat,
         created_at: time::OffsetDateTime::now_utc(),
+        call: None,
     }
 }
 

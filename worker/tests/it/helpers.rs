@@ -166,6 +166,7 @@ pub fn inbound(channel: &str, sid: &str, from: &str, body: &str) -> Inbound {
         media: Vec::<Media>::new(),
         received_at: OffsetDateTime::now_utc(),
         params: vec![],
+        call: None,
     }
 }
 
@@ -237,6 +238,8 @@ pub fn kinds(entries: &[HistoryEntry]) -> Vec<String> {
             HistoryEvent::Note { reason, .. } => {
                 format!("note:{}", serde_json::to_value(reason).unwrap().as_str().unwrap())
             }
+            HistoryEvent::Call { status, .. } => format!("call:{status}"),
+            HistoryEvent::CallTurn { .. } => "call_turn".to_owned(),
         })
         .collect()
 }
