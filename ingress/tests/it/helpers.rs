@@ -33,9 +33,14 @@ impl TestApp {
     }
 
     pub async fn start_with(nats: &NatsServer, channel: Channel) -> Self {
+        Self::start_custom(nats, channel, |app| app).await
+    }
+
+    /// Like [`Self::start_with`], with the built App changed by `f` first.
+    pub async fn start_custom(nats: &NatsServer, channel: Channel, f: impl FnOnce(App) -> App) -> Self {
         let prefix = unique_prefix();
         let config = Config { settings: Settings::for_tests(&nats.url(), &prefix), channels: vec![channel.clone()] };
-        let app = App::build(config).await.expect("ingress builds");
+        let app = f(App::build(config).await.expect("ingress builds"));
         let addr = app.local_addr();
         let admin_addr = app.admin_addr();
         let shutdown = CancellationToken::new();

@@ -11,4 +11,5 @@ mod console;
 mod hardening;
 mod helpers;
 mod outage;
+mod voice;
 mod webhook;
