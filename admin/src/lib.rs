@@ -10,6 +10,8 @@
 //!   token, JSON writes), and [`AdminState`], what every handler reads.
 //! - `messages`: `POST /api/v1/messages` publishes an `Outbound` to
 //!   `P.outbound.<channel>` (the sender takes it from there).
+//! - `calls`: `POST /api/v1/calls` publishes an `Outbound` with `call` set
+//!   (the sender places it through Twilio's Calls API).
 //! - `conversations`: the list (a page of [`index`]) and one conversation (an ordered replay of its subject, each outbound
 //!   piece folded with its delivery statuses).
 //! - `takeover`: pause and resume the bot for one conversation (KV
@@ -29,6 +31,7 @@
 //! Every NATS call is bounded by [`NATS_TIMEOUT`] and answers 503 when NATS
 //! is down, so an operator's command never hangs.
 
+mod calls;
 mod channels;
 pub mod console;
 mod conversations;
@@ -60,6 +63,7 @@ use smsgate_shared::topology::{ChannelSubjects, Topology};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+pub use calls::CallRequest;
 pub use channels::{ChannelStatus, ChannelView, ChannelsView, ConnectQuery, Disconnected, NatsHealth, WebhookView};
 pub use conversations::{Conversation, ConversationList, EntryView, EventView, PieceView};
 pub use dead::{DeadList, DeadView, Replayed};
@@ -127,6 +131,7 @@ pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
         .route("/console.js", get(console::serve_file))
         .route("/console.css", get(console::serve_file))
         .route("/api/v1/messages", post(messages::send_message))
+        .route("/api/v1/calls", post(calls::place_call))
         .route("/api/v1/conversations", get(conversations::list_conversations))
         .route("/api/v1/conversations/{channel_id}/{peer}", get(conversations::read_conversation))
         .route("/api/v1/conversations/{channel_id}/{peer}/pause", post(takeover::pause_conversation))

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smsgate_shared::bus::{self, MsgId};
-use smsgate_shared::config::TWILIO_MAX_BODY;
+use smsgate_shared::config::{Channel, TWILIO_MAX_BODY};
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::{self, Origin, Outbound};
 use smsgate_shared::media::{OutboundMediaError, check_outbound_urls};
@@ -40,16 +40,41 @@ pub struct SendAccepted {
     pub duplicate: bool,
 }
 
+/// The channel named by a request, configured and enabled.
+pub(crate) fn enabled_channel(state: &AdminState, id: &str) -> Result<Channel, AdminError> {
+    let channel = state.channel(id).ok_or_else(|| {
+        AdminError::invalid("unknown_channel", format!("no channel {:?} is configured", clip(id, 64)))
+    })?;
+    if !channel.enabled {
+        return Err(AdminError::invalid("channel_disabled", format!("channel {} is disabled", channel.id)));
+    }
+    Ok(channel)
+}
+
+/// The recipient: an E.164 number.
+pub(crate) fn recipient(to: &str) -> Result<E164, AdminError> {
+    E164::parse(to.trim()).map_err(|e| AdminError::invalid("invalid_number", format!("to: {}", e.reason)))
+}
+
+/// The outbound id of a request: `api.<idempotency key>`, or a generated
+/// `api.<random>`; caller keys and generated ids alike live under `api.`.
+pub(crate) fn outbound_id(key: Option<String>) -> Result<String, AdminError> {
+    match key {
+        Some(key) if !Outbound::valid_id(&key) || !Outbound::valid_id(&Outbound::api_id(&key)) => {
+            Err(AdminError::invalid(
+                "invalid_idempotency_key",
+                "idempotency_key must be 1-124 letters, digits, '_', '-' or '.', not starting or ending with '.'",
+            ))
+        }
+        Some(key) => Ok(Outbound::api_id(&key)),
+        None => Ok(Outbound::api_id(&smsgate_shared::config::generate_token()[..24])),
+    }
+}
+
 impl SendRequest {
     fn validate(self, state: &AdminState) -> Result<Outbound, AdminError> {
-        let channel = state.channel(&self.channel_id).ok_or_else(|| {
-            AdminError::invalid("unknown_channel", format!("no channel {:?} is configured", clip(&self.channel_id, 64)))
-        })?;
-        if !channel.enabled {
-            return Err(AdminError::invalid("channel_disabled", format!("channel {} is disabled", channel.id)));
-        }
-        let to = E164::parse(self.to.trim())
-            .map_err(|e| AdminError::invalid("invalid_number", format!("to: {}", e.reason)))?;
+        let channel = enabled_channel(state, &self.channel_id)?;
+        let to = recipient(&self.to)?;
         if self.body.trim().is_empty() && self.media_urls.is_empty() {
             return Err(AdminError::invalid("empty_body", "body is empty (and there are no media_urls)"));
         }
@@ -68,17 +93,7 @@ impl SendRequest {
             };
             AdminError::invalid(code, e.to_string())
         })?;
-        // Caller keys and generated ids alike live under `api.`.
-        let id = match self.idempotency_key {
-            Some(key) if !Outbound::valid_id(&key) || !Outbound::valid_id(&Outbound::api_id(&key)) => {
-                return Err(AdminError::invalid(
-                    "invalid_idempotency_key",
-                    "idempotency_key must be 1-124 letters, digits, '_', '-' or '.', not starting or ending with '.'",
-                ));
-            }
-            Some(key) => Outbound::api_id(&key),
-            None => Outbound::api_id(&smsgate_shared::config::generate_token()[..24]),
-        };
+        let id = outbound_id(self.idempotency_key)?;
         Ok(Outbound {
             v: envelope::VERSION,
             id,
@@ -98,31 +113,47 @@ pub(crate) async fn send_message(
     State(state): State<AdminState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
-    let invalid = |e: serde_json::Error| {
-        AdminError::invalid("invalid_json", format!("the body is not a valid message request: {e}"))
-    };
-    // An object only: serde would also read a struct from a JSON array.
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
+    let request: SendRequest = json_object(&body, "message request")?;
+    let outbound = request.validate(&state)?;
+    publish_outbound(&state, &outbound, "message").await
+}
+
+/// A request body: one JSON object (serde would also read a struct from a
+/// JSON array) of the request's shape.
+pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, AdminError> {
+    let invalid =
+        |e: serde_json::Error| AdminError::invalid("invalid_json", format!("the body is not a valid {what}: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
     if !value.is_object() {
         return Err(AdminError::invalid("invalid_json", "the body must be a JSON object"));
     }
-    let request: SendRequest = serde_json::from_value(value).map_err(invalid)?;
-    let outbound = request.validate(&state)?;
+    serde_json::from_value(value).map_err(invalid)
+}
+
+/// Puts `outbound` on `P.outbound.<channel>` with its id as `Nats-Msg-Id`
+/// (a repeat within the window is stored once) and answers 202 `{id}`.
+pub(crate) async fn publish_outbound(
+    state: &AdminState,
+    outbound: &Outbound,
+    what: &'static str,
+) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
     state.require_nats()?;
     let subject = state.topology.outbound_subject(&outbound.channel_id);
     let id = MsgId::Outbound(&outbound.id);
     let ack =
-        bounded("publish to the outbound stream", bus::publish(&state.js, subject, id, envelope::encode(&outbound)))
+        bounded("publish to the outbound stream", bus::publish(&state.js, subject, id, envelope::encode(outbound)))
             .await?;
-    metrics::counter!("smsgate_admin_messages_total", "channel_id" => outbound.channel_id.to_string(), "outcome" => if ack.duplicate { "duplicate" } else { "accepted" }).increment(1);
+    let outcome = if ack.duplicate { "duplicate" } else { "accepted" };
+    metrics::counter!("smsgate_admin_messages_total", "channel_id" => outbound.channel_id.to_string(), "kind" => what, "outcome" => outcome).increment(1);
     tracing::info!(
         service = "ingress",
         stage = "admin",
         channel_id = %outbound.channel_id,
         peer = %outbound.to.masked(),
         outbound_id = %outbound.id,
-        outcome = if ack.duplicate { "duplicate" } else { "accepted" },
-        "message accepted for sending"
+        kind = what,
+        outcome,
+        "{what} accepted for sending"
     );
-    Ok((StatusCode::ACCEPTED, Json(SendAccepted { id: outbound.id, duplicate: ack.duplicate })))
+    Ok((StatusCode::ACCEPTED, Json(SendAccepted { id: outbound.id.clone(), duplicate: ack.duplicate })))
 }

@@ -40,6 +40,23 @@ pub enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Call a number and say a text (or play TwiML); the sender places the call.
+    Call {
+        #[arg(long)]
+        channel: String,
+        /// The number to call, E.164 (+14155550100).
+        #[arg(long)]
+        to: String,
+        /// What to say when the call is answered.
+        #[arg(long, required_unless_present = "twiml", conflicts_with = "twiml")]
+        say: Option<String>,
+        /// A TwiML document to play instead.
+        #[arg(long)]
+        twiml: Option<String>,
+        /// Calling twice with the same key calls once (within the duplicate window).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// List conversations, most recent first, one page at a time.
     Conversations {
         #[arg(long)]
@@ -132,6 +149,9 @@ pub enum Command {
         /// The channel (may be left out when only one is configured).
         #[arg(long)]
         channel: Option<String>,
+        /// The URL for the number's "A call comes in" instead.
+        #[arg(long)]
+        voice: bool,
     },
     /// List channels with their health, from the running ingress; connect,
     /// disconnect and check channels at run time.

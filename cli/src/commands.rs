@@ -32,7 +32,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckConfig { file } => check_config(file.as_deref(), json),
-        Command::WebhookUrl { channel } => webhook_url(channel.as_deref(), json),
+        Command::WebhookUrl { channel, voice } => webhook_url(channel.as_deref(), voice, json),
         Command::Simulate { channel, from, body, url, to, message_sid, media_urls } => {
             let s = Simulation { channel, from, body, url, to, message_sid, media_urls };
             simulate(s, json).await
@@ -43,16 +43,17 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
                 request["idempotency_key"] = Value::String(k);
             }
             let answer = admin()?.call(Method::POST, "/api/v1/messages", Some(&request)).await?;
-            if json {
-                return print_json(&answer);
+            print_accepted(answer, json, "sent")
+        }
+        Command::Call { channel, to, say, twiml, idempotency_key } => {
+            let mut request = json!({"channel_id": channel, "to": to});
+            for (key, value) in [("say", say), ("twiml", twiml), ("idempotency_key", idempotency_key)] {
+                if let Some(v) = value {
+                    request[key] = Value::String(v);
+                }
             }
-            let accepted: api::Accepted = api::parse(answer)?;
-            if accepted.duplicate {
-                println!("already accepted as {} (sent once, not again)", accepted.id);
-            } else {
-                println!("accepted: {}", accepted.id);
-            }
-            Ok(())
+            let answer = admin()?.call(Method::POST, "/api/v1/calls", Some(&request)).await?;
+            print_accepted(answer, json, "called")
         }
         Command::Conversations { channel, search, limit, cursor, all } => {
             let admin = admin()?;
@@ -450,10 +451,29 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn webhook_url(channel: Option<&str>, json: bool) -> Result<(), CliError> {
+/// The answer to a send or a call: 202 `{id, duplicate}`.
+fn print_accepted(answer: Value, json: bool, done: &str) -> Result<(), CliError> {
+    if json {
+        return print_json(&answer);
+    }
+    let accepted: api::Accepted = api::parse(answer)?;
+    if accepted.duplicate {
+        println!("already accepted as {} ({done} once, not again)", accepted.id);
+    } else {
+        println!("accepted: {}", accepted.id);
+    }
+    Ok(())
+}
+
+fn webhook_url(channel: Option<&str>, voice: bool, json: bool) -> Result<(), CliError> {
     let config = load_config(None)?;
     let c = pick_channel(&config.channels, channel)?;
-    let (Some(webhook), Some(status)) = (c.webhook_url(), c.status_url()) else {
+    let urls = if voice {
+        (c.voice_url(), c.voice_route(smsgate_shared::voice::path::STATUS))
+    } else {
+        (c.webhook_url(), c.status_url())
+    };
+    let (Some(webhook), Some(status)) = urls else {
         return Err(CliError::BadConfig(format!(
             "channel {}: no public base URL: set SMSGATE_PUBLIC_BASE_URL (your tunnel's https:// address) or the \
              channel's public_base_url",
@@ -462,6 +482,9 @@ fn webhook_url(channel: Option<&str>, json: bool) -> Result<(), CliError> {
     };
     if json {
         return print_json(&json!({"channel_id": c.id.as_str(), "webhook_url": webhook, "status_url": status}));
+    }
+    if voice && !c.voice.enabled {
+        eprintln!("note: channel {}: voice is not enabled (set \"voice\": {{\"enabled\": true}})", c.id);
     }
     println!("{webhook}");
     Ok(())

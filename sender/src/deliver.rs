@@ -90,7 +90,7 @@ impl Handler for Replies {
 }
 
 /// Why a piece was not sent.
-enum SendFailure {
+pub(crate) enum SendFailure {
     /// Shutdown while waiting.
     Interrupted,
     /// Worth another delivery later (429, connection errors).
@@ -144,6 +144,10 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         }
     }
 
+    if let Some(call) = &out.call {
+        return crate::call::place(ctx, d, &channel, &out, call).await;
+    }
+
     let prepared = if out.media_urls.is_empty() {
         sms::prepare(&out.body, channel.sms_max_len, channel.max_parts)
     } else {
@@ -188,7 +192,10 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
             }
         }
         let media: &[String] = if i == 0 { &out.media_urls } else { &[] };
-        match send_piece(ctx, msg, channel, &out.to, piece, media, (i, n)).await {
+        let status_url = channel.status_url();
+        let request =
+            NewMessage { to: &out.to, body: &piece.body, media_urls: media, status_callback: status_url.as_deref() };
+        match send_piece(ctx, msg, channel, Create::Piece(request, piece), (i, n)).await {
             Ok(created) => {
                 let sid = created.sid.unwrap_or_else(|| "unknown".to_owned());
                 remember_sent(ctx, &key, &sid).await;
@@ -199,7 +206,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
             }
             Err(SendFailure::Interrupted) => return Disposition::Release,
             Err(SendFailure::Retryable(e)) if !d.is_last() => {
-                let delay = ctx.tuning.redelivery_delay * u32::try_from(delivered.max(1)).unwrap_or(1);
+                let delay = redelivery_delay(ctx, delivered);
                 tracing::warn!(
                     piece = i + 1,
                     of = n,
@@ -240,10 +247,16 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     finish(ctx, &out, event, "delivered").await
 }
 
+/// How long a message Twilio could not take waits for its next delivery:
+/// longer with every delivery.
+pub(crate) fn redelivery_delay(ctx: &Ctx, delivered: i64) -> Duration {
+    ctx.tuning.redelivery_delay * u32::try_from(delivered.max(1)).unwrap_or(1)
+}
+
 /// Writes the Outbound history entry, then marks the message done so that a
 /// redelivery later than the history stream's duplicate window (2 min) does
 /// not write the entry twice.
-async fn finish(ctx: &Ctx, out: &Outbound, event: HistoryEvent, outcome: &str) -> Disposition {
+pub(crate) async fn finish(ctx: &Ctx, out: &Outbound, event: HistoryEvent, outcome: &str) -> Disposition {
     let disposition = history_then_ack(ctx, out, event, MsgId::HistoryOutbound(&out.id)).await;
     if disposition == Disposition::Ack {
         // If this never lands, only a late redelivery's duplicate history entry is at stake.
@@ -287,7 +300,7 @@ async fn history(ctx: &Ctx, out: &Outbound, id: MsgId<'_>, event: HistoryEvent) 
 }
 
 /// Records why `out` was not sent, then acks.
-async fn note_then_ack(ctx: &Ctx, out: &Outbound, reason: NoteReason, detail: &str) -> Disposition {
+pub(crate) async fn note_then_ack(ctx: &Ctx, out: &Outbound, reason: NoteReason, detail: &str) -> Disposition {
     let event = note(out, reason, detail.to_owned());
     history_then_ack(ctx, out, event, MsgId::SenderNote { outbound: &out.id, reason }).await
 }
@@ -316,7 +329,7 @@ async fn dead(ctx: &Ctx, msg: &Message, channel: Option<&ChannelId>, reason: Str
 
 /// A piece could not be sent: record what was sent, a note, a dead letter.
 #[allow(clippy::too_many_arguments)]
-async fn failed(
+pub(crate) async fn failed(
     ctx: &Ctx,
     msg: &Message,
     out: &Outbound,
@@ -381,7 +394,7 @@ async fn opt_out(ctx: &Ctx, channel: &ChannelId, peer: &E164) {
 /// up to [`RECORD_FOR`]: long enough for a NATS cluster to elect a new
 /// leader for the bucket after a node dies (a few seconds; the runtime
 /// keeps the message alive meanwhile).
-async fn remember_sent(ctx: &Ctx, key: &str, sid: &str) {
+pub(crate) async fn remember_sent(ctx: &Ctx, key: &str, sid: &str) {
     if !put_patiently(ctx, key, sid.to_owned().into(), "a sent piece").await {
         tracing::error!(key, outcome = "unrecorded", "sent piece not recorded: a redelivery may send it again");
     }
@@ -443,14 +456,20 @@ async fn log_delivery(ctx: &Ctx, out: &Outbound, pieces: &[SmsPiece]) -> Disposi
     finish(ctx, out, event, "logged").await
 }
 
-/// Creates one piece, retrying in-process as the error's kind says.
-async fn send_piece(
+/// One create at Twilio: a piece of a message, or a call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Create<'a> {
+    Piece(NewMessage<'a>, &'a SmsPiece),
+    Call(twilio::NewCall<'a>),
+}
+
+/// Creates one piece (or call), paced per sending number, retrying
+/// in-process as the error's kind says.
+pub(crate) async fn send_piece(
     ctx: &Ctx,
     msg: &Message,
     channel: &Channel,
-    to: &E164,
-    piece: &SmsPiece,
-    media: &[String],
+    request: Create<'_>,
     (i, n): (usize, usize),
 ) -> Result<CreatedMessage, SendFailure> {
     let sender_key = channel
@@ -458,8 +477,10 @@ async fn send_piece(
         .clone()
         .or_else(|| channel.from_number.as_ref().map(ToString::to_string))
         .unwrap_or_default();
-    let status_url = channel.status_url();
-    let request = NewMessage { to, body: &piece.body, media_urls: media, status_callback: status_url.as_deref() };
+    let (body, segments, encoding) = match request {
+        Create::Piece(_, piece) => (piece.body.as_str(), piece.segments, piece.encoding.as_str()),
+        Create::Call(call) => (call.twiml, 0, "call"),
+    };
     let mut attempts = 0u32;
     let mut retried_unknown = false;
     loop {
@@ -467,9 +488,12 @@ async fn send_piece(
         wait_until(ctx, msg, slot).await?;
         // The clock of ack_wait restarts before every call.
         let _ = msg.ack_with(AckKind::Progress).await;
-        tracing::debug!(piece = i + 1, of = n, body = %piece.body, "sending piece");
+        tracing::debug!(piece = i + 1, of = n, body = %body, "sending piece");
         let started = Instant::now();
-        let result = ctx.twilio.create_message(channel, request).await;
+        let result = match request {
+            Create::Piece(m, _) => ctx.twilio.create_message(channel, m).await,
+            Create::Call(c) => ctx.twilio.create_call(channel, c).await,
+        };
         let latency = started.elapsed();
         let label = if result.is_ok() { "created" } else { "error" };
         metrics::histogram!("smsgate_sender_twilio_seconds", "outcome" => label).record(latency.as_secs_f64());
@@ -478,8 +502,8 @@ async fn send_piece(
                 tracing::info!(
                     piece = i + 1,
                     of = n,
-                    segments = piece.segments,
-                    encoding = piece.encoding.as_str(),
+                    segments,
+                    encoding,
                     message_sid = created.sid.as_deref().unwrap_or("unknown"),
                     latency_ms = latency.as_millis() as u64,
                     outcome = "sent",

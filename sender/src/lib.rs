@@ -7,7 +7,7 @@
 //! - [`sms`]: pure text work: [`sms::normalize`] (markdown, GSM-7
 //!   look-alikes), [`sms::split`] (sentence then word boundaries, `(i/n)`
 //!   markers, `max_parts`), [`sms::gsm`] (segments as carriers count them).
-//! - [`twilio`]: the Messages API client; [`twilio::TwilioError::kind`] is
+//! - [`twilio`]: the Messages and Calls API client; [`twilio::TwilioError::kind`] is
 //!   the one place that decides retry behaviour.
 //! - [`pacer`]: next-slot pacing per sending number at the channel's `mps`,
 //!   shared by every sender through the `P_budget` bucket.
@@ -17,6 +17,8 @@
 //! - [`deliver`]: an `Outbound` from `P_OUTBOUND`: opt-out check → pieces →
 //!   per piece: `P_sent` check, pace, create with retries, `P_sent` put →
 //!   history entry → ack; failures → dead letter + history note.
+//! - [`call`]: an `Outbound` that is a call: the same checks, pacing,
+//!   retries and `P_sent` bookkeeping, through Twilio's Calls API.
 //! - [`status`]: a `StatusUpdate` from `P_STATUS`: compare-and-set of the
 //!   piece's state in `P_sent` (never backwards) → history entry → ack.
 //! - history entries and dead letters go through `smsgate_shared::bus`.
@@ -28,6 +30,7 @@
 //! (channel, to)) → [`deliver::Replies`] → [`sms::prepare`] → [`pacer`] →
 //! [`twilio`] → `P_sent` and `P.history.<channel>.<peer>` → ack.
 
+pub mod call;
 pub mod deliver;
 pub mod pacer;
 pub mod sms;

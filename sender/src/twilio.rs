@@ -165,13 +165,28 @@ impl TwilioClient {
 
     /// `POST {api_base}/2010-04-01/Accounts/{sid}/Messages.json`.
     pub async fn create_message(&self, channel: &Channel, msg: NewMessage<'_>) -> Result<CreatedMessage, TwilioError> {
-        let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", channel.api_base, channel.account_sid);
-        let form = form_fields(channel, msg);
+        self.create(channel, "Messages", &form_fields(channel, msg)).await
+    }
+
+    /// `POST {api_base}/2010-04-01/Accounts/{sid}/Calls.json`: the same
+    /// form encoding, auth and errors as a message; the answer's `sid` is
+    /// the call's (`CA…`).
+    pub async fn create_call(&self, channel: &Channel, call: NewCall<'_>) -> Result<CreatedMessage, TwilioError> {
+        self.create(channel, "Calls", &call_form_fields(channel, call)).await
+    }
+
+    async fn create(
+        &self,
+        channel: &Channel,
+        resource: &str,
+        form: &[(&'static str, &str)],
+    ) -> Result<CreatedMessage, TwilioError> {
+        let url = format!("{}/2010-04-01/Accounts/{}/{resource}.json", channel.api_base, channel.account_sid);
         let response = self
             .http
             .post(url)
             .basic_auth(channel.account_sid.as_str(), Some(channel.auth_token.expose_secret()))
-            .form(&form)
+            .form(form)
             .send()
             .await
             .map_err(classify)?;
@@ -224,6 +239,36 @@ pub fn form_fields<'a>(channel: &'a Channel, msg: NewMessage<'a>) -> Vec<(&'stat
     }
     if let Some(cb) = msg.status_callback {
         form.push(("StatusCallback", cb));
+    }
+    form
+}
+
+/// One call to place.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCall<'a> {
+    pub to: &'a E164,
+    /// What the call plays, as TwiML (Twilio's `Twiml` parameter).
+    pub twiml: &'a str,
+    pub status_callback: Option<&'a str>,
+}
+
+/// The call progress events asked for (`StatusCallbackEvent`, repeated).
+pub const CALL_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
+
+/// The form of a call: To, From (calls need a number, not a messaging
+/// service), Twiml, StatusCallback with its events and method.
+pub fn call_form_fields<'a>(channel: &'a Channel, call: NewCall<'a>) -> Vec<(&'static str, &'a str)> {
+    let mut form = vec![("To", call.to.as_str())];
+    if let Some(from) = &channel.from_number {
+        form.push(("From", from.as_str()));
+    }
+    form.push(("Twiml", call.twiml));
+    if let Some(cb) = call.status_callback {
+        form.push(("StatusCallback", cb));
+        form.push(("StatusCallbackMethod", "POST"));
+        for event in CALL_EVENTS {
+            form.push(("StatusCallbackEvent", event));
+        }
     }
     form
 }

@@ -19,6 +19,13 @@
 //!
 //! Every media request, authenticated or not, is recorded ([`TwilioStub::media_requests`]).
 //!
+//! `POST /2010-04-01/Accounts/{AccountSid}/Calls.json`: the same auth and
+//! error shapes; `To` an E.164 number (else 400, 21211 / 21201), `From`
+//! (else 400, 21213), one of `Url`, `Twiml`, `ApplicationSid` (else 400,
+//! 21205), `Twiml` at most 4000 characters (else 400, 21211); answers 201
+//! with a Twilio-shaped call (`sid` `CA` + 32 hex, `status` `queued`).
+//! Its requests are recorded with [`Call::resource`] `Calls`.
+//!
 //! The account and its numbers, for `GET /api/v1/channels/{id}/status` and
 //! connecting with `set_webhook`:
 //! - `GET /2010-04-01/Accounts/{Sid}.json`: the Account resource (`status`
@@ -118,6 +125,8 @@ pub struct Call {
     pub code: Option<i64>,
     /// The SID when the stub created the message (201, or a 500 after create).
     pub sid: Option<String>,
+    /// `Messages` or `Calls`.
+    pub resource: &'static str,
 }
 
 impl Call {
@@ -232,6 +241,7 @@ impl TwilioStub {
             .route("/2010-04-01/Accounts/{file}", get(fetch_account))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json", get(list_numbers))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers/{file}", post(update_number))
+            .route("/2010-04-01/Accounts/{account_sid}/Calls.json", post(create_call))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -321,7 +331,7 @@ impl TwilioStub {
     /// Adds a number to the account with its SMS webhook (voice: none);
     /// returns its SID.
     pub fn add_number(&self, phone_number: &str, sms_url: &str, sms_method: &str) -> String {
-        let sid = new_sid().replacen("SM", "PN", 1);
+        let sid = new_sid(MESSAGES).replacen("SM", "PN", 1);
         self.state.lock().numbers.push(Number {
             sid: sid.clone(),
             phone_number: phone_number.to_owned(),
@@ -393,11 +403,73 @@ fn authorized(headers: &HeaderMap, state: &StubState) -> bool {
     decoded == format!("{}:{}", state.account_sid, state.auth_token).as_bytes()
 }
 
-/// `SM` and 32 hex digits.
-fn new_sid() -> String {
+/// `SM` (or `CA` for a call) and 32 hex digits.
+fn new_sid(resource: &str) -> String {
     let mut rng = rand::rng();
     let hex: String = (0..32).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect();
-    format!("SM{hex}")
+    format!("{}{hex}", if resource == CALLS { "CA" } else { "SM" })
+}
+
+const MESSAGES: &str = "Messages";
+const CALLS: &str = "Calls";
+
+fn call_json(account_sid: &str, sid: &str, form: &[(String, String)]) -> Value {
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let now =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc2822).unwrap_or_default();
+    json!({
+        "account_sid": account_sid,
+        "annotation": null,
+        "answered_by": null,
+        "api_version": "2010-04-01",
+        "caller_name": null,
+        "date_created": now,
+        "date_updated": now,
+        "direction": "outbound-api",
+        "duration": null,
+        "end_time": null,
+        "forwarded_from": null,
+        "from": get("From"),
+        "from_formatted": get("From"),
+        "group_sid": null,
+        "parent_call_sid": null,
+        "phone_number_sid": null,
+        "price": null,
+        "price_unit": "USD",
+        "sid": sid,
+        "start_time": null,
+        "status": "queued",
+        "subresource_uris": {
+            "recordings": format!("/2010-04-01/Accounts/{account_sid}/Calls/{sid}/Recordings.json"),
+        },
+        "to": get("To"),
+        "to_formatted": get("To"),
+        "trunk_sid": null,
+        "uri": format!("/2010-04-01/Accounts/{account_sid}/Calls/{sid}.json"),
+        "queue_time": "0",
+    })
+}
+
+/// What a call's form is missing, as Twilio would say it.
+fn check_call_form(form: &[(String, String)]) -> Result<(), (i64, String)> {
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match get("To") {
+        None => return Err((21201, "No 'To' number is specified".to_owned())),
+        Some(to) if E164::parse(to).is_err() => {
+            return Err((21211, format!("Invalid 'To' Phone Number: {to}")));
+        }
+        Some(_) => {}
+    }
+    if get("From").is_none() {
+        return Err((21213, "No 'From' number is specified".to_owned()));
+    }
+    if get("Url").is_none() && get("Twiml").is_none() && get("ApplicationSid").is_none() {
+        return Err((21205, "Url parameter is required.".to_owned()));
+    }
+    if get("Twiml").is_some_and(|t| t.chars().count() > 4000) {
+        return Err((21211, "Twiml is over 4000 characters.".to_owned()));
+    }
+    Ok(())
 }
 
 /// Approximate segments (GSM-7 when ASCII without backtick), for the
@@ -473,15 +545,34 @@ async fn create_message(
     headers: HeaderMap,
     RawForm(raw): RawForm,
 ) -> Response {
+    create(MESSAGES, &state, account_sid, &headers, &raw).await
+}
+
+async fn create_call(
+    State(state): State<Arc<StubState>>,
+    Path(account_sid): Path<String>,
+    headers: HeaderMap,
+    RawForm(raw): RawForm,
+) -> Response {
+    create(CALLS, &state, account_sid, &headers, &raw).await
+}
+
+async fn create(
+    resource: &'static str,
+    state: &StubState,
+    account_sid: String,
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Response {
     let at = Instant::now();
-    if !authorized(&headers, &state) {
+    if !authorized(headers, state) {
         state.lock().unauthorized += 1;
         return error(401, 20003, "Authentication Error - invalid username");
     }
     if account_sid != state.account_sid {
         return error(404, 20404, "The requested resource was not found");
     }
-    let form: Vec<(String, String)> = form_urlencoded::parse(&raw).into_owned().collect();
+    let form: Vec<(String, String)> = form_urlencoded::parse(raw).into_owned().collect();
     let reply = {
         let mut inner = state.lock();
         match inner.script.pop_front() {
@@ -490,14 +581,19 @@ async fn create_message(
         }
     };
     let record = |status: u16, code: Option<i64>, sid: Option<String>| {
-        let call = Call { at, account_sid: account_sid.clone(), form: form.clone(), status, code, sid };
+        let call = Call { at, account_sid: account_sid.clone(), form: form.clone(), status, code, sid, resource };
         state.lock().calls.push(call);
     };
-    let created = |record: &dyn Fn(u16, Option<i64>, Option<String>)| match check_form(&form) {
+    let checked = if resource == CALLS { check_call_form(&form) } else { check_form(&form) };
+    let created = |record: &dyn Fn(u16, Option<i64>, Option<String>)| match checked.clone() {
         Ok(()) => {
-            let sid = new_sid();
+            let sid = new_sid(resource);
             record(201, None, Some(sid.clone()));
-            let body = message_json(&account_sid, &sid, &form);
+            let body = if resource == CALLS {
+                call_json(&account_sid, &sid, &form)
+            } else {
+                message_json(&account_sid, &sid, &form)
+            };
             (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err((code, message)) => {
@@ -524,7 +620,7 @@ async fn create_message(
             error(500, 20500, "An internal server error has occurred")
         }
         Reply::ServerErrorAfterCreate => {
-            record(500, Some(20500), Some(new_sid()));
+            record(500, Some(20500), Some(new_sid(resource)));
             error(500, 20500, "An internal server error has occurred")
         }
         Reply::Error { status, code, message } => {

@@ -130,6 +130,37 @@ fn without_a_channel_file_the_twilio_variables_make_one_channel() {
 }
 
 #[test]
+fn webhook_url_voice_prints_the_call_comes_in_url_and_check_config_names_bad_voice_keys() {
+    let env = [
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_AUTH_TOKEN", "tok"),
+        ("TWILIO_PHONE_NUMBER", "+15551234567"),
+        ("SMS_WEBHOOK_PATH_TOKEN", PATH_TOKEN),
+        ("SMSGATE_PUBLIC_BASE_URL", "https://sms.example.com"),
+    ];
+    let out = smsgate(&["webhook-url", "--channel", "default", "--voice"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("https://sms.example.com/api/channels/voice/twilio/call/{PATH_TOKEN}"));
+    assert!(stderr(&out).contains("voice is not enabled"), "{}", stderr(&out));
+
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        r#"{{"channel_id": "phone", "config": {{"twilio_account_sid": "AC0123456789abcdef0123456789abcdef",
+              "twilio_auth_token": "t", "twilio_from_number": "+15551234567", "chat": {{"kind": "echo"}},
+              "webhook_path_token": "{PATH_TOKEN}",
+              "voice": {{"enabled": true, "mode": "forward", "voice": "<Dial>", "language": "-"}} }} }}"#
+    )
+    .unwrap();
+    let out = smsgate(&["check-config", file.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", stdout(&out));
+    let text = stderr(&out);
+    for key in ["config.voice.voice", "config.voice.language", "config.voice.forward_to"] {
+        assert!(text.contains(&format!("channel phone: {key}:")), "{key} missing from: {text}");
+    }
+}
+
+#[test]
 fn check_config_reports_the_abuse_limits_pacing_and_chat_problems_by_key() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     write!(

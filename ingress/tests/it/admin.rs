@@ -70,7 +70,7 @@ impl Admin {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(TOKEN).json(body).send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
@@ -98,7 +98,7 @@ impl Admin {
         self.js.publish(dead, envelope::encode(&letter)).await.unwrap().await.unwrap().sequence
     }
 
-    async fn stream_count(&self, name: String) -> u64 {
+    pub(crate) async fn stream_count(&self, name: String) -> u64 {
         self.js.get_stream(name).await.unwrap().info().await.unwrap().state.messages
     }
 }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod bad_input;
+mod calls_api;
 mod channels;
 mod console;
 mod hardening;
