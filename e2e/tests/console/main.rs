@@ -165,6 +165,7 @@ async fn an_operator_runs_a_conversation_from_the_console() {
         in_reply_to: None,
         origin: Origin::Api,
         created_at: OffsetDateTime::now_utc(),
+        call: None,
     };
     let channel = ChannelId::parse(CHANNEL_ID).unwrap();
     let letter = DeadLetter {
