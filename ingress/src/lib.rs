@@ -13,6 +13,11 @@
 //!   `Nats-Msg-Id`, waiting for the stream's ack (bounded) → `200 <Response/>`.
 //!   Every rejection is a [`webhook::Rejection`] with its status code and a
 //!   logged reason.
+//! - [`voice`]: the voice routes (`/api/channels/voice/twilio/…`), through
+//!   the same checks ([`webhook`]'s `checked`): an incoming call answered
+//!   with TwiML at once, each speech turn published to `P_INBOUND` and its
+//!   reply read from `P_calls` across short `<Pause>`/`<Redirect>` cycles,
+//!   voicemail and forwarding, call status callbacks.
 //! - the private admin API (`/api/v1/...`, `/metrics`, the console) is the
 //!   crate `smsgate_admin`, served here on the second listener.
 //! - [`serve`]: the HTTP server of both listeners: header, request and idle

@@ -10,7 +10,7 @@
 //! - [`nats`]: [`nats::NatsServer`], a real `nats-server -js` on a free port
 //!   with a temporary store, stopped and removed on drop, and
 //!   [`nats::NatsCluster`], three of them in one JetStream cluster.
-//! - [`twilio`]: a stub of Twilio's Messages API speaking its wire format,
+//! - [`twilio`]: a stub of Twilio's Messages and Calls APIs speaking their wire format,
 //!   with media (MMS) served behind Basic auth and deletable, and the
 //!   Account and IncomingPhoneNumbers resources (channel status, set_webhook).
 //! - [`twilio_spec`]: a request checked against Twilio's OpenAPI

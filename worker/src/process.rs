@@ -256,6 +256,11 @@ impl Processor {
     /// call (NATS failed on the last delivery).
     async fn last_resort(&self, job: &Job, reason: String) -> Result<(Disposition, Outcome), Error> {
         let Ok(inbound) = &job.item else { return self.dead_letter_only(job, job.seq, reason).await };
+        // A call's turn or status gets no SMS: the caller already heard
+        // ingress's fallback when the turn was given up.
+        if inbound.call.as_ref().is_some_and(|c| !matches!(c, envelope::CallPart::Voicemail { .. })) {
+            return self.dead_letter_only(job, job.seq, reason).await;
+        }
         let (Some(lane), Ok(peer)) = (self.channels.get(&inbound.channel_id), E164::parse(&inbound.from)) else {
             return self.dead_letter_only(job, job.seq, reason).await;
         };

@@ -20,6 +20,7 @@
 //! side by side would turn timing into noise.
 
 pub mod binaries;
+pub mod calls;
 pub mod ledger;
 
 use std::collections::BTreeMap;
@@ -503,6 +504,12 @@ impl Stack {
     /// Posts `hooks` with `concurrency` connections; returns each one's status, in order.
     pub async fn post_all(&self, hooks: &[SignedWebhook], concurrency: usize) -> Vec<u16> {
         self.poster().post_all(hooks, concurrency).await.into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// `http://127.0.0.1:<port>` of ingress's public listener.
+    pub fn ingress_base(&self) -> String {
+        let suffix = format!("{}{PATH_TOKEN}", smsgate_shared::config::WEBHOOK_PATH);
+        self.ingress_url.strip_suffix(&suffix).unwrap_or(&self.ingress_url).to_owned()
     }
 
     /// A handle that posts webhooks from another task while the test

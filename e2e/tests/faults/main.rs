@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod call_turns;
 mod chat_down;
 mod cluster;
 mod common;
