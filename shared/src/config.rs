@@ -1173,7 +1173,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
 
 /// An object key parsed on its own, so that its errors name `key`; its
 /// default when absent, null or invalid (the problem is reported).
-fn section<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn section<T: serde::de::DeserializeOwned + Default>(
     value: Option<Value>,
     key: &str,
     fail: &mut dyn FnMut(&str, String),

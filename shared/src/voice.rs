@@ -74,7 +74,7 @@ impl VoiceConfig {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVoice {
     #[serde(default)]
@@ -94,16 +94,7 @@ struct RawVoice {
 /// Parses `config.voice`; each problem is reported with its key
 /// (`config.voice.forward_to`).
 pub fn parse(value: Option<Value>, fail: &mut dyn FnMut(&str, String)) -> VoiceConfig {
-    let raw = match value {
-        None | Some(Value::Null) => return VoiceConfig::default(),
-        Some(v) => match serde_json::from_value::<RawVoice>(v) {
-            Ok(r) => r,
-            Err(e) => {
-                fail("config.voice", e.to_string());
-                return VoiceConfig::default();
-            }
-        },
-    };
+    let raw: RawVoice = crate::config::section(value, "config.voice", fail);
     let greeting = raw.greeting.filter(|g| !g.trim().is_empty()).unwrap_or_else(|| DEFAULT_GREETING.to_owned());
     if greeting.chars().count() > 1000 {
         fail("config.voice.greeting", "must be at most 1000 characters".to_owned());

@@ -1,7 +1,8 @@
 //! Checks a Messages API request against Twilio's own OpenAPI description
 //! of `CreateMessage` (`twilio_api_v2010.json`, from twilio/twilio-oai), so
 //! that what the sender posts is valid by the spec and not only by our stub;
-//! the same for `UpdateIncomingPhoneNumber` (the admin's `set_webhook`), and
+//! the same for `CreateCall` (an outbound call) and
+//! `UpdateIncomingPhoneNumber` (the admin's `set_webhook`), and
 //! the stub's Account and IncomingPhoneNumber answers against their schemas.
 //! (A Prism mock of the spec refuses every `MediaUrl` with "must be array",
 //! a bug of its form decoding; hence this direct check.)
@@ -37,6 +38,19 @@ pub fn load_spec() -> Value {
 pub fn check_create_message(spec: &Value, account_sid: &str, form: &[(String, String)]) -> Result<(), Vec<String>> {
     let path = "/2010-04-01/Accounts/{AccountSid}/Messages.json";
     check_form(spec, (path, "CreateMessage"), &[("AccountSid", account_sid)], form)
+}
+
+/// The same for `CreateCall` (`POST …/Calls.json`: an outbound call), which
+/// also needs one of `Url`, `Twiml` or `ApplicationSid` (the spec says so in
+/// words, not in the schema).
+pub fn check_create_call(spec: &Value, account_sid: &str, form: &[(String, String)]) -> Result<(), Vec<String>> {
+    let path = "/2010-04-01/Accounts/{AccountSid}/Calls.json";
+    let mut problems =
+        check_form(spec, (path, "CreateCall"), &[("AccountSid", account_sid)], form).err().unwrap_or_default();
+    if !form.iter().any(|(k, _)| matches!(k.as_str(), "Url" | "Twiml" | "ApplicationSid")) {
+        problems.push("one of Url, Twiml and ApplicationSid is required".to_owned());
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 /// The same for `UpdateIncomingPhoneNumber` (`POST …/IncomingPhoneNumbers/{Sid}.json`:
@@ -148,7 +162,9 @@ fn check_value(spec: &Value, key: &str, schema: &Value, value: &str, problems: &
         Some("uri") if url::Url::parse(value).map(|u| u.host().is_none()).unwrap_or(true) => {
             bad("not an absolute URL".to_owned())
         }
-        Some("phone-number") if smsgate_shared::domain::E164::parse(value).is_err() => {
+        // A call's To/From (`endpoint`) may also be a SIP or client address;
+        // smsgate only ever calls numbers.
+        Some("phone-number" | "endpoint") if smsgate_shared::domain::E164::parse(value).is_err() => {
             bad("not an E.164 number".to_owned())
         }
         _ => {}
@@ -170,6 +186,28 @@ fn sid_pattern_matches(pattern: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spec_accepts_a_call_with_twiml_and_refuses_one_without_what_to_play() {
+        let spec = load_spec();
+        let ac = crate::ACCOUNT_SID;
+        let call = form(&[
+            ("To", "+14155550100"),
+            ("From", "+15550001111"),
+            ("Twiml", "<Response><Say>hi</Say></Response>"),
+            ("StatusCallback", "https://sms.example.com/cb"),
+            ("StatusCallbackMethod", "POST"),
+            ("StatusCallbackEvent", "initiated"),
+            ("StatusCallbackEvent", "completed"),
+        ]);
+        assert_eq!(check_create_call(&spec, ac, &call), Ok(()));
+        let problems = check_create_call(&spec, ac, &form(&[("To", "+14155550100"), ("StatusCallbackMethod", "PUT")]))
+            .unwrap_err()
+            .join("\n");
+        for expected in ["From is required", "StatusCallbackMethod", "one of Url, Twiml and ApplicationSid"] {
+            assert!(problems.contains(expected), "{expected} in {problems}");
+        }
+    }
 
     fn form(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
