@@ -50,6 +50,8 @@ pub const DEFAULT_LANGUAGE: &str = "en-US";
 pub const VOICEMAIL_PROMPT: &str = "Please leave a message after the tone, and we will answer you by text message.";
 /// Said when a voicemail was recorded.
 pub const VOICEMAIL_THANKS: &str = "Thank you. Goodbye.";
+/// Said instead of the agent while an operator has the conversation.
+pub const OPERATOR_WILL_ANSWER: &str = "A person will get back to you shortly.";
 /// Said when the caller says nothing, or goodbye.
 pub const GOODBYE: &str = "Goodbye.";
 /// Said when the reply did not come in time.

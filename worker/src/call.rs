@@ -14,7 +14,8 @@
 //! - A **voicemail** goes through [`crate::process`] as a text (STOP-style
 //!   keywords aside): its reply is an SMS.
 //!
-//! STOP does not apply to calls; the block list does.
+//! STOP does not apply to calls; the block list does, and so does a
+//! human takeover (the caller is offered voicemail for the operator).
 
 use async_nats::jetstream::kv;
 use smsgate_shared::bus::{self, MsgId};
@@ -129,6 +130,13 @@ impl Turn<'_> {
         if !channel.admits(self.peer) {
             self.note(NoteReason::Blocked, "the caller is not allowed on this channel").await?;
             return Ok(reply(smsgate_shared::voice::GOODBYE.to_owned(), Origin::Chat, true));
+        }
+        // Human takeover: the operator has the conversation, so the agent does
+        // not answer; the caller may leave a message for the operator.
+        if self.p.paused_until(&self.inbound.channel_id, self.peer).await?.is_some() {
+            self.note(NoteReason::Paused, "the bot is paused (human takeover); the caller was offered voicemail")
+                .await?;
+            return Ok(reply(smsgate_shared::voice::OPERATOR_WILL_ANSWER.to_owned(), Origin::Fallback, true));
         }
         let backend = &self.lane.local;
         let recent = self

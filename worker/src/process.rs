@@ -277,7 +277,7 @@ impl Processor {
     }
 
     /// When the bot's pause for this conversation ends, if it is paused now.
-    async fn paused_until(&self, channel: &ChannelId, peer: &E164) -> Result<Option<OffsetDateTime>, Error> {
+    pub(crate) async fn paused_until(&self, channel: &ChannelId, peer: &E164) -> Result<Option<OffsetDateTime>, Error> {
         let key = Topology::conversation_key(channel, peer);
         let Some(value) = self.conversations.get(&key).await.map_err(|e| Error::Conversations(Box::new(e)))? else {
             return Ok(None);

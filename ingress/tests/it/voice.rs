@@ -13,7 +13,7 @@ use smsgate_shared::config::{Channel, Config, Settings};
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, HistoryEntry, HistoryEvent, Origin, Outbound};
 use smsgate_shared::signature;
-use smsgate_shared::voice::{GOODBYE, TOO_SLOW, VOICEMAIL_PROMPT};
+use smsgate_shared::voice::{GOODBYE, OPERATOR_WILL_ANSWER, TOO_SLOW, VOICEMAIL_PROMPT};
 use smsgate_testkit::{self as testkit, chat::OpenAiStub, nats::NatsServer};
 use tokio_util::sync::CancellationToken;
 
@@ -294,6 +294,33 @@ async fn a_failing_model_is_answered_with_the_spoken_fallback_and_a_voicemail() 
     assert!(answer[2].attrs["transcribeCallback"].contains("/api/channels/voice/twilio/transcription/"));
     let entries = wait_history(&app, "the fallback turn", |h| (turns(h).len() == 1).then(|| h.to_vec())).await;
     assert_eq!(turns(&entries)[0].3, Origin::Fallback);
+}
+
+#[tokio::test]
+async fn while_an_operator_has_the_conversation_the_agent_does_not_answer_the_phone() {
+    let nats = NatsServer::start();
+    let stub = OpenAiStub::start().await;
+    let (app, _worker) = start(&nats, voice_channel(&stub.chat_config(""), ""), quick()).await;
+    let conversations = app.js.get_key_value(app.topology.conversations_bucket()).await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let state = envelope::ConversationState {
+        v: envelope::VERSION,
+        paused_until: now + time::Duration::hours(1),
+        paused_at: now,
+    };
+    let key = smsgate_shared::topology::Topology::conversation_key(
+        &ChannelId::parse("test").unwrap(),
+        &E164::parse(CALLER).unwrap(),
+    );
+    conversations.put(key, envelope::encode(&state)).await.unwrap();
+    let call = Caller::new(&app, CALL_SID);
+    let greeting = call.ring().await;
+    let (answer, _) = call.say(&greeting, "I need help").await;
+    assert_eq!(names(&answer), ["Say", "Say", "Record", "Hangup"]);
+    assert_eq!(said(&answer), OPERATOR_WILL_ANSWER);
+    let entries = wait_history(&app, "the paused turn", |h| (turns(h).len() == 1).then(|| h.to_vec())).await;
+    assert_eq!(turns(&entries)[0].3, Origin::Fallback);
+    assert!(stub.requests().is_empty(), "the model is not called");
 }
 
 #[tokio::test]
