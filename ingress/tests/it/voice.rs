@@ -393,6 +393,29 @@ async fn a_forwarded_call_is_dialled_and_recorded() {
 }
 
 #[tokio::test]
+async fn an_outbound_calls_status_lands_in_the_called_numbers_conversation_even_with_voice_off() {
+    let nats = NatsServer::start();
+    let (app, _worker) = start(&nats, testkit::channel(""), quick()).await;
+    let call = Caller::new(&app, CALL_SID);
+    let status = format!("/api/channels/voice/twilio/status/{}", testkit::PATH_TOKEN);
+    // We called CALLER: From is our number, To theirs.
+    let outbound = [("Direction", "outbound-api"), ("From", testkit::FROM_NUMBER), ("To", CALLER)];
+    for (s, d) in [("ringing", None), ("completed", Some("12"))] {
+        let mut p = outbound.to_vec();
+        p.push(("CallStatus", s));
+        if let Some(d) = d {
+            p.push(("CallDuration", d));
+        }
+        assert_eq!(call.post(&status, &p).await.0, StatusCode::OK);
+    }
+    let entries = wait_history(&app, "the call's progress", |h| (calls(h).len() == 2).then(|| h.to_vec())).await;
+    assert_eq!(calls(&entries), [("ringing".to_owned(), None), ("completed".to_owned(), Some(12))]);
+    // The other routes stay off.
+    let ring = format!("/api/channels/voice/twilio/call/{}", testkit::PATH_TOKEN);
+    assert_eq!(call.post(&ring, &[]).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn a_blocked_caller_is_rejected() {
     let nats = NatsServer::start();
     let channel = testkit::channel(&format!(r#""voice": {{"enabled": true}}, "block_from": ["{CALLER}"]"#));
