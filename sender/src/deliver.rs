@@ -145,7 +145,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     }
 
     if let Some(call) = &out.call {
-        return crate::call::place(ctx, d, &channel, &out, call).await;
+        return crate::call::place(ctx, d, channel, &out, call).await;
     }
 
     let prepared = if out.media_urls.is_empty() {
