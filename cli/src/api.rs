@@ -258,6 +258,21 @@ pub enum Event {
         #[serde(default)]
         detail: String,
     },
+    /// A call's progress (answered, forwarded, completed, …).
+    Call {
+        status: String,
+        #[serde(default)]
+        duration_secs: Option<u64>,
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    /// One turn of a call.
+    CallTurn {
+        heard: String,
+        said: String,
+        #[serde(default)]
+        origin: String,
+    },
     #[serde(other)]
     Other,
 }

@@ -141,6 +141,22 @@ pub fn conversation(c: &Conversation, offset: UtcOffset) -> String {
                 let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
                 let _ = writeln!(out, "[{time}]   · {}{detail}", reason.replace('_', " "));
             }
+            Event::Call { status, duration_secs, detail } => {
+                let mut line = format!("[{time}]   · call {}", status.replace('-', " "));
+                if let Some(secs) = duration_secs {
+                    let _ = write!(line, " after {secs} s");
+                }
+                if let Some(d) = detail.as_deref().filter(|d| !d.is_empty()) {
+                    let _ = write!(line, ": {d}");
+                }
+                let _ = writeln!(out, "{line}");
+            }
+            Event::CallTurn { heard, said, origin } => {
+                push_message(&mut out, &format!("[{time}] ← Them (call): "), heard, "");
+                let suffix =
+                    if origin == "chat" || origin.is_empty() { String::new() } else { format!("  ({origin})") };
+                push_message(&mut out, &format!("[{time}] → You (call): "), said, &suffix);
+            }
             Event::Status | Event::Other => {}
         }
     }
@@ -246,5 +262,27 @@ mod tests {
         let text = conversation(&c, UtcOffset::UTC);
         assert!(text.contains("[10:30] ← Them: what plant?\n                [attachment: image/jpeg]\n"), "{text}");
         assert!(text.contains("[10:31] → You: [media: https://cdn.example.com/a.png]  (sent)\n"), "{text}");
+    }
+
+    #[test]
+    fn calls_show_their_turns_and_progress() {
+        let c: Conversation = serde_json::from_value(serde_json::json!({
+            "channel_id": "local", "peer": "+14155550100", "total": 3, "messages": 1,
+            "started_at": "2026-11-21T10:30:00Z",
+            "entries": [
+                {"seq": 1, "at": "2026-11-21T10:30:00Z", "kind": "call", "call_sid": "CA1", "status": "answered",
+                 "direction": "inbound", "duration_secs": null, "detail": "answered by the agent"},
+                {"seq": 2, "at": "2026-11-21T10:30:10Z", "kind": "call_turn", "call_sid": "CA1", "turn": 1,
+                 "heard": "when are you open", "said": "From nine to five.", "origin": "chat"},
+                {"seq": 3, "at": "2026-11-21T10:31:00Z", "kind": "call", "call_sid": "CA1", "status": "completed",
+                 "direction": "inbound", "duration_secs": 60, "detail": null}
+            ]
+        }))
+        .unwrap();
+        let text = conversation(&c, UtcOffset::UTC);
+        assert!(text.contains("[10:30]   · call answered: answered by the agent\n"), "{text}");
+        assert!(text.contains("[10:30] ← Them (call): when are you open\n"), "{text}");
+        assert!(text.contains("[10:30] → You (call): From nine to five.\n"), "{text}");
+        assert!(text.contains("[10:31]   · call completed after 60 s\n"), "{text}");
     }
 }
