@@ -755,7 +755,7 @@ async fn the_list_pages_with_a_cursor_and_finds_numbers_by_their_digits() {
 }
 
 /// Reads server-sent events until `n` have come (or 10 s pass).
-async fn read_events(response: &mut reqwest::Response, n: usize) -> Vec<smsgate_shared::sse::SseEvent> {
+pub(crate) async fn read_events(response: &mut reqwest::Response, n: usize) -> Vec<smsgate_shared::sse::SseEvent> {
     let mut parser = smsgate_shared::sse::SseParser::default();
     let mut events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -5,11 +5,11 @@
 use reqwest::StatusCode;
 use serde_json::json;
 use smsgate_shared::domain::{ChannelId, E164};
-use smsgate_shared::envelope::{self, Origin, Outbound};
+use smsgate_shared::envelope::{self, HistoryEvent, Origin, Outbound};
 use smsgate_shared::topology::Topology;
 use smsgate_testkit::nats::NatsServer;
 
-use crate::admin::{Admin, PEER};
+use crate::admin::{Admin, PEER, TOKEN, read_events};
 
 #[tokio::test]
 async fn a_call_is_accepted_once_per_key_and_bad_requests_are_400_with_a_code() {
@@ -53,4 +53,38 @@ async fn a_call_is_accepted_once_per_key_and_bad_requests_are_400_with_a_code() 
     let (status, body) = admin.post("/api/v1/calls", &json!({"channel_id": "test", "to": PEER, "say": "a"})).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("opted_out")));
     assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 2);
+}
+
+#[tokio::test]
+async fn call_history_streams_as_call_started_turn_and_ended_events() {
+    let nats = NatsServer::start();
+    let admin = Admin::start(&nats).await;
+    let mut stream = admin.http.get(format!("{}/api/v1/events", admin.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let now = time::OffsetDateTime::now_utc();
+    let call = |status: &str, duration_secs| HistoryEvent::Call {
+        call_sid: "CA0123456789abcdef0123456789abcdef".to_owned(),
+        status: status.to_owned(),
+        direction: "inbound".to_owned(),
+        duration_secs,
+        detail: None,
+    };
+    admin.history(PEER, now, call("answered", None)).await;
+    let turn = HistoryEvent::CallTurn {
+        call_sid: "CA0123456789abcdef0123456789abcdef".to_owned(),
+        turn: 1,
+        heard: "when are you open".to_owned(),
+        said: "From nine to five.".to_owned(),
+        origin: Origin::Chat,
+    };
+    admin.history(PEER, now, turn).await;
+    admin.history(PEER, now, call("no-answer", None)).await;
+    admin.history(PEER, now, call("completed", Some(42))).await;
+    let events = read_events(&mut stream, 4).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["call.started", "call.turn", "call.ended", "call.ended"]);
+    let turn: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+    assert_eq!((turn["peer"].as_str(), turn["heard"].as_str()), (Some(PEER), Some("when are you open")));
+    let ended: serde_json::Value = serde_json::from_str(&events[3].data).unwrap();
+    assert_eq!(ended["duration_secs"], 42);
 }
