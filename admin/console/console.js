@@ -217,6 +217,14 @@ function entryRow(e) {
     case "status":
       item = el("li", "entry status", "status " + e.status + (e.error_code ? " (" + e.error_code + ")" : ""));
       break;
+    case "call":
+      item = el("li", "entry call", "call " + e.direction + " " + e.status + (e.duration_secs != null ? ", " + e.duration_secs + " s" : "") + (e.detail ? ": " + e.detail : ""));
+      break;
+    case "call_turn":
+      item = el("li", "entry call-turn");
+      item.append(el("div", "heard", "☎ " + (e.heard || "(silence)")), el("div", "said", "↳ " + e.said));
+      item.append(el("span", "meta", "turn " + e.turn + (e.origin !== "chat" ? " · " + e.origin : "")));
+      break;
     default:
       item = el("li", "entry note", e.reason + (e.detail ? ": " + e.detail : ""));
   }
@@ -335,7 +343,8 @@ function followEvents() {
 
 function onEvent(name, data) {
   const log = $("events");
-  const text = name + " " + (data.channel_id || "") + " " + (data.peer || "") + (data.body ? ": " + data.body : data.reason ? ": " + data.reason : "");
+  const detail = data.body || data.reason || data.heard || data.status || "";
+  const text = name + " " + (data.channel_id || "") + " " + (data.peer || "") + (detail ? ": " + detail : "");
   const item = el("li", "event", text);
   item.dataset.type = name;
   log.prepend(item);

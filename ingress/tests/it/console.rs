@@ -23,6 +23,34 @@ async fn an_operator_signs_in_reads_takes_over_answers_and_sees_live_events() {
     let now = OffsetDateTime::now_utc();
     admin.history(PEER, now, inbound(1, "is the shop open on sunday?")).await;
     admin.history(PEER, now, inbound(2, HOSTILE)).await;
+    // The same person called too: the turn shows in the same conversation.
+    let call = "CA0123456789abcdef0123456789abcdef".to_owned();
+    admin
+        .history(
+            PEER,
+            now,
+            HistoryEvent::CallTurn {
+                call_sid: call.clone(),
+                turn: 1,
+                heard: "what time do you close".into(),
+                said: "We close at 4.".into(),
+                origin: Origin::Chat,
+            },
+        )
+        .await;
+    admin
+        .history(
+            PEER,
+            now,
+            HistoryEvent::Call {
+                call_sid: call,
+                status: "completed".into(),
+                direction: "inbound".into(),
+                duration_secs: Some(42),
+                detail: None,
+            },
+        )
+        .await;
 
     let browser = Browser::launch().await;
     browser.goto(&format!("{}/", admin.base)).await;
@@ -47,10 +75,12 @@ async fn an_operator_signs_in_reads_takes_over_answers_and_sees_live_events() {
     let row = format!(".conversation[data-peer='{PEER}']");
     browser.wait_until(&format!("document.querySelector(\"{row}\")"), "the conversation in the list").await;
     browser.click(&row).await;
-    browser.wait_until("document.querySelectorAll('#entries .entry').length >= 2", "the conversation's entries").await;
+    browser.wait_until("document.querySelectorAll('#entries .entry').length >= 4", "the conversation's entries").await;
     let entries = browser.text("#entries").await;
     assert!(entries.contains("is the shop open on sunday?"), "{entries}");
     assert!(entries.contains(HOSTILE), "a hostile body shows as the text it is: {entries}");
+    assert!(entries.contains("what time do you close") && entries.contains("We close at 4."), "a call turn: {entries}");
+    assert!(entries.contains("call inbound completed, 42 s"), "the call's end: {entries}");
     let pwned = browser
         .eval(
             "return [window.__pwned === undefined, document.querySelectorAll('#entries img, #entries script').length];",
