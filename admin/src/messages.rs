@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use smsgate_shared::bus::{self, MsgId};
+use smsgate_shared::bus::{self, MsgId, OutboundId};
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY};
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::{self, Origin, Outbound};
@@ -58,16 +58,15 @@ pub(crate) fn recipient(to: &str) -> Result<E164, AdminError> {
 
 /// The outbound id of a request: `api.<idempotency key>`, or a generated
 /// `api.<random>`; caller keys and generated ids alike live under `api.`.
-pub(crate) fn outbound_id(key: Option<String>) -> Result<String, AdminError> {
+pub(crate) fn outbound_id(key: Option<String>) -> Result<OutboundId, AdminError> {
     match key {
-        Some(key) if !Outbound::valid_id(&key) || !Outbound::valid_id(&Outbound::api_id(&key)) => {
-            Err(AdminError::invalid(
+        Some(key) => OutboundId::api(&key).ok_or_else(|| {
+            AdminError::invalid(
                 "invalid_idempotency_key",
                 "idempotency_key must be 1-124 letters, digits, '_', '-' or '.', not starting or ending with '.'",
-            ))
-        }
-        Some(key) => Ok(Outbound::api_id(&key)),
-        None => Ok(Outbound::api_id(&smsgate_shared::config::generate_token()[..24])),
+            )
+        }),
+        None => Ok(OutboundId::generated()),
     }
 }
 
@@ -155,5 +154,5 @@ pub(crate) async fn publish_outbound(
         outcome,
         "{what} accepted for sending"
     );
-    Ok((StatusCode::ACCEPTED, Json(SendAccepted { id: outbound.id.clone(), duplicate: ack.duplicate })))
+    Ok((StatusCode::ACCEPTED, Json(SendAccepted { id: outbound.id.to_string(), duplicate: ack.duplicate })))
 }

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use rand::Rng;
 use serde::Deserialize;
 use smsgate_shared::bus::{self, Failure, MsgId, SentKey};
 use smsgate_shared::config::{self, Channel};
@@ -114,7 +113,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
     };
     let channel = &live.channel;
-    if !Outbound::valid_id(&out.id) {
+    if !out.id.is_valid() {
         let reason = "the outbound id is not 1-128 letters, digits, '_', '-' or '.'".to_owned();
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
     }
@@ -235,7 +234,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     }
 
     let event = HistoryEvent::Outbound {
-        id: out.id.clone(),
+        id: out.id.to_string(),
         body: out.body.clone(),
         in_reply_to: out.in_reply_to.clone(),
         origin: out.origin,
@@ -291,7 +290,7 @@ fn history_pieces(pieces: &[SmsPiece], sids: &[Option<String>]) -> Vec<Piece> {
 }
 
 fn note(out: &Outbound, reason: NoteReason, detail: String) -> HistoryEvent {
-    HistoryEvent::Note { reason, message_sid: out.in_reply_to.clone(), outbound_id: Some(out.id.clone()), detail }
+    HistoryEvent::Note { reason, message_sid: out.in_reply_to.clone(), outbound_id: Some(out.id.to_string()), detail }
 }
 
 /// Appends to the conversation of `out`.
@@ -353,7 +352,7 @@ pub(crate) async fn failed(
     if !sids.is_empty() {
         // The pieces that did go out stay visible in the conversation.
         let event = HistoryEvent::Outbound {
-            id: out.id.clone(),
+            id: out.id.to_string(),
             body: out.body.clone(),
             in_reply_to: out.in_reply_to.clone(),
             origin: out.origin,
@@ -445,7 +444,7 @@ async fn log_delivery(ctx: &Ctx, out: &Outbound, pieces: &[SmsPiece]) -> Disposi
             .increment(u64::from(p.segments));
     }
     let event = HistoryEvent::Outbound {
-        id: out.id.clone(),
+        id: out.id.to_string(),
         body: out.body.clone(),
         in_reply_to: out.in_reply_to.clone(),
         origin: out.origin,
@@ -545,24 +544,10 @@ pub(crate) async fn send_piece(
                     ErrorKind::RateLimited { retry_after } => retry_after,
                     _ => None,
                 };
-                let wait = backoff(&ctx.tuning, attempts, retry_after);
+                let wait = ctx.tuning.retry.delay(attempts, retry_after);
                 log_retry(wait, &error);
                 wait_until(ctx, msg, Instant::now() + wait).await?;
             }
-        }
-    }
-}
-
-/// Exponential backoff with jitter: `base × 2^(attempt-1)`, capped, drawn
-/// from its upper half; a `Retry-After` is a floor with up to 20 % added.
-pub fn backoff(tuning: &crate::Tuning, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let mut rng = rand::rng();
-    match retry_after {
-        Some(ra) => ra + ra.mul_f64(rng.random_range(0.0..0.2)),
-        None => {
-            let exp = tuning.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-            let capped = exp.min(tuning.backoff_max);
-            capped.mul_f64(rng.random_range(0.5..=1.0))
         }
     }
 }
@@ -583,22 +568,5 @@ async fn wait_until(ctx: &Ctx, msg: &Message, deadline: Instant) -> Result<(), S
         if Instant::now() < deadline {
             let _ = msg.ack_with(AckKind::Progress).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_honours_retry_after() {
-        let t = crate::Tuning::default();
-        for attempt in 1..10 {
-            let d = backoff(&t, attempt, None);
-            let full = t.backoff_base.saturating_mul(1 << (attempt - 1)).min(t.backoff_max);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
-        }
-        let d = backoff(&t, 1, Some(Duration::from_secs(3)));
-        assert!(d >= Duration::from_secs(3) && d <= Duration::from_millis(3600), "{d:?}");
     }
 }

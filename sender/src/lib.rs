@@ -46,6 +46,7 @@ use smsgate_shared::channels::{Registry, RuntimeSource};
 use smsgate_shared::config::{Config, Delivery, Settings};
 use smsgate_shared::consume::{self, Limits, Runtime};
 use smsgate_shared::ops::OpsServer;
+use smsgate_shared::retry::RetryPolicy;
 use smsgate_shared::topology::{self, Bus, Topology};
 use tokio_util::sync::CancellationToken;
 
@@ -71,8 +72,8 @@ pub struct Tuning {
     pub max_deliver: i64,
     /// In-process attempts per piece for 429 and connection errors.
     pub attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
+    /// The wait between those attempts (doubling, `Retry-After` honoured).
+    pub retry: RetryPolicy,
     /// The pause before the one retry after a 5xx or timeout.
     pub unknown_outcome_delay: Duration,
     /// The base of the redelivery delay (× delivery count) once in-process
@@ -92,8 +93,7 @@ impl Default for Tuning {
             ack_wait: None,
             max_deliver: 8,
             attempts: 4,
-            backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            retry: RetryPolicy::doubling(Duration::from_millis(500), Duration::from_secs(30)),
             unknown_outcome_delay: Duration::from_secs(2),
             redelivery_delay: Duration::from_secs(15),
             progress_every: Duration::from_secs(10),

@@ -12,12 +12,102 @@ use std::fmt;
 
 use async_nats::jetstream::{self, context::PublishError as NatsPublishError, message::PublishMessage};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::consume::Stranded;
 use crate::domain::{CallSid, ChannelId, E164, MessageSid};
 use crate::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason};
 use crate::topology::{Stage, Topology};
+
+/// An outbound message's id: its `Nats-Msg-Id` on `P_OUTBOUND` (invariant
+/// 2: one reply per inbound MessageSid, one send per API idempotency key),
+/// the key of its pieces in `P_sent`, and what history names it by. Either
+/// `reply.<inbound MessageSid>` ([`OutboundId::reply_to`]) or
+/// `api.<key>` ([`OutboundId::api`]): an API key lives in its own namespace,
+/// so no key (`reply.<sid>`, say) can suppress a reply the worker makes.
+/// On the wire it is a plain string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OutboundId(String);
+
+/// The namespace of outbound ids made by the admin API.
+pub const API_PREFIX: &str = "api.";
+
+impl OutboundId {
+    /// The id of the reply to an inbound message.
+    pub fn reply_to(inbound: &MessageSid) -> Self {
+        Self(format!("reply.{inbound}"))
+    }
+
+    /// The id for an API caller's idempotency key, or None when the key
+    /// cannot be one (see [`OutboundId::is_valid`]).
+    pub fn api(key: &str) -> Option<Self> {
+        let id = Self(format!("{API_PREFIX}{key}"));
+        (is_valid_id(key) && id.is_valid()).then_some(id)
+    }
+
+    /// An id as it came on the wire (a payload, a test), if it is valid.
+    pub fn parse(text: &str) -> Option<Self> {
+        let id = Self(text.to_owned());
+        id.is_valid().then_some(id)
+    }
+
+    /// A fresh `api.` id for a request without a key.
+    pub fn generated() -> Self {
+        Self(format!("{API_PREFIX}{}", &crate::config::generate_token()[..24]))
+    }
+
+    /// Whether it can be an outbound id (it becomes a `Nats-Msg-Id` and
+    /// part of a key-value key): 1-128 letters, digits, `_`, `-`, `.`, not
+    /// starting or ending with `.`. Checked again by the sender, since a
+    /// payload may come from anywhere.
+    pub fn is_valid(&self) -> bool {
+        is_valid_id(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && !id.starts_with('.')
+        && !id.ends_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl fmt::Display for OutboundId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for OutboundId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for OutboundId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for OutboundId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<OutboundId> for String {
+    fn from(id: OutboundId) -> Self {
+        id.0
+    }
+}
 
 /// Every `Nats-Msg-Id`. JetStream stores a message once per id within the
 /// stream's duplicate window; each variant says what that protects.

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
+use crate::bus::OutboundId;
 use crate::domain::{CallSid, ChannelId, E164, MessageSid};
 
 /// The payload version this build writes and reads.
@@ -185,8 +186,8 @@ pub enum Origin {
 pub struct Outbound {
     #[serde(default = "v1")]
     pub v: u32,
-    /// `reply.<inbound MessageSid>` or the API caller's idempotency key.
-    pub id: String,
+    /// `reply.<inbound MessageSid>` or `api.<key>` ([`OutboundId`]).
+    pub id: OutboundId,
     pub channel_id: ChannelId,
     pub to: E164,
     pub body: String,
@@ -210,34 +211,6 @@ pub struct OutboundCall {
     #[serde(default)]
     pub twiml: Option<String>,
 }
-
-impl Outbound {
-    /// The `Nats-Msg-Id` of the reply to an inbound message: at most one
-    /// reply per MessageSid, however often it is produced.
-    pub fn reply_id(inbound: &MessageSid) -> String {
-        format!("reply.{inbound}")
-    }
-
-    /// The outbound id (and `Nats-Msg-Id`) for an API caller's idempotency
-    /// key: in its own `api.` namespace, so that no key (`reply.<sid>`, say)
-    /// can collide with an id the worker makes and suppress that reply.
-    pub fn api_id(key: &str) -> String {
-        format!("{API_PREFIX}{key}")
-    }
-
-    /// Whether `id` can be an outbound id (it becomes a `Nats-Msg-Id` and
-    /// part of a key-value key): 1-128 letters, digits, `_`, `-`, `.`, not
-    /// starting or ending with `.`.
-    pub fn valid_id(id: &str) -> bool {
-        (1..=128).contains(&id.len())
-            && !id.starts_with('.')
-            && !id.ends_with('.')
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    }
-}
-
-/// The namespace of outbound ids made by the admin API.
-pub const API_PREFIX: &str = "api.";
 
 /// A Twilio status callback (`P.status.<channel_id>`, `Nats-Msg-Id` =
 /// `<MessageSid>.<MessageStatus>`).

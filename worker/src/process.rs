@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use serde_json::json;
-use smsgate_shared::bus::{self, Failure, MsgId};
+use smsgate_shared::bus::{self, Failure, MsgId, OutboundId};
 use smsgate_shared::channels::{Live, Registry};
 use smsgate_shared::consume::{self, Delivery, Handler, Key, Stranded, key_of};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
@@ -640,7 +640,7 @@ impl Step<'_> {
         let p = self.p;
         let outbound = Outbound {
             v: envelope::VERSION,
-            id: Outbound::reply_id(self.sid()),
+            id: OutboundId::reply_to(self.sid()),
             channel_id: self.inbound.channel_id.clone(),
             to: self.peer.clone(),
             body: reply.body,

@@ -34,7 +34,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use smsgate_shared::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason, Origin, Outbound};
+use smsgate_shared::bus::OutboundId;
+use smsgate_shared::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason, Origin};
 use smsgate_testkit::twilio::Call;
 use tokio::time::Instant;
 
@@ -253,7 +254,7 @@ impl Ledger {
 
         // Invariant 1: exactly one outcome per acked MessageSid.
         for (sid, acks) in &expect.acked {
-            let id = Outbound::reply_id(&parse_sid(sid)?);
+            let id = OutboundId::reply_to(&parse_sid(sid)?).to_string();
             let entries = outbound.get(&id).map(Vec::as_slice).unwrap_or_default();
             // Delivered: the sender's Outbound entry with every piece's SID.
             // (Not the `.done` marker: the sender writes it after the entry,
@@ -326,8 +327,11 @@ impl Ledger {
                 Outcome::Dead => report.dead += 1,
             }
         }
-        let acked: BTreeSet<String> =
-            expect.acked.keys().map(|s| parse_sid(s).map(|s| Outbound::reply_id(&s))).collect::<Result<_, _>>()?;
+        let acked: BTreeSet<String> = expect
+            .acked
+            .keys()
+            .map(|s| parse_sid(s).map(|s| OutboundId::reply_to(&s).to_string()))
+            .collect::<Result<_, _>>()?;
         for id in outbound.keys() {
             if !acked.contains(id) {
                 v.push(format!("a reply {id} to a MessageSid ingress never acked"));

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use smsgate_e2e::harness::{ADMIN_TOKEN, CHANNEL_ID, PUBLIC_BASE_URL, Stack, StackConfig};
 use smsgate_e2e::webhook::{Target, signed};
+use smsgate_shared::bus::OutboundId;
 use smsgate_shared::domain::{ChannelId, E164};
 use smsgate_shared::envelope::{self, DeadLetter, Origin, Outbound};
 use smsgate_shared::topology::Stage;
@@ -157,7 +158,7 @@ async fn an_operator_runs_a_conversation_from_the_console() {
     // A dead letter, replayed from the console, is delivered.
     let outbound = Outbound {
         v: envelope::VERSION,
-        id: "api.console-replay".to_owned(),
+        id: OutboundId::api("console-replay").unwrap(),
         channel_id: ChannelId::parse(CHANNEL_ID).unwrap(),
         to: E164::parse(PEER).unwrap(),
         body: "Replayed from the console".to_owned(),
@@ -175,7 +176,7 @@ async fn an_operator_runs_a_conversation_from_the_console() {
         reason: "test: Twilio was down too long".to_owned(),
         code: None,
         subject: stack.topology.outbound_subject(&channel),
-        msg_id: Some(outbound.id.clone()),
+        msg_id: Some(outbound.id.to_string()),
         payload: String::from_utf8(envelope::encode(&outbound).to_vec()).unwrap(),
         at: OffsetDateTime::now_utc(),
     };

@@ -139,7 +139,7 @@ async fn start_worker(nats: &NatsServer, app: &TestApp) -> CancellationToken {
     };
     let tuning = smsgate_worker::Tuning {
         max_in_flight: Some(8),
-        retry_delays: vec![Duration::from_millis(200)],
+        retry: smsgate_shared::retry::RetryPolicy::fixed(vec![Duration::from_millis(200)]),
         error_delay: Duration::from_millis(200),
         ..smsgate_worker::Tuning::default()
     };

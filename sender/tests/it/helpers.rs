@@ -25,8 +25,7 @@ pub fn fast_tuning() -> Tuning {
         ack_wait: Some(Duration::from_secs(10)),
         max_deliver: 4,
         attempts: 3,
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(400),
+        retry: smsgate_shared::retry::RetryPolicy::doubling(Duration::from_millis(50), Duration::from_millis(400)),
         unknown_outcome_delay: Duration::from_millis(300),
         redelivery_delay: Duration::from_millis(300),
         progress_every: Duration::from_secs(1),
@@ -180,7 +179,8 @@ pub fn peer(n: u32) -> E164 {
 pub fn outbound(id: &str, to: &E164, body: &str) -> Outbound {
     Outbound {
         v: envelope::VERSION,
-        id: id.to_owned(),
+        // As it would come on the wire: not checked here (the sender checks it).
+        id: serde_json::from_value(serde_json::Value::String(id.to_owned())).unwrap(),
         channel_id: ChannelId::parse("test").unwrap(),
         to: to.clone(),
         body: body.to_owned(),

@@ -96,7 +96,11 @@ async fn a_message_that_runs_out_of_deliveries_ends_in_the_fallback_and_a_dead_l
     let model = OpenAiStub::start().await;
     model.fail_next(100, 503);
     // Chat retries would allow six attempts; JetStream delivers only twice.
-    let tuning = Tuning { max_deliver: Some(2), retry_delays: vec![Duration::from_millis(100); 5], ..test_tuning() };
+    let tuning = Tuning {
+        max_deliver: Some(2),
+        retry: smsgate_shared::retry::RetryPolicy::fixed(vec![Duration::from_millis(100); 5]),
+        ..test_tuning()
+    };
     let mut w = TestWorker::start_with(vec![channel(&openai(&model, 20_000))], tuning).await;
     w.bus.send(&inbound("test", "SMlast", "+14155550920", "anyone?")).await;
     let out = w.bus.wait_outbound(1).await;

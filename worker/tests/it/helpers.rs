@@ -24,7 +24,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub fn test_tuning() -> Tuning {
     Tuning {
         max_in_flight: Some(4),
-        retry_delays: vec![Duration::from_millis(200), Duration::from_millis(300)],
+        retry: smsgate_shared::retry::RetryPolicy::fixed(vec![Duration::from_millis(200), Duration::from_millis(300)]),
         error_delay: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(10),
         ..Tuning::default()

@@ -27,7 +27,7 @@ async fn each_senders_replies_keep_their_order_while_senders_run_in_parallel() {
     w.bus.wait_drained().await;
     let mut seen: HashMap<String, Vec<String>> = HashMap::new();
     for o in &out {
-        seen.entry(o.to.to_string()).or_default().push(o.id.clone());
+        seen.entry(o.to.to_string()).or_default().push(o.id.to_string());
     }
     for (s, from) in senders.iter().enumerate() {
         let expected: Vec<String> = (0..5).map(|n| format!("reply.SMo{s}m{n}")).collect();

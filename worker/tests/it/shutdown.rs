@@ -26,7 +26,7 @@ async fn shutdown_stops_pulling_and_finishes_the_messages_in_hand_in_order() {
     let mut w = start_with_three_queued(&model, test_tuning(), "fin").await;
     w.stop().await;
 
-    let ids: Vec<String> = w.bus.outbound().await.into_iter().map(|o| o.id).collect();
+    let ids: Vec<String> = w.bus.outbound().await.into_iter().map(|o| o.id.into()).collect();
     assert_eq!(ids, ["reply.SMfin1", "reply.SMfin2", "reply.SMfin3"]);
     assert_eq!(w.bus.inbound_left().await, 0);
 }
