@@ -170,8 +170,8 @@ mod tests {
         assert_eq!(parse_json(r#"{"mode": "forward", "forward_to": "555"}"#).1, ["config.voice.forward_to"]);
         assert_eq!(parse_json(r#"{"voice": "a b<c>"}"#).1, ["config.voice.voice"]);
         assert_eq!(parse_json(r#"{"language": "-x"}"#).1, ["config.voice.language"]);
-        assert_eq!(parse_json(r#"{"mode": "sing"}"#).1, ["config.voice"]);
-        assert_eq!(parse_json(r#"{"greting": "hi"}"#).1, ["config.voice"]);
+        assert_eq!(parse_json(r#"{"mode": "sing"}"#).1, ["config.voice.mode"]);
+        assert_eq!(parse_json(r#"{"greting": "hi"}"#).1, ["config.voice.greting"]);
         let (v, keys) = parse_json(r#"{"enabled": true, "mode": "forward", "forward_to": "+14155550100"}"#);
         assert!(keys.is_empty());
         assert_eq!(v.forward_to.unwrap().as_str(), "+14155550100");
