@@ -10,6 +10,7 @@ use serde::Deserialize;
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::E164;
 use smsgate_shared::redact::third_party;
+use smsgate_shared::twilio_error::ErrorDocument;
 
 /// The longest one call to Twilio may take: an operator is waiting.
 pub const TWILIO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,14 +67,6 @@ struct NumberPage {
     incoming_phone_numbers: Vec<Number>,
 }
 
-#[derive(Deserialize)]
-struct ErrorDocument {
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
 impl Default for Twilio {
     fn default() -> Self {
         Self::new()
@@ -114,12 +107,9 @@ impl Twilio {
         let status = response.status();
         let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            let doc: Option<ErrorDocument> = serde_json::from_slice(&body).ok();
+            let doc = ErrorDocument::parse(&body);
             let code = doc.as_ref().and_then(|d| d.code);
-            let message = doc
-                .and_then(|d| d.message)
-                .map(|m| third_party(&m, 200))
-                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+            let message = ErrorDocument::message_or(doc.as_ref(), status.canonical_reason().unwrap_or("error"), 200);
             return Err(TwilioError::Refused { status: status.as_u16(), code, message });
         }
         serde_json::from_slice(&body).map_err(|e| TwilioError::Malformed(e.to_string()))

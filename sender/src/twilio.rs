@@ -8,6 +8,7 @@ use serde::Deserialize;
 use smsgate_shared::config::Channel;
 use smsgate_shared::domain::E164;
 use smsgate_shared::retry::parse_retry_after;
+use smsgate_shared::twilio_error::ErrorDocument;
 
 /// Twilio codes that are never retried (docs/TWILIO.md §6): invalid To,
 /// region/geo permission, recipient opted out, not a mobile number, body
@@ -110,20 +111,6 @@ pub struct CreatedMessage {
     pub num_segments: Option<String>,
 }
 
-/// Twilio's error document: `{"code", "message", "more_info", "status"}`.
-#[derive(Debug, Deserialize)]
-struct ErrorDocument {
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    more_info: Option<String>,
-    /// The RFC 9457 form's title, which twilio-python also reads.
-    #[serde(default)]
-    title: Option<String>,
-}
-
 /// One message to create.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {
@@ -204,14 +191,10 @@ impl TwilioClient {
                 num_segments: None,
             }));
         }
-        let doc: Option<ErrorDocument> = serde_json::from_slice(&bytes).ok();
-        let message = doc
-            .as_ref()
-            .and_then(|d| d.message.clone().or_else(|| d.title.clone()))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        let doc = ErrorDocument::parse(&bytes);
         // Twilio's texts quote the numbers (`The 'To' number +1415... is not
         // valid`); this message reaches logs, history and dead letters.
-        let message = smsgate_shared::redact::third_party(&message, 300);
+        let message = ErrorDocument::message_or(doc.as_ref(), &String::from_utf8_lossy(&bytes), 300);
         Err(TwilioError::Api {
             status: status.as_u16(),
             code: doc.as_ref().and_then(|d| d.code),

@@ -64,5 +64,6 @@ pub mod signature;
 pub mod sse;
 pub mod telemetry;
 pub mod topology;
+pub mod twilio_error;
 pub mod twiml;
 pub mod voice;
