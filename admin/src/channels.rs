@@ -131,7 +131,7 @@ fn view(
 /// Dead letters per channel from the subject counts (`P.dead.<stage>.<channel>`).
 async fn dead_counts_by_channel(state: &AdminState) -> Result<HashMap<String, u64>, AdminError> {
     let stream = state.stream(state.topology.dead_stream()).await?;
-    let filter = format!("{}.dead.>", state.topology.prefix());
+    let filter = state.topology.dead_filter(None);
     let subjects: Vec<(String, usize)> = bounded("read dead-letter subjects", async {
         stream.info_with_subjects(filter).await?.try_collect::<Vec<_>>().await
     })

@@ -35,9 +35,9 @@ pub(crate) async fn list_dead(
         // Dead letters of a channel that is no longer configured stay listable.
         Some(c) => {
             let c = ChannelId::parse(c).map_err(|e| AdminError::invalid("invalid_channel", e.reason))?;
-            format!("{}.dead.*.{c}", state.topology.prefix())
+            state.topology.dead_filter(Some(&c))
         }
-        None => format!("{}.dead.>", state.topology.prefix()),
+        None => state.topology.dead_filter(None),
     };
     let stream = state.stream(state.topology.dead_stream()).await?;
     let entries = read_all(&stream, filter, Some(limit))
@@ -95,10 +95,7 @@ pub(crate) async fn replay_dead(
     let letter: DeadLetter = envelope::decode(&stored.payload)
         .map_err(|e| AdminError::invalid("not_replayable", format!("dead letter {seq} cannot be read: {e}")))?;
     // Only the three work queues take replays: never history or DEAD itself.
-    let p = state.topology.prefix();
-    let replayable = ["inbound", "outbound", "status"].iter().any(|what| {
-        letter.subject.strip_prefix(&format!("{p}.{what}.")).is_some_and(|rest| ChannelId::parse(rest).is_ok())
-    });
+    let replayable = state.topology.parse_work_subject(&letter.subject).is_some();
     if !replayable {
         return Err(AdminError::invalid(
             "not_replayable",

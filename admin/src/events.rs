@@ -127,11 +127,8 @@ pub(crate) async fn events(
         history: history.cached_info().state.last_sequence,
         dead: dead.cached_info().state.last_sequence,
     });
-    let p = state.topology.prefix();
-    let (history_filter, dead_filter) = match &channel {
-        Some(c) => (state.topology.history_filter(Some(c)), format!("{p}.dead.*.{c}")),
-        None => (state.topology.history_filter(None), format!("{p}.dead.>")),
-    };
+    let (history_filter, dead_filter) =
+        (state.topology.history_filter(channel.as_ref()), state.topology.dead_filter(channel.as_ref()));
     let history_messages = follow(&history, history_filter, start.history).await?.map(|m| (Source::History, m));
     let dead_messages = follow(&dead, dead_filter, start.dead).await?.map(|m| (Source::Dead, m));
     metrics::gauge!("smsgate_admin_event_streams").increment(1.0);

@@ -120,7 +120,7 @@ pub fn outbound_consumer_config(settings: &Settings, topology: &Topology, tuning
     tuning.limits(settings).pull_config(
         OUTBOUND_CONSUMER,
         "smsgate sender: replies to deliver".to_owned(),
-        format!("{}.outbound.>", topology.prefix()),
+        topology.work_filter(smsgate_shared::topology::WorkQueue::Outbound),
     )
 }
 
@@ -129,7 +129,7 @@ pub fn status_consumer_config(settings: &Settings, topology: &Topology, tuning: 
     tuning.limits(settings).pull_config(
         STATUS_CONSUMER,
         "smsgate sender: Twilio status callbacks".to_owned(),
-        format!("{}.status.>", topology.prefix()),
+        topology.work_filter(smsgate_shared::topology::WorkQueue::Status),
     )
 }
 

@@ -38,6 +38,24 @@ pub struct Topology {
     pub replicas: usize,
 }
 
+/// The three work-queue streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkQueue {
+    Inbound,
+    Outbound,
+    Status,
+}
+
+impl WorkQueue {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+            Self::Status => "status",
+        }
+    }
+}
+
 /// The processing stage a dead letter comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -186,6 +204,26 @@ impl Topology {
     }
     pub fn dead_subject(&self, stage: Stage, channel: &ChannelId) -> String {
         format!("{}.dead.{}.{channel}", self.prefix, stage.as_str())
+    }
+    /// Every dead letter (`channel` = None) or one channel's, of any stage.
+    pub fn dead_filter(&self, channel: Option<&ChannelId>) -> String {
+        match channel {
+            Some(c) => format!("{}.dead.*.{c}", self.prefix),
+            None => format!("{}.dead.>", self.prefix),
+        }
+    }
+    /// The subjects of a work queue's stream: what its durable consumer takes.
+    pub fn work_filter(&self, queue: WorkQueue) -> String {
+        format!("{}.{}.>", self.prefix, queue.as_str())
+    }
+    /// The channel of a work-queue subject of this prefix (where a dead
+    /// letter may be replayed), or None for any other subject.
+    pub fn parse_work_subject(&self, subject: &str) -> Option<(WorkQueue, ChannelId)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let (queue, channel) = rest.split_once('.')?;
+        let queue =
+            [WorkQueue::Inbound, WorkQueue::Outbound, WorkQueue::Status].into_iter().find(|q| q.as_str() == queue)?;
+        Some((queue, ChannelId::parse(channel).ok()?))
     }
 
     /// Key in the `seen` bucket for an inbound MessageSid.
@@ -450,5 +488,10 @@ mod tests {
         assert_eq!(t.history_subject(&c, &n), "smsgate.history.sms_prod.14155550100");
         assert_eq!(t.parse_history_subject("smsgate.history.sms_prod.14155550100"), Some((c.clone(), n)));
         assert_eq!(t.dead_subject(Stage::Sender, &c), "smsgate.dead.sender.sms_prod");
+        assert_eq!(t.dead_filter(Some(&c)), "smsgate.dead.*.sms_prod");
+        assert_eq!(t.work_filter(WorkQueue::Status), "smsgate.status.>");
+        assert_eq!(t.parse_work_subject("smsgate.outbound.sms_prod"), Some((WorkQueue::Outbound, c.clone())));
+        assert_eq!(t.parse_work_subject("smsgate.history.sms_prod.14155550100"), None);
+        assert_eq!(t.parse_work_subject("other.inbound.sms_prod"), None);
     }
 }

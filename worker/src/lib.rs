@@ -166,7 +166,7 @@ impl Tuning {
         self.limits(settings).pull_config(
             CONSUMER,
             "smsgate worker: inbound SMS → chat → reply".to_owned(),
-            format!("{}.inbound.>", topology.prefix()),
+            topology.work_filter(smsgate_shared::topology::WorkQueue::Inbound),
         )
     }
 
