@@ -59,6 +59,11 @@ if [ -f docker-compose.yml ]; then
   docker-compose --env-file .env.example -f docker-compose.yml config -q
   docker-compose --env-file .env.example -f docker-compose.yml -f deploy/docker-compose.cluster.yml config -q
 fi
+echo "== deploy/Dockerfile copies every workspace member"
+members=$(sed -n 's/^members = \[\(.*\)\]/\1/p' Cargo.toml | tr -d '",')
+for m in $members; do
+  grep -qx "COPY $m $m" deploy/Dockerfile || { echo "test.sh: deploy/Dockerfile does not COPY the workspace member $m" >&2; exit 1; }
+done
 echo "== the container image: deploy/Dockerfile built with podman and run from its own filesystem"
 if [ "$(id -u)" -eq 0 ]; then
   ./deploy/test-image.sh
