@@ -166,7 +166,7 @@ async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: 
             "webhook published"
         );
         Ok(match route {
-            Route::Inbound => twiml_response(EMPTY_TWIML.to_owned()),
+            Route::Inbound => twiml_response(EMPTY_TWIML),
             Route::Status => StatusCode::OK.into_response(),
         })
     })
@@ -190,15 +190,15 @@ where
 {
     let started = Instant::now();
     let entry = shared.channels.find_token(token);
-    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str()).to_owned();
-    let result = match entry {
+    let result = match &entry {
         None => Err(UNKNOWN_TOKEN),
         Some(entry) => match verify(&entry.channel, uri, headers, body).await {
-            Ok(body) => answer(entry, body).await,
+            Ok(body) => answer(entry.clone(), body).await,
             Err(rejection) => Err(rejection),
         },
     };
-    finish(route, &channel_id, started, result)
+    let channel_id = entry.as_ref().map_or("", |e| e.channel.id.as_str());
+    finish(route, channel_id, started, result)
 }
 
 /// The channel is on, the body a form within [`MAX_BODY`], and Twilio's
@@ -228,7 +228,7 @@ async fn verify(channel: &Channel, uri: &Uri, headers: &HeaderMap, body: Body) -
 }
 
 /// A TwiML answer (`text/xml`).
-pub fn twiml_response(xml: String) -> Response {
+pub fn twiml_response(xml: impl IntoResponse) -> Response {
     ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
 }
 

@@ -18,7 +18,7 @@
 //! human takeover (the caller is offered voicemail for the operator).
 
 use async_nats::jetstream::kv;
-use smsgate_shared::bus::{self, MsgId};
+use smsgate_shared::bus::MsgId;
 use smsgate_shared::domain::{CallSid, E164};
 use smsgate_shared::envelope::{self, CallPart, CallReply, HistoryEvent, Inbound, NoteReason, Origin};
 use smsgate_shared::topology::Topology;
@@ -51,22 +51,15 @@ pub async fn handle(
                 detail: detail.clone(),
             };
             let id = MsgId::HistoryCall { call_sid, status };
-            Some(append(p, inbound, peer, id, event).await.map(|()| (Disposition::Ack, Outcome::CallStatus)))
+            Some(
+                p.history
+                    .append(&inbound.channel_id, peer, id, event)
+                    .await
+                    .map(|()| (Disposition::Ack, Outcome::CallStatus)),
+            )
         }
         CallPart::Turn { call_sid, turn } => Some(Turn { p, job, inbound, lane, peer, call_sid, n: *turn }.run().await),
     }
-}
-
-async fn append(
-    p: &Processor,
-    inbound: &Inbound,
-    peer: &E164,
-    id: MsgId<'_>,
-    event: HistoryEvent,
-) -> Result<(), Error> {
-    bus::append_history(&p.js, &p.topology, (&inbound.channel_id, peer), id, event)
-        .await
-        .map_err(|e| Error::Publish { what: "call history", source: Box::new(e) })
 }
 
 struct Turn<'a> {
@@ -105,7 +98,14 @@ impl Turn<'_> {
             said: reply.say.clone(),
             origin: reply.origin,
         };
-        append(p, self.inbound, self.peer, MsgId::HistoryCallTurn { call_sid: self.call_sid, turn: self.n }, event)
+        self.p
+            .history
+            .append(
+                &self.inbound.channel_id,
+                self.peer,
+                MsgId::HistoryCallTurn { call_sid: self.call_sid, turn: self.n },
+                event,
+            )
             .await?;
         p.seen.store(sid, &Record { seq: self.job.seq, state: State::Done, reply: None }).await?;
         let outcome = match reply.origin {

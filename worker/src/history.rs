@@ -70,7 +70,14 @@ impl History {
         Ok(Self { js, topology, stream, cache: Arc::new(Mutex::new(cache)) })
     }
 
-    async fn append(&self, channel: &ChannelId, peer: &E164, id: MsgId<'_>, event: HistoryEvent) -> Result<(), Error> {
+    /// Appends one entry to the conversation (`shared::bus::append_history`).
+    pub(crate) async fn append(
+        &self,
+        channel: &ChannelId,
+        peer: &E164,
+        id: MsgId<'_>,
+        event: HistoryEvent,
+    ) -> Result<(), Error> {
         bus::append_history(&self.js, &self.topology, (channel, peer), id, event)
             .await
             .map_err(|e| Error::Publish { what: "history", source: Box::new(e) })
