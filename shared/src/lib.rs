@@ -17,6 +17,8 @@
 //!   [`envelope::Inbound`] (ingress → worker), an [`envelope::Outbound`]
 //!   (worker or admin API → sender), a [`envelope::StatusUpdate`] (ingress →
 //!   sender), [`envelope::HistoryEntry`] and [`envelope::DeadLetter`].
+//! - [`guard`]: the compliance guard in front of every text or call that is
+//!   not a direct reply (quiet hours, consent, opt-out, caps), and its facts.
 //! - [`bus`]: the bus protocol written once: every `Nats-Msg-Id`
 //!   ([`bus::MsgId`]), every `P_sent` key ([`bus::SentKey`]), publishing with
 //!   an id, the history and dead-letter writers.
@@ -51,6 +53,7 @@ pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod envelope;
+pub mod guard;
 pub mod http;
 pub mod markdown;
 pub mod media;

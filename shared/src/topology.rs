@@ -104,6 +104,10 @@ pub struct Bus {
     pub channels: kv::Store,
     /// Voice: each call turn's reply, read by ingress to answer Twilio.
     pub calls: kv::Store,
+    /// Consent on record per channel and number (the guard).
+    pub consent: kv::Store,
+    /// Scheduled and deferred texts and calls, due-indexed (`crate::schedule`).
+    pub schedule: kv::Store,
 }
 
 impl Topology {
@@ -174,6 +178,12 @@ impl Topology {
     pub fn calls_bucket(&self) -> String {
         format!("{}_calls", self.upper)
     }
+    pub fn consent_bucket(&self) -> String {
+        format!("{}_consent", self.upper)
+    }
+    pub fn schedule_bucket(&self) -> String {
+        format!("{}_schedule", self.upper)
+    }
 
     pub fn inbound_subject(&self, channel: &ChannelId) -> String {
         format!("{}.inbound.{channel}", self.prefix)
@@ -243,6 +253,16 @@ impl Topology {
     /// Key in the `optout` bucket for a number on a channel.
     pub fn optout_key(channel: &ChannelId, peer: &E164) -> String {
         format!("{channel}.{}", peer.subject_token())
+    }
+    /// Key in the `consent` bucket for a number on a channel.
+    pub fn consent_key(channel: &ChannelId, peer: &E164) -> String {
+        format!("{channel}.{}", peer.subject_token())
+    }
+    /// Key in the `budget` bucket for the agent-initiated texts a number got
+    /// in the last 24 h (the guard's per-recipient cap; `agent` is never a
+    /// window or `rate`, so never another counter's key).
+    pub fn agent_sends_key(channel: &ChannelId, peer: &E164) -> String {
+        format!("{channel}.agent.{}", peer.subject_token())
     }
     /// Key in the `budget` bucket: replies of `channel` in one window
     /// (`m<unix minute>` or `d<unix day>`). One counter per channel and
@@ -350,6 +370,8 @@ impl Topology {
             (self.conversations_bucket(), Duration::ZERO),
             (self.channels_bucket(), Duration::ZERO),
             (self.calls_bucket(), CALLS_TTL),
+            (self.consent_bucket(), Duration::ZERO),
+            (self.schedule_bucket(), Duration::ZERO),
         ] {
             self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
@@ -370,6 +392,8 @@ impl Topology {
             conversations: next()?,
             channels: next()?,
             calls: next()?,
+            consent: next()?,
+            schedule: next()?,
         })
     }
 

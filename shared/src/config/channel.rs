@@ -335,6 +335,8 @@ pub struct Channel {
     pub delete_media_after_fetch: bool,
     /// Voice calls on the number (`voice`).
     pub voice: crate::voice::VoiceConfig,
+    /// How agent-initiated texts and calls are guarded (`compliance`).
+    pub compliance: crate::guard::Compliance,
     /// Keys of the channel's JSON that smsgate does not know, with a "did
     /// you mean" when one is close: logged as a warning at start and shown by
     /// `check-config`.

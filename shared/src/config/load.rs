@@ -29,7 +29,8 @@ struct RawChannel {
 /// The keys of a channel object, for "did you mean".
 const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
 /// The keys of a channel's `config`, for "did you mean".
-const CONFIG_KEYS: [&str; 25] = [
+const CONFIG_KEYS: [&str; 26] = [
+    "compliance",
     "twilio_account_sid",
     "twilio_auth_token",
     "twilio_from_number",
@@ -119,6 +120,9 @@ struct RawChannelConfig {
     /// Parsed separately so that its errors name `config.voice.<key>`.
     #[serde(default)]
     voice: Option<Value>,
+    /// Parsed separately so that its errors name `config.compliance.<key>`.
+    #[serde(default)]
+    compliance: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -560,6 +564,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         fail(&format!("config.media.{key}"), message);
     }
     let voice = crate::voice::parse(c.voice, &mut fail);
+    let compliance = crate::guard::config::parse(c.compliance, &mut fail);
     if !ok {
         return None;
     }
@@ -592,6 +597,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         media,
         delete_media_after_fetch: c.delete_media_after_fetch,
         voice,
+        compliance,
         unknown_keys,
     })
 }

@@ -126,6 +126,20 @@ pub fn generate_token() -> String {
     (0..48).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
 }
 
+/// A valid channel for unit tests of this crate (the test kit's is for the
+/// other crates' tests).
+#[cfg(test)]
+pub(crate) fn test_channel() -> Channel {
+    let text = r#"{"channel_id": "test", "config": {
+        "twilio_account_sid": "AC0123456789abcdef0123456789abcdef", "twilio_auth_token": "t",
+        "twilio_from_number": "+15551234567", "webhook_path_token": "0123456789abcdef0123456789abcdef",
+        "public_base_url": "https://sms.example.com", "chat": {"kind": "echo"}}}"#;
+    match parse_channels(text, "test", &|_| None, None) {
+        Ok(mut v) => v.remove(0),
+        Err(e) => panic!("test channel is invalid: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -1,0 +1,243 @@
+//! The compliance guard: the one door every text or call passes that is not
+//! the direct reply to an inbound message (docs/COMPLIANCE.md).
+//!
+//! # Layout
+//!
+//! - this file: [`decide`], a pure function of the request ([`Ask`]), what
+//!   is known about the recipient ([`Facts`]) and the clock, answering a
+//!   [`Verdict`]: Send, Defer(until) or Deny(reason). Callers turn the
+//!   verdict into a status code, a tool result or a note; none re-implements
+//!   a check.
+//! - [`window`]: quiet hours in the recipient's local time, the next allowed
+//!   minute.
+//! - [`zones`]: a number's time zones from libphonenumber's prefix map.
+//! - [`rules`]: federal and state rows (hours, caps), each with its source.
+//! - [`config`]: the channel's `compliance` key.
+//! - [`facts`]: reading [`Facts`] from NATS (opt-out, consent, pause, the
+//!   recipient's recent agent texts, their last inbound).
+//!
+//! The checks run in this order: opt-out, block list, `reply_countries`,
+//! consent for the purpose, the pause for a human (agent texts only), quiet
+//! hours, the per-recipient cap. The API runs the guard to answer at once;
+//! the sender runs it again just before the text goes out, so a STOP that
+//! arrives in between wins.
+
+pub mod config;
+pub mod facts;
+pub mod rules;
+pub mod window;
+pub mod zones;
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::config::Channel;
+use crate::domain::E164;
+
+pub use config::Compliance;
+pub use window::Window;
+
+/// What a text is for: decides the consent it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Answers the person, who texted within the conversation window.
+    Conversational,
+    /// Alerts, reminders: consent on record or an inbound from the number.
+    Informational,
+    /// Promotion: written consent on record.
+    Marketing,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conversational => "conversational",
+            Self::Informational => "informational",
+            Self::Marketing => "marketing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "conversational" => Some(Self::Conversational),
+            "informational" => Some(Self::Informational),
+            "marketing" => Some(Self::Marketing),
+            _ => None,
+        }
+    }
+}
+
+/// Who originates the text. An operator's own message is not held back by a
+/// pause for a human (that is how the human answers); an agent's is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Initiator {
+    Operator,
+    Agent,
+}
+
+/// A text, or an (AI voice) call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Call,
+}
+
+/// The kind of consent on record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentKind {
+    Express,
+    Written,
+}
+
+/// What is known about the recipient when the guard runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub opted_out: bool,
+    pub consent: Option<ConsentKind>,
+    /// Their last inbound on this channel, if history still has one.
+    pub last_inbound: Option<OffsetDateTime>,
+    /// They texted (or called) this channel at least once.
+    pub ever_inbound: bool,
+    pub paused_until: Option<OffsetDateTime>,
+    /// Agent-initiated texts to them in the 24 h before the send, not
+    /// counting this one.
+    pub sent_last_24h: u32,
+}
+
+/// The text the guard is asked about.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    pub channel: &'a Channel,
+    pub to: &'a E164,
+    pub purpose: Purpose,
+    pub initiator: Initiator,
+    pub kind: Kind,
+    /// Announced by a reply (`in_reply_to`): a follow-up to the person's
+    /// own message.
+    pub follow_up: bool,
+    /// When it would go out: now, or the time it was scheduled for.
+    pub at: OffsetDateTime,
+}
+
+/// Why the guard refuses a text outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Denial {
+    OptedOut,
+    Blocked,
+    CountryNotAllowed,
+    NoConsent,
+    Paused,
+    RecipientCap,
+    /// No allowed minute within a week (windows that never overlap).
+    QuietHours,
+}
+
+impl Denial {
+    /// The machine-readable code (the admin API's `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OptedOut => "opted_out",
+            Self::Blocked => "blocked",
+            Self::CountryNotAllowed => "country_not_allowed",
+            Self::NoConsent => "no_consent",
+            Self::Paused => "paused",
+            Self::RecipientCap => "recipient_cap",
+            Self::QuietHours => "quiet_hours",
+        }
+    }
+
+    /// A sentence for a person (or a model) reading the refusal.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::OptedOut => "the number has opted out of this channel",
+            Self::Blocked => "the number is not allowed on this channel (allow/block list)",
+            Self::CountryNotAllowed => "the number's country is not in the channel's reply_countries",
+            Self::NoConsent => "no consent on record for this purpose",
+            Self::Paused => "the conversation is paused for a person; agent texts are held back",
+            Self::RecipientCap => "the recipient already got the most agent texts allowed in 24 hours",
+            Self::QuietHours => "no allowed sending time in the recipient's time zones",
+        }
+    }
+}
+
+/// The guard's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Send,
+    /// Outside the recipient's allowed hours: the next allowed minute.
+    Defer {
+        until: OffsetDateTime,
+    },
+    Deny(Denial),
+}
+
+/// The purpose a request gets when it names none: conversational when the
+/// person texted within the window, else informational.
+pub fn default_purpose(compliance: &Compliance, facts: &Facts, now: OffsetDateTime) -> Purpose {
+    if within_window(compliance, facts, now) { Purpose::Conversational } else { Purpose::Informational }
+}
+
+fn within_window(compliance: &Compliance, facts: &Facts, at: OffsetDateTime) -> bool {
+    let window = Duration::hours(i64::from(compliance.conversation_window_hours));
+    facts.last_inbound.is_some_and(|t| at - t <= window)
+}
+
+/// Whether consent covers the purpose (and the kind: an AI voice call needs
+/// consent on record or a recent conversation, FCC 24-17).
+fn consented(ask: &Ask<'_>, compliance: &Compliance, facts: &Facts) -> bool {
+    let recent = within_window(compliance, facts, ask.at);
+    match (ask.purpose, ask.kind) {
+        (Purpose::Marketing, _) => facts.consent == Some(ConsentKind::Written),
+        (_, Kind::Call) => recent || facts.consent.is_some(),
+        // A conversational text whose window has closed is still fine as an
+        // informational one.
+        (Purpose::Conversational | Purpose::Informational, Kind::Text) => {
+            recent || facts.consent.is_some() || facts.ever_inbound
+        }
+    }
+}
+
+/// The guard: Send, Defer(until) or Deny(reason) for `ask`, given `facts`.
+pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Verdict {
+    let channel = ask.channel;
+    let compliance = &channel.compliance;
+    if facts.opted_out {
+        return Verdict::Deny(Denial::OptedOut);
+    }
+    if !channel.admits(ask.to) {
+        return Verdict::Deny(Denial::Blocked);
+    }
+    if !channel.reply_countries.admits(ask.to) {
+        return Verdict::Deny(Denial::CountryNotAllowed);
+    }
+    if !consented(ask, compliance, facts) {
+        return Verdict::Deny(Denial::NoConsent);
+    }
+    if ask.initiator == Initiator::Agent && facts.paused_until.is_some_and(|until| ask.at < until) {
+        return Verdict::Deny(Denial::Paused);
+    }
+    // A follow-up the person asked for (announced by a reply within the
+    // window) is part of the conversation: no quiet hours, no cap.
+    let exempt = ask.follow_up && within_window(compliance, facts, ask.at);
+    if exempt {
+        return Verdict::Send;
+    }
+    let window = Window::for_number(compliance, ask.to);
+    if !window.open_at(ask.at) {
+        return match window.next_open(ask.at) {
+            Some(until) => Verdict::Defer { until },
+            None => Verdict::Deny(Denial::QuietHours),
+        };
+    }
+    if facts.sent_last_24h >= compliance.cap_for(ask.to) {
+        return Verdict::Deny(Denial::RecipientCap);
+    }
+    Verdict::Send
+}
+
+#[cfg(test)]
+mod tests;
