@@ -77,6 +77,7 @@ impl CallRequest {
             origin: Origin::Api,
             created_at: OffsetDateTime::now_utc(),
             call: Some(OutboundCall { twiml }),
+            guard: None,
         })
     }
 }

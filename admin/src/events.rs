@@ -87,7 +87,11 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
             | NoteReason::HelpKeyword
             | NoteReason::Blocked
             | NoteReason::ChatError
-            | NoteReason::NoReply => "message.skipped",
+            | NoteReason::NoReply
+            | NoteReason::Refused => "message.skipped",
+            NoteReason::Scheduled => "message.scheduled",
+            NoteReason::Canceled => "message.canceled",
+            NoteReason::Consent => "conversation.consent",
             // Where a reply ended: sent and delivered, written to the log,
             // or failed for good.
             NoteReason::SendFailed | NoteReason::Delivered | NoteReason::Logged => "message.status",

@@ -104,6 +104,7 @@ impl SendRequest {
             origin: Origin::Api,
             created_at: OffsetDateTime::now_utc(),
             call: None,
+            guard: None,
         })
     }
 }

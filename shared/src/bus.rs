@@ -123,6 +123,10 @@ pub enum MsgId<'a> {
     /// `api.<key>` or `api.<random>`, see [`envelope::Outbound`]). One send
     /// per id (invariant 2).
     Outbound(&'a str),
+    /// A scheduled or deferred message put on `P_OUTBOUND` when due:
+    /// `<id>.at<unix seconds>`. Two schedulers firing the same entry store
+    /// it once; the same id deferred again to another time is a new message.
+    Scheduled { id: &'a str, at: i64 },
     /// A dead letter replayed to its subject: `replay.<seq>[.<original>]`.
     /// A second replay of the same letter is stored once.
     Replay { seq: u64, original: Option<&'a str> },
@@ -161,6 +165,7 @@ impl fmt::Display for MsgId<'_> {
             Self::Inbound(sid) => write!(f, "{sid}"),
             Self::Status { sid, status } => write!(f, "{sid}.{status}"),
             Self::Outbound(id) => write!(f, "{id}"),
+            Self::Scheduled { id, at } => write!(f, "{id}.at{at}"),
             Self::Replay { seq, original: Some(original) } => write!(f, "replay.{seq}.{original}"),
             Self::Replay { seq, original: None } => write!(f, "replay.{seq}"),
             Self::HistoryInbound(sid) => write!(f, "in.{sid}"),

@@ -202,6 +202,17 @@ pub struct Outbound {
     /// unless the call carries its own TwiML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call: Option<OutboundCall>,
+    /// Set for a text or call that is not a direct reply: the sender runs
+    /// the guard again before it goes out (`crate::guard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guarded>,
+}
+
+/// How a guarded message was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarded {
+    pub purpose: crate::guard::Purpose,
+    pub initiator: crate::guard::Initiator,
 }
 
 /// What an outbound call plays.
@@ -348,6 +359,16 @@ pub enum NoteReason {
     MediaDeleted,
     /// The media of a reply (an agent's `"media"`) refused; the text went alone.
     MediaRefused,
+    /// A text or call scheduled for later (`send_at`, or deferred by the
+    /// guard to the recipient's allowed hours); the detail says when and why.
+    Scheduled,
+    /// A scheduled text or call canceled before it went out.
+    Canceled,
+    /// The guard refused a text or call (opted out, no consent, paused,
+    /// the recipient's cap…); the detail starts with the code.
+    Refused,
+    /// Consent recorded or revoked (API, START, STOP).
+    Consent,
 }
 
 impl NoteReason {
@@ -373,6 +394,10 @@ impl NoteReason {
             Self::MediaSkipped => "media_skipped",
             Self::MediaDeleted => "media_deleted",
             Self::MediaRefused => "media_refused",
+            Self::Scheduled => "scheduled",
+            Self::Canceled => "canceled",
+            Self::Refused => "refused",
+            Self::Consent => "consent",
         }
     }
 

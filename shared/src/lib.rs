@@ -30,6 +30,8 @@
 //! - [`twiml`]: the one XML-escaping TwiML writer, and replies made speakable.
 //! - [`voice`]: the channel's `voice` key and the voice routes.
 //! - [`redact`]: masking numbers and clipping third-party text for logs.
+//! - [`schedule`]: texts and calls to send later (KV `P_schedule`), and the
+//!   [`schedule::Scheduler`] every sender runs to fire them once.
 //! - [`retry`]: the one `Retry-After` parser (seconds or an HTTP date).
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
@@ -61,6 +63,7 @@ pub mod nats;
 pub mod ops;
 pub mod redact;
 pub mod retry;
+pub mod schedule;
 pub mod secret_key;
 pub mod shutdown;
 pub mod signature;

@@ -649,6 +649,7 @@ impl Step<'_> {
             origin: reply.origin,
             created_at: OffsetDateTime::now_utc(),
             call: None,
+            guard: None,
         };
         let subject = p.topology.outbound_subject(&self.inbound.channel_id);
         bus::publish(&p.js, subject, MsgId::Outbound(&outbound.id), envelope::encode(&outbound))

@@ -167,6 +167,7 @@ async fn an_operator_runs_a_conversation_from_the_console() {
         origin: Origin::Api,
         created_at: OffsetDateTime::now_utc(),
         call: None,
+        guard: None,
     };
     let channel = ChannelId::parse(CHANNEL_ID).unwrap();
     let letter = DeadLetter {

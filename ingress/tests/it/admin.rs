@@ -119,6 +119,7 @@ fn outbound_json(id: &str) -> String {
         origin: Origin::Chat,
         created_at: OffsetDateTime::now_utc(),
         call: None,
+        guard: None,
     };
     String::from_utf8(envelope::encode(&o).to_vec()).unwrap()
 }

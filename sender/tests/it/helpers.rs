@@ -189,6 +189,7 @@ pub fn outbound(id: &str, to: &E164, body: &str) -> Outbound {
         origin: Origin::Chat,
         created_at: time::OffsetDateTime::now_utc(),
         call: None,
+        guard: None,
     }
 }
 
