@@ -1,19 +1,23 @@
 //! `POST /api/v1/calls`: an outbound call that says a text (or plays the
 //! operator's TwiML), put on the outbound stream like a message (same id
 //! rules and idempotency); the sender places it through Twilio's Calls API.
-//! Opted-out and blocked numbers are refused here, and again by the sender.
+//! The guard ([`crate::compliance`]) refuses opted-out and blocked numbers
+//! and calls without consent (an AI voice needs it, FCC 24-17) here, and
+//! again in the sender; `send_at` schedules the call.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::Deserialize;
+use smsgate_shared::config::Channel;
 use smsgate_shared::envelope::{self, Origin, Outbound, OutboundCall};
-use smsgate_shared::topology::Topology;
+use smsgate_shared::guard::Initiator;
 use time::OffsetDateTime;
 
-use crate::messages::{SendAccepted, enabled_channel, json_object, outbound_id, publish_outbound, recipient};
-use crate::{AdminError, AdminState, bounded};
+use crate::compliance::{self, SendAccepted};
+use crate::messages::{enabled_channel, json_object, outbound_id, recipient};
+use crate::{AdminError, AdminState};
 
 /// Twilio's limit on the `Twiml` parameter, and so on what a call says.
 pub const MAX_TWIML_CHARS: usize = 4000;
@@ -30,10 +34,17 @@ pub struct CallRequest {
     pub twiml: Option<String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// RFC 3339: place the call then.
+    #[serde(default)]
+    pub send_at: Option<String>,
+    #[serde(default)]
+    pub defer: Option<bool>,
 }
 
 impl CallRequest {
-    async fn validate(self, state: &AdminState) -> Result<Outbound, AdminError> {
+    fn validate(self, state: &AdminState) -> Result<(Channel, Outbound, compliance::Request), AdminError> {
         let channel = enabled_channel(state, &self.channel_id)?;
         let to = recipient(&self.to)?;
         if channel.from_number.is_none() {
@@ -57,16 +68,13 @@ impl CallRequest {
                 format!("{chars} characters; Twilio takes at most {MAX_TWIML_CHARS} of TwiML"),
             ));
         }
-        if !channel.admits(&to) {
-            return Err(AdminError::invalid("blocked", "the number may not be called on this channel"));
-        }
-        state.require_nats()?;
-        let optout = bounded("open the opt-out bucket", state.js.get_key_value(state.topology.optout_bucket())).await?;
-        let opted_out = bounded("read the opt-out bucket", optout.get(Topology::optout_key(&channel.id, &to))).await?;
-        if opted_out.is_some() {
-            return Err(AdminError::invalid("opted_out", "the number has opted out of this channel"));
-        }
-        Ok(Outbound {
+        let request = compliance::Request {
+            purpose: compliance::parse_purpose(self.purpose.as_deref())?,
+            send_at: compliance::parse_send_at(self.send_at.as_deref())?,
+            defer: self.defer.unwrap_or(true),
+            initiator: Initiator::Operator,
+        };
+        let outbound = Outbound {
             v: envelope::VERSION,
             id: outbound_id(self.idempotency_key)?,
             channel_id: channel.id.clone(),
@@ -78,7 +86,8 @@ impl CallRequest {
             created_at: OffsetDateTime::now_utc(),
             call: Some(OutboundCall { twiml }),
             guard: None,
-        })
+        };
+        Ok((channel, outbound, request))
     }
 }
 
@@ -87,6 +96,6 @@ pub(crate) async fn place_call(
     body: Bytes,
 ) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
     let request: CallRequest = json_object(&body, "call request")?;
-    let outbound = request.validate(&state).await?;
-    publish_outbound(&state, &outbound, "call").await
+    let (channel, outbound, request) = request.validate(&state)?;
+    compliance::submit(&state, &channel, outbound, request, "call").await
 }

@@ -39,6 +39,10 @@ pub enum AdminError {
     /// another origin (403), not JSON (415).
     #[error("{detail}")]
     Refused { status: StatusCode, code: &'static str, detail: &'static str },
+    /// The compliance guard refused: 403, or 409 for quiet hours when the
+    /// request asked not to defer (with the next allowed time).
+    #[error("{detail}")]
+    Guard { status: StatusCode, code: &'static str, detail: &'static str, next_allowed_at: Option<String> },
     /// NATS is down or did not answer in time: 503.
     #[error("NATS is unavailable: {what}")]
     Unavailable {
@@ -74,7 +78,7 @@ impl AdminError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::Refused { status, .. } => *status,
+            Self::Refused { status, .. } | Self::Guard { status, .. } => *status,
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -91,6 +95,7 @@ impl AdminError {
             Self::Invalid { code, .. }
             | Self::NotFound { code, .. }
             | Self::Refused { code, .. }
+            | Self::Guard { code, .. }
             | Self::Conflict { code, .. }
             | Self::NotSetUp { code, .. }
             | Self::Upstream { code, .. } => code,
@@ -101,11 +106,17 @@ impl AdminError {
     }
 }
 
-/// The JSON body of every error answer.
+/// The JSON body of every error answer. The guard's refusals also carry
+/// the code as `error` (DESIGN: 403 `{error}`) and, for quiet hours,
+/// `next_allowed_at`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,
     pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_allowed_at: Option<String>,
 }
 
 impl IntoResponse for AdminError {
@@ -154,7 +165,12 @@ impl IntoResponse for AdminError {
                 self.to_string()
             }
         };
-        let mut response = (status, Json(ErrorBody { code: self.code().to_owned(), detail })).into_response();
+        let (error, next_allowed_at) = match &self {
+            Self::Guard { code, next_allowed_at, .. } => (Some((*code).to_owned()), next_allowed_at.clone()),
+            _ => (None, None),
+        };
+        let body = ErrorBody { code: self.code().to_owned(), detail, error, next_allowed_at };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

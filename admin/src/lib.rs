@@ -12,6 +12,11 @@
 //!   `P.outbound.<channel>` (the sender takes it from there).
 //! - `calls`: `POST /api/v1/calls` publishes an `Outbound` with `call` set
 //!   (the sender places it through Twilio's Calls API).
+//! - [`compliance`]: both go through the guard first: queued, scheduled
+//!   (KV `P_schedule`), or refused (403/409), the verdict noted in the
+//!   conversation.
+//! - `scheduled`: list and cancel what waits in `P_schedule`.
+//! - `consent`: consent on record (KV `P_consent`): add, show, revoke.
 //! - `conversations`: the list (a page of [`index`]) and one conversation (an ordered replay of its subject, each outbound
 //!   piece folded with its delivery statuses).
 //! - `takeover`: pause and resume the bot for one conversation (KV
@@ -33,6 +38,8 @@
 
 mod calls;
 mod channels;
+pub mod compliance;
+mod consent;
 pub mod console;
 mod conversations;
 mod dead;
@@ -42,6 +49,7 @@ pub mod guard;
 pub mod index;
 mod messages;
 mod reader;
+mod scheduled;
 mod takeover;
 pub mod twilio;
 
@@ -69,7 +77,10 @@ pub use conversations::{Conversation, ConversationList, EntryView, EventView, Pi
 pub use dead::{DeadList, DeadView, Replayed};
 pub use error::{AdminError, ErrorBody, NATS_TIMEOUT};
 pub use index::{ConversationIndex, ConversationSummary, LastMessage};
-pub use messages::{SendAccepted, SendRequest};
+pub use compliance::SendAccepted;
+pub use consent::ConsentView;
+pub use messages::SendRequest;
+pub use scheduled::{ScheduledList, ScheduledView};
 pub use takeover::TakeoverState;
 
 use error::bounded;
@@ -97,6 +108,8 @@ pub struct AdminState {
     /// Twilio's Account and IncomingPhoneNumbers resources (channel status,
     /// `set_webhook`).
     pub twilio: twilio::Twilio,
+    /// The compliance guard's buckets, opened at first use.
+    guard: Arc<tokio::sync::OnceCell<smsgate_shared::guard::GuardStore>>,
 }
 
 impl AdminState {
@@ -108,6 +121,7 @@ impl AdminState {
             index: Arc::default(),
             shutdown: CancellationToken::new(),
             twilio: twilio::Twilio::new(),
+            guard: Arc::default(),
         }
     }
 
@@ -132,6 +146,10 @@ pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
         .route("/console.css", get(console::serve_file))
         .route("/api/v1/messages", post(messages::send_message))
         .route("/api/v1/calls", post(calls::place_call))
+        .route("/api/v1/scheduled", get(scheduled::list_scheduled))
+        .route("/api/v1/scheduled/{id}", delete(scheduled::cancel_scheduled))
+        .route("/api/v1/consent", post(consent::add_consent))
+        .route("/api/v1/consent/{channel_id}/{peer}", get(consent::show_consent).delete(consent::revoke_consent))
         .route("/api/v1/conversations", get(conversations::list_conversations))
         .route("/api/v1/conversations/{channel_id}/{peer}", get(conversations::read_conversation))
         .route("/api/v1/conversations/{channel_id}/{peer}/pause", post(takeover::pause_conversation))

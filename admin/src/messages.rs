@@ -1,19 +1,22 @@
-//! `POST /api/v1/messages`: an operator's or an integration's message, put
-//! on the outbound stream for the sender.
+//! `POST /api/v1/messages`: an operator's or an agent's message, checked
+//! (400 for bad input), then through the guard ([`crate::compliance`]) onto
+//! the outbound stream for the sender, or into the schedule.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use smsgate_shared::bus::{self, MsgId, OutboundId};
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY};
-use smsgate_shared::domain::E164;
+use smsgate_shared::domain::{E164, MessageSid};
 use smsgate_shared::envelope::{self, Origin, Outbound};
+use smsgate_shared::guard::Initiator;
 use smsgate_shared::media::{OutboundMediaError, check_outbound_urls};
 use smsgate_shared::redact::clip;
 use time::OffsetDateTime;
 
+use crate::compliance::{self, SendAccepted};
 use crate::{AdminError, AdminState, bounded};
 
 /// The body of `POST /api/v1/messages`.
@@ -28,16 +31,20 @@ pub struct SendRequest {
     pub media_urls: Vec<String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
-}
-
-/// The answer to `POST /api/v1/messages` (202).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SendAccepted {
-    /// The outbound id: `api.<idempotency key>`, or a generated `api.<random>`.
-    pub id: String,
-    /// True when the same id was accepted before within the duplicate window
-    /// (nothing new is sent).
-    pub duplicate: bool,
+    /// `conversational`, `informational` or `marketing` (the guard's
+    /// default: conversational when the person texted within the window).
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// RFC 3339: send then (through the guard again), not now.
+    #[serde(default)]
+    pub send_at: Option<String>,
+    /// false: outside the recipient's allowed hours answer 409 instead of
+    /// deferring.
+    #[serde(default)]
+    pub defer: Option<bool>,
+    /// The inbound MessageSid this follows up (an agent's later answer).
+    #[serde(default)]
+    pub in_reply_to: Option<String>,
 }
 
 /// The channel named by a request, configured and enabled.
@@ -71,7 +78,7 @@ pub(crate) fn outbound_id(key: Option<String>) -> Result<OutboundId, AdminError>
 }
 
 impl SendRequest {
-    fn validate(self, state: &AdminState) -> Result<Outbound, AdminError> {
+    fn validate(self, state: &AdminState) -> Result<(Channel, Outbound, compliance::Request), AdminError> {
         let channel = enabled_channel(state, &self.channel_id)?;
         let to = recipient(&self.to)?;
         if self.body.trim().is_empty() && self.media_urls.is_empty() {
@@ -93,19 +100,33 @@ impl SendRequest {
             AdminError::invalid(code, e.to_string())
         })?;
         let id = outbound_id(self.idempotency_key)?;
-        Ok(Outbound {
+        let in_reply_to = match self.in_reply_to.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(sid) => Some(MessageSid::parse(sid).map_err(|e| {
+                AdminError::invalid("invalid_in_reply_to", format!("in_reply_to: {}", e.reason))
+            })?),
+            None => None,
+        };
+        let request = compliance::Request {
+            purpose: compliance::parse_purpose(self.purpose.as_deref())?,
+            send_at: compliance::parse_send_at(self.send_at.as_deref())?,
+            defer: self.defer.unwrap_or(true),
+            // A follow-up is the agent's; a plain send is the operator's own.
+            initiator: if in_reply_to.is_some() { Initiator::Agent } else { Initiator::Operator },
+        };
+        let outbound = Outbound {
             v: envelope::VERSION,
             id,
             channel_id: channel.id.clone(),
             to,
             body: self.body,
             media_urls: self.media_urls,
-            in_reply_to: None,
+            in_reply_to,
             origin: Origin::Api,
             created_at: OffsetDateTime::now_utc(),
             call: None,
             guard: None,
-        })
+        };
+        Ok((channel, outbound, request))
     }
 }
 
@@ -114,8 +135,8 @@ pub(crate) async fn send_message(
     body: Bytes,
 ) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
     let request: SendRequest = json_object(&body, "message request")?;
-    let outbound = request.validate(&state)?;
-    publish_outbound(&state, &outbound, "message").await
+    let (channel, outbound, request) = request.validate(&state)?;
+    compliance::submit(&state, &channel, outbound, request, "message").await
 }
 
 /// A request body: one JSON object (serde would also read a struct from a
@@ -155,5 +176,14 @@ pub(crate) async fn publish_outbound(
         outcome,
         "{what} accepted for sending"
     );
-    Ok((StatusCode::ACCEPTED, Json(SendAccepted { id: outbound.id.to_string(), duplicate: ack.duplicate })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SendAccepted {
+            id: outbound.id.to_string(),
+            status: "queued".to_owned(),
+            send_at: None,
+            purpose: outbound.guard.map(|g| g.purpose.as_str().to_owned()),
+            duplicate: ack.duplicate,
+        }),
+    ))
 }

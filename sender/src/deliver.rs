@@ -1,7 +1,8 @@
 //! One `Outbound` from `P_OUTBOUND`, from the bus to Twilio and back.
 //!
 //! 1. Decode (a bad payload or an unknown channel is dead-lettered).
-//! 2. Opted out (`P_optout`)? Record a note, ack, send nothing.
+//! 2. Opted out (`P_optout`)? Record a note, ack, send nothing. Not a
+//!    direct reply (`guard` set)? The guard again (`crate::guarded`).
 //! 3. [`sms::prepare`]: normalize, split, count. Deterministic, so a
 //!    redelivery yields the same pieces under the same indices. With media
 //!    (an MMS) the text is one message, never split, cut at 1600
@@ -141,6 +142,12 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the opt-out bucket");
             return Disposition::Retry(ctx.tuning.redelivery_delay);
         }
+    }
+
+    if let Some(guarded) = out.guard
+        && let crate::guarded::Gate::Stop(disposition) = crate::guarded::gate(ctx, channel, &out, guarded).await
+    {
+        return disposition;
     }
 
     if let Some(call) = &out.call {

@@ -17,6 +17,11 @@
 //! - [`deliver`]: an `Outbound` from `P_OUTBOUND`: opt-out check → pieces →
 //!   per piece: `P_sent` check, pace, create with retries, `P_sent` put →
 //!   history entry → ack; failures → dead letter + history note.
+//! - `guarded`: the guard again for a message that is not a direct reply
+//!   (`Outbound.guard`): refuse, defer to `P_schedule`, or count it against
+//!   the recipient's cap and send.
+//! - the scheduler ([`smsgate_shared::schedule::Scheduler`]): fires due
+//!   entries of `P_schedule` onto `P_OUTBOUND`, once across senders.
 //! - [`call`]: an `Outbound` that is a call: the same checks, pacing,
 //!   retries and `P_sent` bookkeeping, through Twilio's Calls API.
 //! - [`status`]: a `StatusUpdate` from `P_STATUS`: compare-and-set of the
@@ -32,6 +37,7 @@
 
 pub mod call;
 pub mod deliver;
+mod guarded;
 pub mod pacer;
 pub mod sms;
 pub mod status;
@@ -167,6 +173,10 @@ pub struct Ctx {
     pub pacer: Pacer,
     pub tuning: Tuning,
     pub shutdown: CancellationToken,
+    /// What the guard reads (opt-out, consent, pause, caps, history).
+    pub guard: smsgate_shared::guard::GuardStore,
+    /// Deferred and scheduled messages (`P_schedule`).
+    pub schedule: smsgate_shared::schedule::Schedule,
 }
 
 /// The sender, bound and connected, ready to run.
@@ -237,7 +247,17 @@ impl App {
     /// pulling and lets in-flight messages finish within the grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), Error> {
         let budget = self.bus.budget.clone();
+        let guard = smsgate_shared::guard::GuardStore::new(&self.bus);
+        let schedule = smsgate_shared::schedule::Schedule::new(self.bus.schedule.clone());
+        let scheduler = smsgate_shared::schedule::Scheduler::new(
+            schedule.clone(),
+            self.bus.js.clone(),
+            self.bus.topology.clone(),
+            format!("sender-{}", &smsgate_shared::config::generate_token()[..12]),
+        );
         let ctx = Arc::new(Ctx {
+            guard,
+            schedule,
             bus: self.bus,
             channels: self.channels,
             twilio: self.twilio,
@@ -252,6 +272,7 @@ impl App {
             "sender running"
         );
         let watch = tokio::spawn(ctx.channels.clone().watch(shutdown.clone()));
+        let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
         let (outbound_alive, status_alive) = (self.limits.liveness("sender"), self.limits.liveness("status"));
         let ops = tokio::spawn(self.ops.serve(shutdown.clone(), vec![outbound_alive.clone(), status_alive.clone()]));
         let outbound = Runtime {
@@ -273,6 +294,7 @@ impl App {
         let (outbound, status) = (outbound.run(shutdown.clone()), status.run(shutdown.clone()));
         tokio::join!(outbound, status);
         watch.abort();
+        scheduler.abort();
         let served = ops.await;
         tracing::info!(outcome = "stopped", "sender stopped");
         match served {

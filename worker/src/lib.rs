@@ -233,6 +233,7 @@ impl App {
             channels,
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
+            consent: bus.consent,
             conversations: bus.conversations,
             calls: bus.calls,
             limiter: limiter::Limiter::new(cells.clone()),

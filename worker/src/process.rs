@@ -119,6 +119,8 @@ pub struct Processor {
     pub channels: Registry<ChatBackend>,
     pub seen: Seen,
     pub optout: kv::Store,
+    /// `P_consent`: STOP revokes the consent on record, START records it.
+    pub consent: kv::Store,
     /// `P_conversations`: conversations an operator has paused the bot for.
     pub conversations: kv::Store,
     /// `P_calls`: each call turn's reply, for ingress to speak.
@@ -368,12 +370,24 @@ impl Step<'_> {
             Some(Keyword::OptOut) => {
                 let value = json!({"at": OffsetDateTime::now_utc().unix_timestamp(), "message_sid": self.sid()});
                 p.optout.put(&optout_key, value.to_string().into()).await.map_err(|e| Error::OptOut(Box::new(e)))?;
-                self.note(NoteReason::OptOutKeyword, "opted out by keyword").await?;
+                // The opt-out revokes consent too: START does not bring a
+                // marketing (written) consent back.
+                p.consent.delete(Topology::consent_key(&self.inbound.channel_id, &self.peer)).await.map_err(|e| Error::OptOut(Box::new(e)))?;
+                self.note(NoteReason::OptOutKeyword, "opted out by keyword; consent on record revoked").await?;
                 return self.done(Outcome::OptOutKeyword).await;
             }
             Some(Keyword::OptIn) => {
                 p.optout.delete(&optout_key).await.map_err(|e| Error::OptOut(Box::new(e)))?;
-                self.note(NoteReason::OptInKeyword, "opted back in by keyword").await?;
+                let record = smsgate_shared::guard::ConsentRecord {
+                    v: envelope::VERSION,
+                    kind: smsgate_shared::guard::ConsentKind::Express,
+                    source: "START keyword".to_owned(),
+                    evidence: Some(format!("MessageSid {}", self.sid())),
+                    at: OffsetDateTime::now_utc(),
+                };
+                let value = serde_json::to_vec(&record).unwrap_or_default();
+                p.consent.put(Topology::consent_key(&self.inbound.channel_id, &self.peer), value.into()).await.map_err(|e| Error::OptOut(Box::new(e)))?;
+                self.note(NoteReason::OptInKeyword, "opted back in by keyword; express consent recorded").await?;
                 return self.done(Outcome::OptInKeyword).await;
             }
             Some(Keyword::Help) | None => {}

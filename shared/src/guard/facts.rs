@@ -109,6 +109,28 @@ impl GuardStore {
         }
     }
 
+    /// Opens the buckets by name (the admin side, which holds no [`Bus`]).
+    pub async fn open(js: &jetstream::Context, topology: &Topology) -> Result<Self, FactsError> {
+        let open = |name: String| {
+            let js = js.clone();
+            async move { bounded("open a key-value bucket", js.get_key_value(name)).await }
+        };
+        let budget = open(topology.budget_bucket()).await?;
+        Ok(Self {
+            js: js.clone(),
+            topology: topology.clone(),
+            optout: open(topology.optout_bucket()).await?,
+            consent: open(topology.consent_bucket()).await?,
+            conversations: open(topology.conversations_bucket()).await?,
+            cas: std::sync::Arc::new(Cas::new(budget.clone())),
+            budget,
+        })
+    }
+
+    pub fn optout_store(&self) -> &kv::Store {
+        &self.optout
+    }
+
     pub fn consent_store(&self) -> &kv::Store {
         &self.consent
     }

@@ -33,8 +33,10 @@ use time::{Duration, OffsetDateTime};
 
 use crate::config::Channel;
 use crate::domain::E164;
+use crate::envelope::{Guarded, Outbound};
 
 pub use config::Compliance;
+pub use facts::{Claim, ConsentRecord, FactsError, GuardStore};
 pub use window::Window;
 
 /// What a text is for: decides the consent it needs.
@@ -201,6 +203,56 @@ fn consented(ask: &Ask<'_>, compliance: &Compliance, facts: &Facts) -> bool {
     }
 }
 
+/// Whether `ask` is an agent text in the quiet-hours and cap sense: all
+/// but a follow-up the person asked for (announced by a reply, within the
+/// conversation window), which is part of the conversation.
+pub fn counts(ask: &Ask<'_>, facts: &Facts) -> bool {
+    !(ask.follow_up && within_window(&ask.channel.compliance, facts, ask.at))
+}
+
+/// The guard for an outbound message marked [`Guarded`], as of `at`: the
+/// recipient's facts read from NATS, then [`decide`].
+pub async fn check(
+    store: &GuardStore,
+    channel: &Channel,
+    out: &Outbound,
+    guarded: Guarded,
+    at: OffsetDateTime,
+) -> Result<Checked, FactsError> {
+    let window = channel.compliance.conversation_window_hours;
+    let facts = store.facts(&channel.id, &out.to, window, at, Some(out.id.as_str())).await?;
+    let ask = Ask {
+        channel,
+        to: &out.to,
+        purpose: guarded.purpose,
+        initiator: guarded.initiator,
+        kind: if out.call.is_some() { Kind::Call } else { Kind::Text },
+        follow_up: out.in_reply_to.is_some(),
+        at,
+    };
+    Ok(Checked { verdict: decide(&ask, &facts), counts: counts(&ask, &facts), facts })
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub verdict: Verdict,
+    /// Counted against the recipient's cap when sent.
+    pub counts: bool,
+    pub facts: Facts,
+}
+
+/// The detail of a `refused` note: the code first, then why.
+pub fn refusal_note(denial: Denial) -> String {
+    format!("{}: {}", denial.as_str(), denial.explain())
+}
+
+/// The detail of a `scheduled` note.
+pub fn scheduled_note(send_at: OffsetDateTime, why: &str, purpose: Purpose) -> String {
+    let at = send_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    format!("{why}: send at {at} ({})", purpose.as_str())
+}
+
 /// The guard: Send, Defer(until) or Deny(reason) for `ask`, given `facts`.
 pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Verdict {
     let channel = ask.channel;
@@ -220,10 +272,7 @@ pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Verdict {
     if ask.initiator == Initiator::Agent && facts.paused_until.is_some_and(|until| ask.at < until) {
         return Verdict::Deny(Denial::Paused);
     }
-    // A follow-up the person asked for (announced by a reply within the
-    // window) is part of the conversation: no quiet hours, no cap.
-    let exempt = ask.follow_up && within_window(compliance, facts, ask.at);
-    if exempt {
+    if !counts(ask, facts) {
         return Verdict::Send;
     }
     let window = Window::for_number(compliance, ask.to);
