@@ -137,7 +137,12 @@ pub async fn submit(
 /// "quiet_hours", next_allowed_at}` when the request asked not to defer.
 fn refusal(denial: Denial, next_allowed_at: Option<OffsetDateTime>) -> AdminError {
     let status = if denial == Denial::QuietHours { StatusCode::CONFLICT } else { StatusCode::FORBIDDEN };
-    AdminError::Guard { status, code: denial.as_str(), detail: denial.explain(), next_allowed_at: next_allowed_at.map(rfc3339) }
+    AdminError::Guard {
+        status,
+        code: denial.as_str(),
+        detail: denial.explain(),
+        next_allowed_at: next_allowed_at.map(rfc3339),
+    }
 }
 
 async fn schedule(
@@ -157,7 +162,8 @@ async fn schedule(
     };
     let out = &entry.outbound;
     if !duplicate {
-        let detail = guard::scheduled_note(entry.send_at, why.as_str(), out.guard.map_or(Purpose::Informational, |g| g.purpose));
+        let detail =
+            guard::scheduled_note(entry.send_at, why.as_str(), out.guard.map_or(Purpose::Informational, |g| g.purpose));
         note(state, out, NoteReason::Scheduled, detail).await?;
     }
     metrics::counter!("smsgate_admin_messages_total", "channel_id" => out.channel_id.to_string(), "kind" => what, "outcome" => "scheduled").increment(1);
@@ -186,7 +192,12 @@ async fn schedule(
 }
 
 /// A note about `out` in its conversation.
-pub(crate) async fn note(state: &AdminState, out: &Outbound, reason: NoteReason, detail: String) -> Result<(), AdminError> {
+pub(crate) async fn note(
+    state: &AdminState,
+    out: &Outbound,
+    reason: NoteReason,
+    detail: String,
+) -> Result<(), AdminError> {
     let event = HistoryEvent::Note {
         reason,
         message_sid: out.in_reply_to.clone(),
@@ -195,7 +206,13 @@ pub(crate) async fn note(state: &AdminState, out: &Outbound, reason: NoteReason,
     };
     bounded(
         "record it in the conversation",
-        bus::append_history(&state.js, &state.topology, (&out.channel_id, &out.to), MsgId::SenderNote { outbound: &out.id, reason }, event),
+        bus::append_history(
+            &state.js,
+            &state.topology,
+            (&out.channel_id, &out.to),
+            MsgId::SenderNote { outbound: &out.id, reason },
+            event,
+        ),
     )
     .await
 }

@@ -47,8 +47,9 @@ async fn view(state: &AdminState, channel: &str, to: &smsgate_shared::domain::E1
     let channel = state.known_channel(channel)?;
     let store = state.guard_store().await?;
     let record = store.consent(&channel, to).await.map_err(|e| AdminError::nats("read the consent bucket", e))?;
-    let opted_out =
-        bounded("read the opt-out bucket", store.optout_store().get(Topology::optout_key(&channel, to))).await?.is_some();
+    let opted_out = bounded("read the opt-out bucket", store.optout_store().get(Topology::optout_key(&channel, to)))
+        .await?
+        .is_some();
     Ok(ConsentView {
         channel_id: channel.to_string(),
         to: to.as_str().to_owned(),
@@ -67,11 +68,21 @@ fn kind_name(kind: ConsentKind) -> &'static str {
     }
 }
 
-async fn consent_note(state: &AdminState, channel: &smsgate_shared::domain::ChannelId, to: &smsgate_shared::domain::E164, detail: String) -> Result<(), AdminError> {
+async fn consent_note(
+    state: &AdminState,
+    channel: &smsgate_shared::domain::ChannelId,
+    to: &smsgate_shared::domain::E164,
+    detail: String,
+) -> Result<(), AdminError> {
     let key = Topology::consent_key(channel, to);
     let event = HistoryEvent::Note { reason: NoteReason::Consent, message_sid: None, outbound_id: None, detail };
-    let id = MsgId::Takeover { conversation: &key, reason: NoteReason::Consent, at_ns: OffsetDateTime::now_utc().unix_timestamp_nanos() };
-    bounded("record it in the conversation", bus::append_history(&state.js, &state.topology, (channel, to), id, event)).await
+    let id = MsgId::Takeover {
+        conversation: &key,
+        reason: NoteReason::Consent,
+        at_ns: OffsetDateTime::now_utc().unix_timestamp_nanos(),
+    };
+    bounded("record it in the conversation", bus::append_history(&state.js, &state.topology, (channel, to), id, event))
+        .await
 }
 
 pub(crate) async fn add_consent(State(state): State<AdminState>, body: Bytes) -> Result<Json<ConsentView>, AdminError> {
@@ -85,7 +96,10 @@ pub(crate) async fn add_consent(State(state): State<AdminState>, body: Bytes) ->
     };
     let source = request.source.trim();
     if source.is_empty() || source.chars().count() > 200 {
-        return Err(AdminError::invalid("invalid_source", "source must say where consent was given (1-200 characters)"));
+        return Err(AdminError::invalid(
+            "invalid_source",
+            "source must say where consent was given (1-200 characters)",
+        ));
     }
     if request.evidence.as_ref().is_some_and(|e| e.chars().count() > 2000) {
         return Err(AdminError::invalid("invalid_evidence", "evidence is at most 2000 characters"));
@@ -99,8 +113,13 @@ pub(crate) async fn add_consent(State(state): State<AdminState>, body: Bytes) ->
     };
     let store = state.guard_store().await?;
     let value = serde_json::to_vec(&record).unwrap_or_default();
-    bounded("write the consent bucket", store.consent_store().put(Topology::consent_key(&channel.id, &to), value.into())).await?;
-    consent_note(&state, &channel.id, &to, format!("{} consent recorded ({})", kind_name(kind), clip(source, 80))).await?;
+    bounded(
+        "write the consent bucket",
+        store.consent_store().put(Topology::consent_key(&channel.id, &to), value.into()),
+    )
+    .await?;
+    consent_note(&state, &channel.id, &to, format!("{} consent recorded ({})", kind_name(kind), clip(source, 80)))
+        .await?;
     tracing::info!(service = "ingress", stage = "admin", channel_id = %channel.id, peer = %to.masked(), kind = kind_name(kind), outcome = "consent_recorded", "consent recorded");
     Ok(Json(view(&state, channel.id.as_str(), &to).await?))
 }
@@ -120,10 +139,21 @@ pub(crate) async fn revoke_consent(
     let to = recipient(&peer)?;
     let channel = state.known_channel(&channel_id)?;
     let store = state.guard_store().await?;
-    bounded("delete from the consent bucket", store.consent_store().delete(Topology::consent_key(&channel, &to))).await?;
+    bounded("delete from the consent bucket", store.consent_store().delete(Topology::consent_key(&channel, &to)))
+        .await?;
     let value = json!({"at": OffsetDateTime::now_utc().unix_timestamp(), "revoked_by": "api"});
-    bounded("write the opt-out bucket", store.optout_store().put(Topology::optout_key(&channel, &to), value.to_string().into())).await?;
-    consent_note(&state, &channel, &to, "consent revoked by the operator; the number is opted out until it texts START".to_owned()).await?;
+    bounded(
+        "write the opt-out bucket",
+        store.optout_store().put(Topology::optout_key(&channel, &to), value.to_string().into()),
+    )
+    .await?;
+    consent_note(
+        &state,
+        &channel,
+        &to,
+        "consent revoked by the operator; the number is opted out until it texts START".to_owned(),
+    )
+    .await?;
     tracing::info!(service = "ingress", stage = "admin", channel_id = %channel, peer = %to.masked(), outcome = "consent_revoked", "consent revoked; number opted out");
     Ok(Json(view(&state, channel.as_str(), &to).await?))
 }

@@ -73,12 +73,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use calls::CallRequest;
 pub use channels::{ChannelStatus, ChannelView, ChannelsView, ConnectQuery, Disconnected, NatsHealth, WebhookView};
+pub use compliance::SendAccepted;
+pub use consent::ConsentView;
 pub use conversations::{Conversation, ConversationList, EntryView, EventView, PieceView};
 pub use dead::{DeadList, DeadView, Replayed};
 pub use error::{AdminError, ErrorBody, NATS_TIMEOUT};
 pub use index::{ConversationIndex, ConversationSummary, LastMessage};
-pub use compliance::SendAccepted;
-pub use consent::ConsentView;
 pub use messages::SendRequest;
 pub use scheduled::{ScheduledList, ScheduledView};
 pub use takeover::TakeoverState;

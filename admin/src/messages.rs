@@ -101,9 +101,10 @@ impl SendRequest {
         })?;
         let id = outbound_id(self.idempotency_key)?;
         let in_reply_to = match self.in_reply_to.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            Some(sid) => Some(MessageSid::parse(sid).map_err(|e| {
-                AdminError::invalid("invalid_in_reply_to", format!("in_reply_to: {}", e.reason))
-            })?),
+            Some(sid) => Some(
+                MessageSid::parse(sid)
+                    .map_err(|e| AdminError::invalid("invalid_in_reply_to", format!("in_reply_to: {}", e.reason)))?,
+            ),
             None => None,
         };
         let request = compliance::Request {

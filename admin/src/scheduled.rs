@@ -107,7 +107,10 @@ pub(crate) async fn cancel_scheduled(
             );
             Ok(Json(CanceledView { id: id.to_string(), status: "canceled".to_owned() }))
         }
-        Canceled::NotFound => Err(AdminError::not_found("unknown_scheduled", "no scheduled message has this id (sent already, or canceled)")),
+        Canceled::NotFound => Err(AdminError::not_found(
+            "unknown_scheduled",
+            "no scheduled message has this id (sent already, or canceled)",
+        )),
         Canceled::Firing => Err(AdminError::Conflict {
             code: "firing",
             detail: "it is being sent right now and can no longer be canceled".to_owned(),

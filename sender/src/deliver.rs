@@ -131,23 +131,24 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         }
     }
 
-    match ctx.bus.optout.get(Topology::optout_key(&out.channel_id, &out.to)).await {
-        Ok(Some(_)) => {
-            tracing::info!(outcome = "opted_out", "recipient opted out; not sent");
-            metrics::counter!("smsgate_sender_sends_total", "outcome" => "opted_out").increment(1);
-            return note_then_ack(ctx, &out, NoteReason::OptedOut, "recipient opted out; reply not sent").await;
+    if let Some(guarded) = out.guard {
+        // Not a direct reply: the guard (opt-out included) decides.
+        if let crate::guarded::Gate::Stop(disposition) = crate::guarded::gate(ctx, channel, &out, guarded).await {
+            return disposition;
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the opt-out bucket");
-            return Disposition::Retry(ctx.tuning.redelivery_delay);
+    } else {
+        match ctx.bus.optout.get(Topology::optout_key(&out.channel_id, &out.to)).await {
+            Ok(Some(_)) => {
+                tracing::info!(outcome = "opted_out", "recipient opted out; not sent");
+                metrics::counter!("smsgate_sender_sends_total", "outcome" => "opted_out").increment(1);
+                return note_then_ack(ctx, &out, NoteReason::OptedOut, "recipient opted out; reply not sent").await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the opt-out bucket");
+                return Disposition::Retry(ctx.tuning.redelivery_delay);
+            }
         }
-    }
-
-    if let Some(guarded) = out.guard
-        && let crate::guarded::Gate::Stop(disposition) = crate::guarded::gate(ctx, channel, &out, guarded).await
-    {
-        return disposition;
     }
 
     if let Some(call) = &out.call {

@@ -38,7 +38,10 @@ pub(crate) async fn gate(ctx: &Ctx, channel: &Channel, out: &Outbound, guarded: 
                 Ok(Claim::Counted) => Gate::Go,
                 Ok(Claim::Full) => refuse(ctx, out, Denial::RecipientCap).await,
                 Err(e) => {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot count the text against the cap; retrying later");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "cannot count the text against the cap; retrying later"
+                    );
                     Gate::Stop(Disposition::Retry(ctx.tuning.redelivery_delay))
                 }
             }

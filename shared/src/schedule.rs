@@ -267,9 +267,9 @@ impl Scheduler {
                     index.upsert(id, next);
                 }
             }
-            let wait = index.next().map_or(RESYNC, |t| {
-                StdDuration::try_from(t - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO)
-            });
+            let wait = index
+                .next()
+                .map_or(RESYNC, |t| StdDuration::try_from(t - OffsetDateTime::now_utc()).unwrap_or(StdDuration::ZERO));
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(resync_at) => return Ok(()),
@@ -296,11 +296,8 @@ impl Scheduler {
             return Ok(Some(entry.next_look(now)));
         }
         entry.lease = Some(Lease { by: self.name.clone(), until: now + LEASE });
-        let claimed = tokio::time::timeout(
-            NATS_TIMEOUT,
-            self.schedule.kv.update(id, envelope::encode(&entry), revision),
-        )
-        .await;
+        let claimed =
+            tokio::time::timeout(NATS_TIMEOUT, self.schedule.kv.update(id, envelope::encode(&entry), revision)).await;
         let revision = match claimed {
             Ok(Ok(rev)) => rev,
             // Another scheduler claimed it (or it was canceled): the watch
@@ -328,7 +325,9 @@ impl Scheduler {
             outcome = "fired",
             "scheduled message put on the outbound stream"
         );
-        if let Err(e) = tokio::time::timeout(NATS_TIMEOUT, self.schedule.kv.delete_expect_revision(id, Some(revision))).await {
+        if let Err(e) =
+            tokio::time::timeout(NATS_TIMEOUT, self.schedule.kv.delete_expect_revision(id, Some(revision))).await
+        {
             tracing::debug!(error = %e, "scheduler: entry changed before its delete");
         }
         Ok(None)

@@ -44,7 +44,8 @@ pub const PATH_TOKEN: &str = "test-path-token-abcdefghijklmnopqrstuvwxyz";
 pub const FROM_NUMBER: &str = "+15550001111";
 
 /// A channel for tests: id `test`, public base `http://127.0.0.1:8000`, the
-/// echo chat and limits too high to matter, unless `extra` overrides them
+/// echo chat, limits too high to matter and quiet hours off (so that no
+/// test depends on the hour it runs at), unless `extra` overrides them
 /// (a key repeated in `extra` wins). `extra` is merged into `config` (JSON
 /// object text without braces, e.g. `"\"mps\": 0"`, or empty).
 pub fn channel(extra: &str) -> Channel {
@@ -73,7 +74,8 @@ fn channel_text(id: &str, path_token: &str, extra: &str) -> String {
             "twilio_account_sid": "{ACCOUNT_SID}", "twilio_auth_token": "{AUTH_TOKEN}",
             "twilio_from_number": "{FROM_NUMBER}", "webhook_path_token": "{path_token}",
             "public_base_url": "http://127.0.0.1:8000", "chat": {{"kind": "echo"}},
-            "limits": {{"replies_per_minute": 1000000, "replies_per_day": 1000000}}{comma} {extra} }} }}"#
+            "limits": {{"replies_per_minute": 1000000, "replies_per_day": 1000000}},
+            "compliance": {{"quiet_hours": null}}{comma} {extra} }} }}"#
     )
 }
 

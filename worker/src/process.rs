@@ -372,7 +372,10 @@ impl Step<'_> {
                 p.optout.put(&optout_key, value.to_string().into()).await.map_err(|e| Error::OptOut(Box::new(e)))?;
                 // The opt-out revokes consent too: START does not bring a
                 // marketing (written) consent back.
-                p.consent.delete(Topology::consent_key(&self.inbound.channel_id, &self.peer)).await.map_err(|e| Error::OptOut(Box::new(e)))?;
+                p.consent
+                    .delete(Topology::consent_key(&self.inbound.channel_id, &self.peer))
+                    .await
+                    .map_err(|e| Error::OptOut(Box::new(e)))?;
                 self.note(NoteReason::OptOutKeyword, "opted out by keyword; consent on record revoked").await?;
                 return self.done(Outcome::OptOutKeyword).await;
             }
@@ -386,7 +389,10 @@ impl Step<'_> {
                     at: OffsetDateTime::now_utc(),
                 };
                 let value = serde_json::to_vec(&record).unwrap_or_default();
-                p.consent.put(Topology::consent_key(&self.inbound.channel_id, &self.peer), value.into()).await.map_err(|e| Error::OptOut(Box::new(e)))?;
+                p.consent
+                    .put(Topology::consent_key(&self.inbound.channel_id, &self.peer), value.into())
+                    .await
+                    .map_err(|e| Error::OptOut(Box::new(e)))?;
                 self.note(NoteReason::OptInKeyword, "opted back in by keyword; express consent recorded").await?;
                 return self.done(Outcome::OptInKeyword).await;
             }

@@ -64,7 +64,15 @@ impl Admin {
         Self { base: format!("http://{admin}"), http, js, topology: Topology::new(&prefix), shutdown }
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
+    /// Records `peer`'s express consent on channel `test`, so that the guard
+    /// lets the operator's texts to a number that never texted through.
+    pub(crate) async fn consent(&self, peer: &str) {
+        let body = json!({"channel_id": "test", "to": peer, "kind": "express", "source": "test"});
+        let (status, answer) = self.post("/api/v1/consent", &body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(TOKEN).send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
@@ -242,6 +250,7 @@ async fn cross_site_and_rebinding_requests_are_refused_and_a_plain_client_with_t
 
     // What curl or the CLI sends: the token, JSON, the listener's own host
     // (or localhost), and the same origin when a browser adds one.
+    admin.consent(PEER).await;
     let (status, body) = admin.post("/api/v1/messages", &send).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let r = admin
@@ -264,11 +273,15 @@ async fn cross_site_and_rebinding_requests_are_refused_and_a_plain_client_with_t
 async fn send_publishes_an_api_outbound_with_the_idempotency_key_as_msg_id() {
     let nats = NatsServer::start();
     let admin = Admin::start(&nats).await;
+    admin.consent(PEER).await;
     let request =
         json!({"channel_id": "test", "to": PEER, "body": "Your code is 1234", "idempotency_key": "order-42.sms"});
     let (status, body) = admin.post("/api/v1/messages", &request).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body, json!({"id": "api.order-42.sms", "duplicate": false}));
+    assert_eq!(
+        body,
+        json!({"id": "api.order-42.sms", "status": "queued", "purpose": "informational", "duplicate": false})
+    );
 
     let stream = admin.js.get_stream(admin.topology.outbound_stream()).await.unwrap();
     let stored = stream.get_last_raw_message_by_subject(&admin.topology.outbound_subject(&channel_id())).await.unwrap();
@@ -283,7 +296,10 @@ async fn send_publishes_an_api_outbound_with_the_idempotency_key_as_msg_id() {
     // The same key again: accepted, flagged, and nothing new to send.
     let (status, body) = admin.post("/api/v1/messages", &request).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(body, json!({"id": "api.order-42.sms", "duplicate": true}));
+    assert_eq!(
+        body,
+        json!({"id": "api.order-42.sms", "status": "queued", "purpose": "informational", "duplicate": true})
+    );
     assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 1);
 
     // Without a key each request gets its own id.
@@ -300,6 +316,7 @@ async fn send_publishes_an_api_outbound_with_the_idempotency_key_as_msg_id() {
 async fn send_validation_errors_are_400_with_a_code() {
     let nats = NatsServer::start();
     let admin = Admin::start(&nats).await;
+    admin.consent(PEER).await;
     let long = "x".repeat(1601);
     let ok_1600 = "x".repeat(1600);
     let cases = [
@@ -608,6 +625,7 @@ async fn dead_letters_are_listed_and_replayed_to_their_subject_once() {
 async fn metrics_are_prometheus_text() {
     let nats = NatsServer::start();
     let admin = Admin::start(&nats).await;
+    admin.consent(PEER).await;
     admin.post("/api/v1/messages", &json!({"channel_id": "test", "to": PEER, "body": "hi"})).await;
     let r = admin.http.get(format!("{}/metrics", admin.base)).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -1,6 +1,6 @@
 //! `POST /api/v1/calls` on the admin listener: an outbound call put on the
 //! outbound stream with its idempotency key, the request's errors, opted-out
-//! numbers refused.
+//! numbers refused by the guard.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -15,12 +15,13 @@ use crate::admin::{Admin, PEER, TOKEN, read_events};
 async fn a_call_is_accepted_once_per_key_and_bad_requests_are_400_with_a_code() {
     let nats = NatsServer::start();
     let admin = Admin::start(&nats).await;
+    admin.consent(PEER).await;
     let request = json!({"channel_id": "test", "to": PEER, "say": "Your table is ready", "idempotency_key": "table-7"});
     let (status, body) = admin.post("/api/v1/calls", &request).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body, json!({"id": "api.table-7", "duplicate": false}));
+    assert_eq!(body, json!({"id": "api.table-7", "status": "queued", "purpose": "informational", "duplicate": false}));
     let (_, again) = admin.post("/api/v1/calls", &request).await;
-    assert_eq!(again, json!({"id": "api.table-7", "duplicate": true}));
+    assert_eq!(again, json!({"id": "api.table-7", "status": "queued", "purpose": "informational", "duplicate": true}));
     assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 1);
 
     let test = ChannelId::parse("test").unwrap();
@@ -51,7 +52,8 @@ async fn a_call_is_accepted_once_per_key_and_bad_requests_are_400_with_a_code() 
     let optout = admin.js.get_key_value(admin.topology.optout_bucket()).await.unwrap();
     optout.put(Topology::optout_key(&test, &E164::parse(PEER).unwrap()), "{}".into()).await.unwrap();
     let (status, body) = admin.post("/api/v1/calls", &json!({"channel_id": "test", "to": PEER, "say": "a"})).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("opted_out")));
+    // The guard's refusal: 403 with the code as `error` too.
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("opted_out")), "{body}");
     assert_eq!(admin.stream_count(admin.topology.outbound_stream()).await, 2);
 }
 

@@ -2,7 +2,7 @@
 //! of a message and started again: every piece reaches Twilio exactly once.
 
 use smsgate_shared::bus::SentKey;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -14,40 +14,6 @@ use smsgate_testkit::{self as testkit, eventually};
 use crate::helpers::*;
 
 const PREFIX: &str = "crash";
-
-/// Kills the child if the test fails half-way, so no process outlives it.
-struct Sender(Child);
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn spawn_sender(nats: &NatsServer, channels: &std::path::Path) -> Sender {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsgate-sender"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SMSGATE_NATS_URL", nats.url())
-        .env("SMSGATE_NATS_PREFIX", PREFIX)
-        .env("SMSGATE_CHANNELS", channels)
-        .env("SMSGATE_SENDER_ADDR", "127.0.0.1:0")
-        // A short ack wait, so that the killed process's message comes back quickly.
-        .env("SMSGATE_SENDER_ACK_WAIT_SECS", "3")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
-    // Set SMSGATE_TEST_CHILD_LOGS to see the child's JSON logs.
-    if std::env::var_os("SMSGATE_TEST_CHILD_LOGS").is_some() {
-        cmd.stdout(Stdio::inherit());
-    } else {
-        cmd.stdout(Stdio::null());
-    }
-    Sender(cmd.spawn().expect("the sender binary starts"))
-}
 
 #[tokio::test]
 async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
@@ -75,7 +41,7 @@ async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
     });
     std::fs::write(&channels, file.to_string()).unwrap();
 
-    let mut first = spawn_sender(&nats, &channels);
+    let mut first = spawn_sender(&nats, PREFIX, &channels);
     let to = peer(70);
     let out = outbound("reply.SMcrash", &to, "Piece one is here. Piece two is here. Piece three is here.");
     publish_outbound(&bus, &out, &out.id).await;
@@ -89,7 +55,7 @@ async fn a_sender_killed_between_pieces_resumes_at_the_first_unsent_piece() {
     first.0.wait().unwrap();
     assert_eq!(twilio.created().len(), 1, "killed before piece 2");
 
-    let mut second = spawn_sender(&nats, &channels);
+    let mut second = spawn_sender(&nats, PREFIX, &channels);
     let history = eventually(WAIT, "the outbound entry after restart", || async {
         let h = history(&bus, &out.channel_id, &to).await;
         (!h.is_empty()).then_some(h)

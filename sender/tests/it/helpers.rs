@@ -2,6 +2,7 @@
 //! 0), against a real nats-server with its own prefix and a Twilio stub.
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
@@ -278,4 +279,39 @@ pub fn notes(history: &[HistoryEntry]) -> Vec<(smsgate_shared::envelope::NoteRea
             _ => None,
         })
         .collect()
+}
+
+/// Kills the child if the test fails half-way, so no process outlives it.
+pub struct Sender(pub Child);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The real sender binary on `nats` under `prefix`, with the channel file `channels`.
+pub fn spawn_sender(nats: &NatsServer, prefix: &str, channels: &std::path::Path) -> Sender {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsgate-sender"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SMSGATE_NATS_URL", nats.url())
+        .env("SMSGATE_NATS_PREFIX", prefix)
+        .env("SMSGATE_CHANNELS", channels)
+        .env("SMSGATE_SENDER_ADDR", "127.0.0.1:0")
+        // A short ack wait, so that the killed process's message comes back quickly.
+        .env("SMSGATE_SENDER_ACK_WAIT_SECS", "3")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    // Set SMSGATE_TEST_CHILD_LOGS to see the child's JSON logs.
+    if std::env::var_os("SMSGATE_TEST_CHILD_LOGS").is_some() {
+        cmd.stdout(Stdio::inherit());
+    } else {
+        cmd.stdout(Stdio::null());
+    }
+    Sender(cmd.spawn().expect("the sender binary starts"))
 }

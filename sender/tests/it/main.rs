@@ -7,6 +7,7 @@ mod calls;
 mod crash;
 mod delivery;
 mod errors;
+mod guard;
 mod helpers;
 mod logs;
 mod pacing;

@@ -64,9 +64,7 @@ pub fn for_number(number: &E164, default_zone: Option<&str>) -> Zones {
     // A country-level line with several zones narrows nothing down.
     let narrows = |prefix: &str, zones: &[&str]| !zones.is_empty() && (prefix != code || zones.len() == 1);
     let (names, source): (Vec<&str>, ZoneSource) = match found {
-        Some((prefix, zones)) if narrows(prefix, zones) => {
-            (zones.to_vec(), ZoneSource::Prefix(prefix.to_owned()))
-        }
+        Some((prefix, zones)) if narrows(prefix, zones) => (zones.to_vec(), ZoneSource::Prefix(prefix.to_owned())),
         _ if code == "1" => (CONTINENTAL_US.to_vec(), ZoneSource::Fallback),
         found => match (default_zone, found) {
             (Some(z), _) => (vec![z], ZoneSource::Fallback),
