@@ -356,3 +356,38 @@ async fn a_channel_whose_settings_were_changed_in_the_bucket_without_the_key_is_
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "a request went to the new host");
 }
+
+#[tokio::test]
+async fn the_status_check_shows_the_error_text_of_twilio_hosts_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A host that is not Twilio's, answering every request with an error
+    // whose text must not reach the operator's screen.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let body = r#"{"code": 20500, "message": "ami-id instance-id iam/security-credentials/admin"}"#;
+                let answer = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let nats = NatsServer::start();
+    let stack = Stack::start(&nats, true).await;
+    let extra = format!(r#""twilio_from_number": "+15550005001", "twilio_api_base": "{base}""#);
+    let (status, v) = stack.connect("/api/v1/channels", &testkit::channel_json("elsewhere", RT_TOKEN, &extra)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, v) = stack.call(reqwest::Method::GET, "/api/v1/channels/elsewhere/status", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let verdict = v["verdict"].as_str().unwrap();
+    assert!(verdict.contains("500") && verdict.contains("20500"), "status and code are shown: {verdict}");
+    assert!(verdict.contains("not a Twilio host, is not shown"), "{verdict}");
+    assert!(!v.to_string().contains("security-credentials"), "{v}");
+}
