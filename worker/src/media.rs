@@ -109,7 +109,9 @@ impl Skip {
             Self::Unavailable { detail, .. } => format!("unavailable: {detail}"),
             Self::Unreadable(e) => format!("picture could not be read: {e}"),
             Self::TooManyPixels { width, height, left } if *left == MAX_MESSAGE_PIXELS => {
-                format!("{width}x{height} pixels is over the {MAX_MESSAGE_PIXELS}-pixel limit of a message; not decoded")
+                format!(
+                    "{width}x{height} pixels is over the {MAX_MESSAGE_PIXELS}-pixel limit of a message; not decoded"
+                )
             }
             Self::TooManyPixels { width, height, left } => format!(
                 "{width}x{height} pixels is over the {left} pixels left of the {MAX_MESSAGE_PIXELS}-pixel limit of \

@@ -271,7 +271,8 @@ mod tests {
         let mut value: Value = serde_json::from_slice(&bytes).unwrap();
         let pretty = serde_json::to_string_pretty(&value).unwrap();
         assert!(open(pretty.as_bytes(), "rt", Some(&key)).is_ok());
-        let edits: [(&str, Box<dyn FnOnce(&mut Value)>); 4] = [
+        type Edit = Box<dyn FnOnce(&mut Value)>;
+        let edits: [(&str, Edit); 4] = [
             ("api base", Box::new(|v| v["config"]["twilio_api_base"] = json!("https://evil.example"))),
             ("chat url", Box::new(|v| v["config"]["chat"]["url"] = json!("http://elsewhere"))),
             ("a key removed", Box::new(|v| drop(v["config"].as_object_mut().unwrap().remove("twilio_account_sid")))),

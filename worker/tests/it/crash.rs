@@ -32,7 +32,13 @@ pub(crate) fn write_channels(dir: &Path, chat: &str) -> std::path::PathBuf {
     path
 }
 
-pub(crate) fn spawn_worker(nats: &NatsServer, prefix: &str, channels: &Path, pause_ms: Option<u64>, log: &Path) -> Child {
+pub(crate) fn spawn_worker(
+    nats: &NatsServer,
+    prefix: &str,
+    channels: &Path,
+    pause_ms: Option<u64>,
+    log: &Path,
+) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsgate-worker"));
     cmd.env("SMSGATE_NATS_URL", nats.url())

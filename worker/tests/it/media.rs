@@ -350,8 +350,7 @@ async fn ten_picture_bombs_at_once_keep_the_worker_under_its_memory_bound() {
     for n in 0..10u32 {
         let sid = format!("SMbomb{n}");
         let url = twilio.add_media(&sid, &me(n), "image/png", &bomb);
-        bus.send(&with_media(inbound("test", &sid, &format!("+1415555060{n}"), "look"), &[(&url, "image/png")]))
-            .await;
+        bus.send(&with_media(inbound("test", &sid, &format!("+1415555060{n}"), "look"), &[(&url, "image/png")])).await;
     }
     let dir = tempfile::tempdir().unwrap();
     let config = format!(r#"{}, "twilio_api_base": "{}""#, model.chat_config(""), twilio.base_url());
