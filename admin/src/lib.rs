@@ -101,11 +101,12 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(js: jetstream::Context, topology: Topology, channels: Registry<ChannelSubjects>) -> Self {
+        let index = Arc::new(ConversationIndex::new(topology.history_max_age, index::MAX_ENTRIES));
         Self {
             js,
             topology,
             channels,
-            index: Arc::default(),
+            index,
             shutdown: CancellationToken::new(),
             twilio: twilio::Twilio::new(),
         }
