@@ -97,6 +97,8 @@ pub struct AdminState {
     /// Twilio's Account and IncomingPhoneNumbers resources (channel status,
     /// `set_webhook`).
     pub twilio: twilio::Twilio,
+    /// The slots of the event streams open at once ([`events::MAX_EVENT_STREAMS`]).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -109,6 +111,7 @@ impl AdminState {
             index,
             shutdown: CancellationToken::new(),
             twilio: twilio::Twilio::new(),
+            event_streams: events::stream_slots(),
         }
     }
 
