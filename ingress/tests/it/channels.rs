@@ -302,26 +302,11 @@ async fn connecting_with_set_webhook_points_the_number_at_smsgate() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-/// A listener that counts the connections made to it and answers none.
-async fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(socket);
-        }
-    });
-    (base, count)
-}
-
 #[tokio::test]
 async fn a_channel_whose_settings_were_changed_in_the_bucket_without_the_key_is_refused_and_never_called() {
     let nats = NatsServer::start();
     let twilio = TwilioStub::start().await;
-    let (elsewhere, connections) = counting_listener().await;
+    let (elsewhere, connections) = testkit::counting_listener().await;
     let stack = Stack::start(&nats, true).await;
     let number = "+15550004001";
     twilio.add_number(number, &ours(RT_TOKEN), "POST");

@@ -10,4 +10,5 @@ mod errors;
 mod helpers;
 mod logs;
 mod pacing;
+mod runtime;
 mod status;
