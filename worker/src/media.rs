@@ -9,6 +9,11 @@
 //! `media.hosts`, without the credentials. Size (all of a message's media
 //! together), time (per file) and content type are bounded.
 //!
+//! Pictures scaled for a model are decoded at most [`MAX_CONCURRENT_DECODES`]
+//! messages at once per process, a message's pictures together within
+//! [`MAX_MESSAGE_PIXELS`] (read from their headers first), so a picture bomb
+//! (a few kB of PNG that decodes to gigabytes) costs neither memory nor time.
+//!
 //! What cannot be loaded stays an [`Attachment`] with a [`Skip`]: the model
 //! is told in words ("[a photo could not be loaded]") and the worker writes
 //! a `media_skipped` note. A transient failure (connect error, timeout,
