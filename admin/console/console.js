@@ -60,7 +60,10 @@ async function signIn(event) {
       body: JSON.stringify({ token: $("token").value }),
     });
     if (!response.ok) {
-      $("signin-error").textContent = response.status === 401 ? "That is not the admin token." : "Sign-in failed: " + response.status;
+      // 429 (too many attempts from this address) says how long to wait.
+      const data = await response.json().catch(() => null);
+      $("signin-error").textContent =
+        response.status === 401 ? "That is not the admin token." : "Sign-in failed: " + ((data && data.detail) || response.status);
       return;
     }
     $("token").value = "";

@@ -43,6 +43,10 @@ pub enum AdminError {
     /// request asked not to defer (with the next allowed time).
     #[error("{detail}")]
     Guard { status: StatusCode, code: &'static str, detail: &'static str, next_allowed_at: Option<String> },
+    /// Over a limit of this listener (event streams open, sign-in
+    /// attempts): 503 or 429, with `Retry-After` seconds.
+    #[error("{detail}")]
+    Limited { status: StatusCode, code: &'static str, detail: String, retry_after: u64 },
     /// NATS is down or did not answer in time: 503.
     #[error("NATS is unavailable: {what}")]
     Unavailable {
@@ -78,7 +82,7 @@ impl AdminError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::Refused { status, .. } | Self::Guard { status, .. } => *status,
+            Self::Refused { status, .. } | Self::Guard { status, .. } | Self::Limited { status, .. } => *status,
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -96,6 +100,7 @@ impl AdminError {
             | Self::NotFound { code, .. }
             | Self::Refused { code, .. }
             | Self::Guard { code, .. }
+            | Self::Limited { code, .. }
             | Self::Conflict { code, .. }
             | Self::NotSetUp { code, .. }
             | Self::Upstream { code, .. } => code,
@@ -150,8 +155,8 @@ impl IntoResponse for AdminError {
                 }
                 text
             }
-            // The guard logs its own refusals.
-            Self::Refused { .. } | Self::Unauthorized => self.to_string(),
+            // The guard and the limits log their own refusals.
+            Self::Refused { .. } | Self::Unauthorized | Self::Limited { .. } => self.to_string(),
             _ => {
                 tracing::info!(
                     service = "ingress",
@@ -173,6 +178,9 @@ impl IntoResponse for AdminError {
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::Limited { retry_after, .. } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response
     }

@@ -20,21 +20,43 @@
 //! `dead.letter`. The data is the
 //! stored entry as JSON with `type`, `seq`, `channel_id` and `peer` (the
 //! full number: this is the private side).
+//!
+//! Limits: at most [`MAX_EVENT_STREAMS`] streams are open at once on the
+//! listener (past it 503 with the reason and `Retry-After`, so the CLI and
+//! the console's other requests still find connections); a stream opened
+//! with the console's session cookie ends when that session ends (signed
+//! out, expired); each stream's two consumers are deleted when it closes,
+//! not left to the server's inactivity timer.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::stream::Stream as JsStream;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use smsgate_shared::envelope::{self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{AdminError, AdminState, bounded};
+use crate::console::ConsoleSession;
+use crate::{AdminError, AdminState, NATS_TIMEOUT, bounded};
+
+/// Event streams open at once on the admin listener: each holds a
+/// connection and two NATS consumers. Far under the listener's connection
+/// cap (512), so the CLI and the console are served past it.
+pub const MAX_EVENT_STREAMS: usize = 64;
+/// The `Retry-After` of a stream refused past the cap.
+const RETRY_AFTER_S: u64 = 5;
+
+/// The slots of [`MAX_EVENT_STREAMS`], shared by the listener's requests.
+pub fn stream_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_EVENT_STREAMS))
+}
 
 /// A comment line this often keeps proxies and our own idle timer from
 /// closing a quiet stream.
@@ -61,6 +83,13 @@ impl Position {
     pub fn parse(text: &str) -> Option<Self> {
         let (h, d) = text.trim().split_once('-')?;
         Some(Self { history: h.parse().ok()?, dead: d.parse().ok()? })
+    }
+
+    /// Where each stream is read from: right after this position; None
+    /// when that is past the last sequence a stream can have (an id this
+    /// server never sent).
+    fn next(self) -> Option<Self> {
+        Some(Self { history: self.history.checked_add(1)?, dead: self.dead.checked_add(1)? })
     }
 }
 
@@ -113,6 +142,7 @@ enum Source {
 pub(crate) async fn events(
     State(state): State<AdminState>,
     Query(query): Query<EventsQuery>,
+    session: Option<Extension<ConsoleSession>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AdminError> {
     let channel = match query.channel_id.as_deref().filter(|c| !c.is_empty()) {
@@ -120,11 +150,36 @@ pub(crate) async fn events(
         None => None,
     };
     let resume = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().ok().and_then(Position::parse).ok_or_else(|| {
-            AdminError::invalid("invalid_last_event_id", "Last-Event-ID must be an id this stream sent")
-        })?),
+        Some(v) => {
+            let position = v.to_str().ok().and_then(Position::parse).ok_or_else(|| {
+                AdminError::invalid("invalid_last_event_id", "Last-Event-ID must be an id this stream sent")
+            })?;
+            position.next().ok_or_else(|| {
+                AdminError::invalid(
+                    "last_event_id_out_of_range",
+                    "Last-Event-ID is out of range: no stream sequence follows it (not an id this stream sent)",
+                )
+            })?;
+            Some(position)
+        }
         None => None,
     };
+    let slot = state.event_streams.clone().try_acquire_owned().map_err(|_| {
+        tracing::warn!(
+            service = "ingress",
+            stage = "admin",
+            outcome = "refused",
+            why = "event_stream_cap",
+            max = MAX_EVENT_STREAMS,
+            "an event stream was refused: the cap of open streams is reached"
+        );
+        AdminError::Limited {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "too_many_event_streams",
+            detail: format!("{MAX_EVENT_STREAMS} event streams are open, the most this server serves at once"),
+            retry_after: RETRY_AFTER_S,
+        }
+    })?;
     let history = state.stream(state.topology.history_stream()).await?;
     let dead = state.stream(state.topology.dead_stream()).await?;
     let start = resume.unwrap_or(Position {
@@ -133,10 +188,23 @@ pub(crate) async fn events(
     });
     let (history_filter, dead_filter) =
         (state.topology.history_filter(channel.as_ref()), state.topology.dead_filter(channel.as_ref()));
-    let history_messages = follow(&history, history_filter, start.history).await?.map(|m| (Source::History, m));
-    let dead_messages = follow(&dead, dead_filter, start.dead).await?.map(|m| (Source::Dead, m));
-    metrics::gauge!("smsgate_admin_event_streams").increment(1.0);
-    let guard = StreamCount;
+    // Made before the consumers, so one made before a failure is deleted too.
+    let mut guard = Open::new(slot);
+    let history_messages =
+        follow(&mut guard, &history, history_filter, start.history).await?.map(|m| (Source::History, m));
+    let dead_messages = follow(&mut guard, &dead, dead_filter, start.dead).await?.map(|m| (Source::Dead, m));
+    let ends = {
+        let shutdown = state.shutdown.clone();
+        async move {
+            match session {
+                Some(Extension(session)) => tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = session.over() => {}
+                },
+                None => shutdown.cancelled().await,
+            }
+        }
+    };
     let events = futures::stream::select(history_messages, dead_messages)
         // A consumer that fails ends the answer: the client reconnects with
         // Last-Event-ID and loses nothing.
@@ -145,7 +213,7 @@ pub(crate) async fn events(
             std::future::ready(m.ok().and_then(|m| Some((source, m.info().ok()?.stream_sequence, m.payload.clone()))))
         })
         .scan(start, move |position, (source, seq, payload)| {
-            let _alive = &guard;
+            let _open = &guard;
             let event = match source {
                 Source::History => {
                     position.history = seq;
@@ -161,29 +229,76 @@ pub(crate) async fn events(
             std::future::ready(Some(event))
         })
         .filter_map(|event| std::future::ready(event.map(Ok)))
-        .take_until(state.shutdown.clone().cancelled_owned());
+        // The server's shutdown, or the end of the console session that
+        // opened it, ends the answer: nothing more is delivered.
+        .take_until(Box::pin(ends));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// Counts open event streams in a gauge while it lives.
-struct StreamCount;
+/// One open event stream: its slot of [`MAX_EVENT_STREAMS`], the gauge,
+/// and its consumers, deleted when it closes (the client went, the session
+/// or the server ended).
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    consumers: Vec<(JsStream, String)>,
+}
 
-impl Drop for StreamCount {
-    fn drop(&mut self) {
-        metrics::gauge!("smsgate_admin_event_streams").decrement(1.0);
+impl Open {
+    fn new(slot: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("smsgate_admin_event_streams").increment(1.0);
+        Self { _slot: slot, consumers: Vec::new() }
     }
 }
 
-async fn follow(stream: &JsStream, filter: String, after: u64) -> Result<consumer::pull::Ordered, AdminError> {
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("smsgate_admin_event_streams").decrement(1.0);
+        let consumers = std::mem::take(&mut self.consumers);
+        if consumers.is_empty() {
+            return;
+        }
+        // Dropped inside the runtime (the answer's body); without one the
+        // server's inactivity timer removes them.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for (stream, name) in consumers {
+                    match tokio::time::timeout(NATS_TIMEOUT, stream.delete_consumer(&name)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::debug!(service = "ingress", stage = "admin", error = %e, "events: cannot delete a reader"),
+                        Err(_) => tracing::debug!(service = "ingress", stage = "admin", "events: deleting a reader timed out"),
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Makes a consumer reading `stream` after `after` (checked by the caller
+/// not to overflow) and records it in `open` to be deleted with it. An
+/// ephemeral pull consumer with a name of our own and no acks: the
+/// server's inactivity timer removes it should the delete never come.
+async fn follow(
+    open: &mut Open,
+    stream: &JsStream,
+    filter: String,
+    after: u64,
+) -> Result<consumer::pull::Stream, AdminError> {
+    let name = format!("events_{}", hex::encode(rand::random::<[u8; 8]>()));
     let consumer = bounded(
         "create an event reader",
-        stream.create_consumer(consumer::pull::OrderedConfig {
+        stream.create_consumer(consumer::pull::Config {
+            name: Some(name.clone()),
             filter_subject: filter,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after.saturating_add(1) },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
             ..Default::default()
         }),
     )
     .await?;
+    open.consumers.push((stream.clone(), name));
     bounded("read events", consumer.messages()).await
 }
 
@@ -247,5 +362,9 @@ mod tests {
         assert_eq!(Position::parse(&p.encode()), Some(p));
         assert_eq!(Position::parse("x-1"), None);
         assert_eq!(Position::parse("12"), None);
+        assert_eq!(Position { history: 4, dead: 9 }.next(), Some(Position { history: 5, dead: 10 }));
+        let last = Position::parse(&format!("{}-0", u64::MAX)).unwrap();
+        assert_eq!(last.next(), None, "nothing follows u64::MAX");
+        assert_eq!(Position::parse("18446744073709551616-0"), None, "over u64: not an id");
     }
 }

@@ -33,7 +33,7 @@ use subtle::ConstantTimeEq;
 use smsgate_shared::http::{has_media_type, token_digest};
 
 use crate::AdminError;
-use crate::console::{Sessions, session_cookie};
+use crate::console::{ConsoleSession, Sessions, SignInThrottle, session_cookie};
 
 /// The admin token: `SMSGATE_ADMIN_TOKEN`, else the token file (created with
 /// a fresh token at first start). Never None: the admin API always needs one.
@@ -62,11 +62,26 @@ pub struct Guard {
     listener: SocketAddr,
     /// The console's signed-in browsers.
     pub(crate) sessions: Sessions,
+    /// Sign-in attempts per client address.
+    pub(crate) sign_ins: SignInThrottle,
+}
+
+/// Who a request comes from, once the guard let it through.
+enum Caller {
+    /// The bearer token (the CLI, scripts, agents).
+    Token,
+    /// The console, by its session cookie.
+    Console(ConsoleSession),
 }
 
 impl Guard {
     pub fn new(token: &SecretString, listener: SocketAddr) -> Arc<Self> {
-        Arc::new(Self { token_digest: token_digest(token.expose_secret()), listener, sessions: Sessions::default() })
+        Arc::new(Self {
+            token_digest: token_digest(token.expose_secret()),
+            listener,
+            sessions: Sessions::default(),
+            sign_ins: SignInThrottle::default(),
+        })
     }
 
     /// Whether `presented` is the admin token (constant time).
@@ -114,8 +129,11 @@ impl Guard {
     }
 
     /// The bearer token, or the console's session cookie.
-    fn authenticated(&self, headers: &HeaderMap) -> bool {
-        self.token_ok(headers) || session_cookie(headers).is_some_and(|id| self.sessions.valid(id))
+    fn authenticated(&self, headers: &HeaderMap) -> Option<Caller> {
+        if self.token_ok(headers) {
+            return Some(Caller::Token);
+        }
+        session_cookie(headers).and_then(|id| self.sessions.get(id)).map(Caller::Console)
     }
 }
 
@@ -149,8 +167,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The middleware: see the module docs for the order of the checks.
-pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+/// A request let in by a console session carries it ([`ConsoleSession`]),
+/// so what lasts (an event stream) can end with the session.
+pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
+    let caller = guard.authenticated(headers);
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     let refusal = if !guard.host_allowed(host) {
         Some((
@@ -166,7 +187,7 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
             "origin",
             AdminError::refused(StatusCode::FORBIDDEN, "cross_origin", "requests from another origin are refused"),
         ))
-    } else if !is_public(request.method(), request.uri().path()) && !guard.authenticated(headers) {
+    } else if !is_public(request.method(), request.uri().path()) && caller.is_none() {
         Some(("token", AdminError::Unauthorized))
     } else if is_write(request.method()) && !is_json(headers) {
         Some((
@@ -181,7 +202,12 @@ pub async fn check(State(guard): State<Arc<Guard>>, request: Request, next: Next
         None
     };
     match refusal {
-        None => next.run(request).await,
+        None => {
+            if let Some(Caller::Console(session)) = caller {
+                request.extensions_mut().insert(session);
+            }
+            next.run(request).await
+        }
         Some((why, error)) => {
             metrics::counter!("smsgate_admin_refused_total", "why" => why).increment(1);
             tracing::warn!(service = "ingress", stage = "admin", why, method = %request.method(), path = %request.uri().path(), outcome = "refused", "admin request refused");

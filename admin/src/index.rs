@@ -11,6 +11,12 @@
 //! Requests wait (bounded) for that first read before they answer, so a list
 //! is never silently partial.
 //!
+//! Bounded: a conversation whose last entry is older than the history's
+//! retention (`P_HISTORY`'s max age) is dropped, as the stream drops its
+//! entries, and past [`MAX_ENTRIES`] conversations the one quiet longest
+//! goes (a warning says so once); `smsgate_conversation_index_entries`
+//! is the size.
+//!
 //! The cursor of a page is the sort key of its last conversation
 //! (newest-first time, channel, peer): the next page starts after it, and a
 //! conversation that moves to the top in between is not shown twice.
@@ -34,6 +40,13 @@ use tokio_util::sync::CancellationToken;
 
 /// The longest preview of a conversation's last message.
 const PREVIEW_CHARS: usize = 160;
+/// Conversations the index keeps at most (about 1 kB each).
+pub const MAX_ENTRIES: usize = 100_000;
+/// How often entries past the retention are looked for when nothing is
+/// recorded.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The gauge of the index's size.
+const ENTRIES_GAUGE: &str = "smsgate_conversation_index_entries";
 
 /// One conversation in the list.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,15 +135,17 @@ pub struct ConversationIndex {
     inner: RwLock<Inner>,
     loaded: watch::Sender<bool>,
     applied_seq: watch::Sender<u64>,
+    /// Conversations quiet longer than this are dropped (the history's max age).
+    retention: Duration,
+    max_entries: usize,
+    /// Whether the size bound has dropped a conversation yet (warned once).
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ConversationIndex {
+    /// The history stream's default retention and [`MAX_ENTRIES`].
     fn default() -> Self {
-        Self {
-            inner: RwLock::new(Inner::default()),
-            loaded: watch::Sender::new(false),
-            applied_seq: watch::Sender::new(0),
-        }
+        Self::new(smsgate_shared::topology::Topology::new("smsgate").history_max_age, MAX_ENTRIES)
     }
 }
 
@@ -140,6 +155,56 @@ fn sort_key(summary: &ConversationSummary) -> Order {
 }
 
 impl ConversationIndex {
+    /// An empty index that keeps conversations active within `retention`,
+    /// at most `max_entries` of them.
+    pub fn new(retention: Duration, max_entries: usize) -> Self {
+        Self {
+            inner: RwLock::new(Inner::default()),
+            loaded: watch::Sender::new(false),
+            applied_seq: watch::Sender::new(0),
+            retention,
+            max_entries: max_entries.max(1),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Drops the conversations quiet for longer than the retention at
+    /// `now`, then the quietest ones past the size bound; sets the gauge.
+    pub fn prune(&self, now: OffsetDateTime) {
+        let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.prune_locked(&mut inner, now);
+    }
+
+    fn prune_locked(&self, inner: &mut Inner, now: OffsetDateTime) {
+        let cutoff = time::Duration::try_from(self.retention)
+            .ok()
+            .and_then(|r| now.checked_sub(r))
+            .map_or(i128::MIN, OffsetDateTime::unix_timestamp_nanos);
+        let mut over_size = 0usize;
+        // The set is newest first: the quietest conversation is the last.
+        while let Some((Reverse(ns), _, _)) = inner.order.last() {
+            let expired = *ns < cutoff;
+            if !expired && inner.order.len() <= self.max_entries {
+                break;
+            }
+            if let Some((_, channel, peer)) = inner.order.pop_last() {
+                inner.by_key.remove(&(channel, peer));
+            }
+            if !expired {
+                over_size += 1;
+            }
+        }
+        if over_size > 0 && !self.evicted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                service = "ingress",
+                stage = "admin",
+                max_entries = self.max_entries,
+                "conversation index: more conversations than it keeps; the quietest leave the list (their history stays)"
+            );
+        }
+        metrics::gauge!(ENTRIES_GAUGE).set(inner.by_key.len() as f64);
+    }
+
     /// Folds one stored history entry in (`stored`: when the stream stored
     /// it, which orders the list). Entries at or below the last applied
     /// sequence are ignored (a remade consumer may repeat some).
@@ -183,6 +248,7 @@ impl ConversationIndex {
         }
         inner.order.insert(sort_key(&summary));
         inner.by_key.insert(key, summary);
+        self.prune_locked(&mut inner, OffsetDateTime::now_utc());
         let applied = inner.applied;
         drop(inner);
         self.applied_seq.send_replace(applied);
@@ -299,9 +365,14 @@ impl ConversationIndex {
             self.mark_loaded();
         }
         let mut messages = consumer.messages().await?;
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = prune.tick() => {
+                    self.prune(OffsetDateTime::now_utc());
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let message = match next {
@@ -358,7 +429,8 @@ mod tests {
     }
 
     fn index_of(n: usize) -> ConversationIndex {
-        let index = ConversationIndex::default();
+        // Entries of 1970: a retention that keeps them.
+        let index = ConversationIndex::new(Duration::from_secs(100 * 366 * 86_400), MAX_ENTRIES);
         for i in 0..n {
             let e = entry("c1", &format!("+1415555{:04}", i), 1_000 + i as i64, "hi");
             index.apply(i as u64 + 1, e.at, &e);
@@ -396,6 +468,26 @@ mod tests {
         assert_eq!(page.conversations[0].count, 2);
         assert_eq!(page.conversations[0].last_message.as_ref().unwrap().body, "again");
         assert_eq!(page.total, 3);
+    }
+
+    #[test]
+    fn conversations_past_retention_leave_and_the_size_is_bounded() {
+        let index = ConversationIndex::new(Duration::from_secs(3600), 3);
+        let now = OffsetDateTime::now_utc();
+        let at = |secs_ago: i64| now - time::Duration::seconds(secs_ago);
+        let old = entry("c1", "+14155550900", 1, "long ago");
+        index.apply(1, at(7200), &old);
+        assert_eq!(index.len(), 0, "quiet for longer than the retention: dropped");
+        for i in 0..5 {
+            let e = entry("c1", &format!("+1415555091{i}"), 10 + i, "hi");
+            index.apply(10 + i as u64, at(600 - i), &e);
+        }
+        assert_eq!(index.len(), 3, "bounded");
+        let page = index.page(&PageQuery { limit: 10, ..Default::default() });
+        let peers: Vec<&str> = page.conversations.iter().map(|c| c.peer.as_str()).collect();
+        assert_eq!(peers, ["+14155550914", "+14155550913", "+14155550912"], "the quietest left");
+        index.prune(now + time::Duration::seconds(3600));
+        assert_eq!(index.len(), 0, "all quiet for an hour since");
     }
 
     #[test]

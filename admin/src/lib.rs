@@ -110,18 +110,22 @@ pub struct AdminState {
     pub twilio: twilio::Twilio,
     /// The compliance guard's buckets, opened at first use.
     guard: Arc<tokio::sync::OnceCell<smsgate_shared::guard::GuardStore>>,
+    /// The slots of the event streams open at once ([`events::MAX_EVENT_STREAMS`]).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
     pub fn new(js: jetstream::Context, topology: Topology, channels: Registry<ChannelSubjects>) -> Self {
+        let index = Arc::new(ConversationIndex::new(topology.history_max_age, index::MAX_ENTRIES));
         Self {
             js,
             topology,
             channels,
-            index: Arc::default(),
+            index,
             shutdown: CancellationToken::new(),
             twilio: twilio::Twilio::new(),
             guard: Arc::default(),
+            event_streams: events::stream_slots(),
         }
     }
 

@@ -2,12 +2,17 @@
 //! (are the credentials valid?) and the number's `IncomingPhoneNumbers`
 //! entry (its SMS and voice webhooks), with the channel's own Basic auth
 //! (docs/TWILIO.md §9).
+//!
+//! The text of an error answer is shown to the operator only when the
+//! channel's `twilio_api_base` is Twilio's own (`*.twilio.com`): another
+//! host (a stub, a proxy, or whatever an altered config points at) gets its
+//! status and error code shown, never its words.
 
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use smsgate_shared::config::Channel;
+use smsgate_shared::config::{Channel, is_twilio_host};
 use smsgate_shared::domain::E164;
 use smsgate_shared::redact::third_party;
 use smsgate_shared::twilio_error::ErrorDocument;
@@ -109,7 +114,12 @@ impl Twilio {
         if !status.is_success() {
             let doc = ErrorDocument::parse(&body);
             let code = doc.as_ref().and_then(|d| d.code);
-            let message = ErrorDocument::message_or(doc.as_ref(), status.canonical_reason().unwrap_or("error"), 200);
+            let reason = status.canonical_reason().unwrap_or("error");
+            let message = if is_twilio_host(&channel.api_base) {
+                ErrorDocument::message_or(doc.as_ref(), reason, 200)
+            } else {
+                format!("{reason} (the error text of {}, not a Twilio host, is not shown)", host_of(&channel.api_base))
+            };
             return Err(TwilioError::Refused { status: status.as_u16(), code, message });
         }
         serde_json::from_slice(&body).map_err(|e| TwilioError::Malformed(e.to_string()))
@@ -136,4 +146,12 @@ impl Twilio {
         let form = [("SmsUrl", url), ("SmsMethod", "POST")];
         self.call(channel, self.http.post(endpoint).form(&form)).await
     }
+}
+
+/// `host[:port]` of a base URL, for messages.
+fn host_of(base: &str) -> String {
+    url::Url::parse(base)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| u.port().map_or_else(|| h.to_owned(), |p| format!("{h}:{p}"))))
+        .unwrap_or_else(|| "the API base".to_owned())
 }

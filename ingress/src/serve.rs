@@ -15,11 +15,14 @@
 //! - A connection on which nothing moves in either direction for
 //!   [`Limits::idle_timeout`] is closed, whatever state it is in (a client
 //!   that stops reading our answer included).
+//! - Each request carries the client's address (axum's `ConnectInfo`), for
+//!   what is counted per address (the console's sign-in attempts).
 //! - On shutdown: no new connections; open ones are asked to finish (hyper's
 //!   graceful shutdown closes idle keep-alive connections at once) and are
 //!   dropped when [`Limits::grace`] is over, whatever the client does.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -76,7 +78,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
@@ -104,7 +106,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
         let router = router.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            serve_connection(stream, router, limits, shutdown).await;
+            serve_connection(stream, peer, router, limits, shutdown).await;
             drop(slot);
         });
     }
@@ -118,13 +120,23 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
     connections.abort_all();
 }
 
-async fn serve_connection(stream: TcpStream, router: Router, limits: Limits, shutdown: CancellationToken) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Watched { inner: stream, activity: activity.clone(), started });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        tower_service::Service::call(&mut router.clone(), request)
+    });
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let tick = (limits.idle_timeout / 4).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(tick);

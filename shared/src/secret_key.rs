@@ -6,8 +6,10 @@
 //!   padded or not) or as 64 hex digits. `smsgate gen-token --secret-key`
 //!   prints a fresh one.
 //! - Each secret gets its own random 96-bit nonce (drawn by AWS-LC); the
-//!   associated data names the channel and the key path, so a ciphertext
-//!   copied to another channel or another field does not open.
+//!   associated data (chosen by the caller, `channels::stored`) names the
+//!   channel, the key path and a digest of the channel's whole config, so a
+//!   ciphertext copied to another channel or another field, or a channel
+//!   whose settings were changed without the key, does not open.
 //! - A sealed value carries the key's id (the first 8 hex digits of a
 //!   SHA-256 of the key), so a service holding another key says so instead
 //!   of "cannot decrypt".

@@ -104,3 +104,22 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A listener on a free loopback port that counts the connections made to
+/// it and answers none: where a test points something that must never be
+/// called (its base URL, and the count).
+pub async fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"));
+    let base = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("no local address: {e}")));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (base, count)
+}

@@ -9,6 +9,11 @@
 //! `media.hosts`, without the credentials. Size (all of a message's media
 //! together), time (per file) and content type are bounded.
 //!
+//! Pictures scaled for a model are decoded at most [`MAX_CONCURRENT_DECODES`]
+//! messages at once per process, a message's pictures together within
+//! [`MAX_MESSAGE_PIXELS`] (read from their headers first), so a picture bomb
+//! (a few kB of PNG that decodes to gigabytes) costs neither memory nor time.
+//!
 //! What cannot be loaded stays an [`Attachment`] with a [`Skip`]: the model
 //! is told in words ("[a photo could not be loaded]") and the worker writes
 //! a `media_skipped` note. A transient failure (connect error, timeout,
@@ -30,9 +35,24 @@ use smsgate_shared::retry::parse_retry_after;
 const MAX_REDIRECTS: usize = 3;
 /// The longest `Retry-After` honoured, as for the chat backend.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-/// Pictures larger than this many pixels are not decoded (a decompression
-/// bomb in a few kilobytes would otherwise take gigabytes).
-const MAX_PIXELS: u64 = 40_000_000;
+/// The pixels one message's pictures may have together to be decoded: a
+/// picture whose size (read from its header, before anything is decoded)
+/// is over what is left of it is not decoded but described and noted. 24 M
+/// holds two 12-megapixel phone photos; carriers deliver MMS pictures far
+/// smaller. (A PNG of zeros of 6300x6300 is 116 kB and would take 120 MB
+/// decoded.)
+pub const MAX_MESSAGE_PIXELS: u64 = 24_000_000;
+/// The most bytes a decoded pixel may take (RGBA, 8 bits a channel): a
+/// decode's allocation limit is what is left of the message's pixels times
+/// this, so a 16-bit picture counts for twice its size.
+const BYTES_PER_PIXEL: u64 = 4;
+/// What a decoder may allocate beside the picture itself.
+const DECODER_SLACK: u64 = 1 << 20;
+/// Messages whose pictures are decoded at once in this process (each
+/// decodes its pictures one after the other): with [`MAX_MESSAGE_PIXELS`]
+/// this bounds the memory decoding takes, whatever arrives at once.
+pub const MAX_CONCURRENT_DECODES: usize = 2;
+static DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_DECODES);
 
 /// One `MediaUrlN` of an inbound message and what became of it.
 #[derive(Debug, Clone)]
@@ -78,6 +98,9 @@ pub enum Skip {
     Unavailable { detail: String, transient: bool, retry_after: Option<Duration> },
     /// The picture could not be decoded to scale it.
     Unreadable(String),
+    /// The picture has more pixels than are left of the message's
+    /// [`MAX_MESSAGE_PIXELS`]: never decoded.
+    TooManyPixels { width: u32, height: u32, left: u64 },
 }
 
 impl Skip {
@@ -90,6 +113,15 @@ impl Skip {
             Self::Refused(status) => format!("refused with HTTP {status}"),
             Self::Unavailable { detail, .. } => format!("unavailable: {detail}"),
             Self::Unreadable(e) => format!("picture could not be read: {e}"),
+            Self::TooManyPixels { width, height, left } if *left == MAX_MESSAGE_PIXELS => {
+                format!(
+                    "{width}x{height} pixels is over the {MAX_MESSAGE_PIXELS}-pixel limit of a message; not decoded"
+                )
+            }
+            Self::TooManyPixels { width, height, left } => format!(
+                "{width}x{height} pixels is over the {left} pixels left of the {MAX_MESSAGE_PIXELS}-pixel limit of \
+                 a message (its pictures count together); not decoded"
+            ),
         }
     }
 }
@@ -355,68 +387,114 @@ pub fn allowed_host(hosts: &[String], url: &url::Url) -> bool {
 }
 
 /// Scales the loaded pictures down to `max_edge` for a model (0: as
-/// fetched). Decoding runs off the async threads; a picture that cannot be
-/// decoded becomes a [`Skip::Unreadable`].
+/// fetched). Decoding runs off the async threads, at most
+/// [`MAX_CONCURRENT_DECODES`] messages at once, and a message's pictures
+/// together within [`MAX_MESSAGE_PIXELS`]; a picture that cannot be
+/// decoded, or is over the pixels left, becomes a [`Skip`] (described to
+/// the model and noted, never silently dropped).
 pub async fn fit_for_model(attachments: Vec<Attachment>, max_edge: u32) -> Vec<Attachment> {
     if max_edge == 0 || !attachments.iter().any(|a| a.is_image() && matches!(a.content, Content::Loaded { .. })) {
         return attachments;
     }
+    // The semaphore is never closed; were it, decoding unbounded is not an option.
+    let Ok(_permit) = DECODES.acquire().await else {
+        return refuse_pictures(attachments, "no decoding slot".to_owned());
+    };
     let fallback = attachments.clone();
-    tokio::task::spawn_blocking(move || {
-        attachments
-            .into_iter()
-            .map(|mut a| {
-                if let Content::Loaded { content_type, bytes, .. } = &mut a.content
-                    && content_type.starts_with("image/")
-                {
-                    match fit(content_type, bytes, max_edge) {
-                        Ok(Some((t, b))) => {
+    match tokio::task::spawn_blocking(move || fit_all(attachments, max_edge, MAX_MESSAGE_PIXELS)).await {
+        Ok(fitted) => fitted,
+        // A decoder that panicked: the pictures are not given as fetched
+        // (they were never checked), but described and noted.
+        Err(e) => refuse_pictures(fallback, format!("the decoder failed ({e})")),
+    }
+}
+
+/// Every loaded picture of `attachments` skipped as unreadable for `why`.
+fn refuse_pictures(attachments: Vec<Attachment>, why: String) -> Vec<Attachment> {
+    attachments
+        .into_iter()
+        .map(|mut a| {
+            if a.is_image() && matches!(a.content, Content::Loaded { .. }) {
+                a.content = Content::Skipped(Skip::Unreadable(why.clone()));
+            }
+            a
+        })
+        .collect()
+}
+
+/// [`fit`] for each loaded picture in order, the message's pictures
+/// together within `pixels` (a picture counts once its size is read).
+fn fit_all(attachments: Vec<Attachment>, max_edge: u32, pixels: u64) -> Vec<Attachment> {
+    let mut left = pixels;
+    attachments
+        .into_iter()
+        .map(|mut a| {
+            if let Content::Loaded { content_type, bytes, .. } = &mut a.content
+                && content_type.starts_with("image/")
+            {
+                match fit(content_type, bytes, max_edge, left) {
+                    Ok(Fitted { pixels, scaled }) => {
+                        left = left.saturating_sub(pixels);
+                        if let Some((t, b)) = scaled {
                             *content_type = t;
                             *bytes = b;
                         }
-                        Ok(None) => {}
-                        Err(e) => a.content = Content::Skipped(Skip::Unreadable(e)),
                     }
+                    Err(skip) => a.content = Content::Skipped(skip),
                 }
-                a
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or(fallback)
+            }
+            a
+        })
+        .collect()
+}
+
+/// A picture read: its pixels, and the scaled copy when it was too large.
+#[derive(Debug, PartialEq)]
+struct Fitted {
+    pixels: u64,
+    scaled: Option<(String, Bytes)>,
 }
 
 /// The picture scaled so its longest edge is `max_edge`, re-encoded (JPEG,
-/// or PNG when it has transparency); None when it is small enough already.
-fn fit(content_type: &str, bytes: &[u8], max_edge: u32) -> Result<Option<(String, Bytes)>, String> {
-    let format = ImageFormat::from_mime_type(content_type).ok_or_else(|| format!("{content_type} is not decoded"))?;
-    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 4);
-    reader.limits(limits);
-    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(format!("{w}x{h} is over {MAX_PIXELS} pixels"));
+/// or PNG when it has transparency); `scaled` is None when it is small
+/// enough already. A picture of more than `left` pixels is not decoded.
+fn fit(content_type: &str, bytes: &[u8], max_edge: u32, left: u64) -> Result<Fitted, Skip> {
+    let unreadable = |e: image::ImageError| Skip::Unreadable(e.to_string());
+    let format = ImageFormat::from_mime_type(content_type)
+        .ok_or_else(|| Skip::Unreadable(format!("{content_type} is not decoded")))?;
+    let reader = || {
+        let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+        let mut limits = image::Limits::default();
+        // The decoders' own buffers (rows, the inflate window) come on top.
+        limits.max_alloc = Some(left.saturating_mul(BYTES_PER_PIXEL).saturating_add(DECODER_SLACK));
+        reader.limits(limits);
+        reader
+    };
+    // The header only: nothing is decoded yet.
+    let (width, height) = reader().into_dimensions().map_err(unreadable)?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > left {
+        return Err(Skip::TooManyPixels { width, height, left });
     }
-    if w.max(h) <= max_edge {
-        return Ok(None);
+    if width.max(height) <= max_edge {
+        return Ok(Fitted { pixels, scaled: None });
     }
-    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 4);
-    reader.limits(limits);
-    let picture = reader.decode().map_err(|e| e.to_string())?;
-    let small = picture.resize(max_edge, max_edge, image::imageops::FilterType::Triangle);
+    let picture = reader().decode().map_err(unreadable)?;
+    // Integer area sampling: no floating-point copy of the whole picture
+    // (a filtered resize would take 16 bytes a pixel on top of the decode).
+    let small = picture.thumbnail(max_edge, max_edge);
+    drop(picture);
     let mut out = std::io::Cursor::new(Vec::new());
-    if small.color().has_alpha() {
-        small.write_to(&mut out, ImageFormat::Png).map_err(|e| e.to_string())?;
-        Ok(Some(("image/png".to_owned(), Bytes::from(out.into_inner()))))
+    let scaled = if small.color().has_alpha() {
+        small.write_to(&mut out, ImageFormat::Png).map_err(unreadable)?;
+        ("image/png".to_owned(), Bytes::from(out.into_inner()))
     } else {
         let rgb = DynamicImage::ImageRgb8(small.to_rgb8());
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85);
-        rgb.write_with_encoder(encoder).map_err(|e| e.to_string())?;
-        Ok(Some(("image/jpeg".to_owned(), Bytes::from(out.into_inner()))))
-    }
+        rgb.write_with_encoder(encoder).map_err(unreadable)?;
+        ("image/jpeg".to_owned(), Bytes::from(out.into_inner()))
+    };
+    Ok(Fitted { pixels, scaled: Some(scaled) })
 }
 
 #[cfg(test)]
@@ -432,13 +510,45 @@ mod tests {
 
     #[test]
     fn large_pictures_are_scaled_to_the_longest_edge_and_small_ones_left_alone() {
-        let (t, b) = fit("image/png", &png(400, 100), 100).unwrap().unwrap();
+        let all = MAX_MESSAGE_PIXELS;
+        let (t, b) = fit("image/png", &png(400, 100), 100, all).unwrap().scaled.unwrap();
         assert_eq!(t, "image/jpeg");
         let scaled = image::load_from_memory(&b).unwrap();
         assert_eq!((scaled.width(), scaled.height()), (100, 25));
-        assert_eq!(fit("image/png", &png(50, 80), 100).unwrap(), None);
-        assert!(fit("image/png", b"not a png", 100).is_err());
-        assert!(fit("image/heic", b"x", 100).is_err());
+        assert_eq!(fit("image/png", &png(50, 80), 100, all).unwrap(), Fitted { pixels: 4000, scaled: None });
+        assert!(matches!(fit("image/png", b"not a png", 100, all), Err(Skip::Unreadable(_))));
+        assert!(matches!(fit("image/heic", b"x", 100, all), Err(Skip::Unreadable(_))));
+    }
+
+    #[test]
+    fn a_messages_pictures_share_one_pixel_budget_and_what_is_over_is_described() {
+        let picture = |w, h| Attachment {
+            index: 0,
+            url: "u".into(),
+            declared_type: Some("image/png".into()),
+            content: Content::Loaded {
+                content_type: "image/png".into(),
+                bytes: Bytes::from(png(w, h)),
+                fetched_bytes: 0,
+                media: MediaRef { url: "u".into(), media_sid: "ME".into() },
+            },
+        };
+        // 40x40 = 1600 each; a budget of 4000 holds two of them.
+        let out = fit_all(vec![picture(40, 40), picture(40, 40), picture(40, 40), picture(10, 10)], 20, 4000);
+        let skips: Vec<Option<String>> = out.iter().map(Attachment::skip_line).collect();
+        assert_eq!(skips[0], None);
+        assert_eq!(skips[1], None);
+        assert_eq!(
+            skips[2].as_deref(),
+            Some(
+                "MediaUrl0 (image/png): 40x40 pixels is over the 800 pixels left of the 24000000-pixel limit of a \
+                 message (its pictures count together); not decoded"
+            )
+        );
+        assert_eq!(skips[3], None, "a smaller one still fits");
+        assert_eq!(out[2].describe().as_deref(), Some("[a photo could not be loaded]"));
+        let alone = Skip::TooManyPixels { width: 6300, height: 6300, left: MAX_MESSAGE_PIXELS };
+        assert_eq!(alone.why(), "6300x6300 pixels is over the 24000000-pixel limit of a message; not decoded");
     }
 
     #[test]

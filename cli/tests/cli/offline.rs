@@ -234,3 +234,46 @@ fn an_unreachable_admin_api_is_a_failed_operation() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot reach the admin API"), "{}", stderr(&out));
 }
+
+#[test]
+fn check_config_refuses_an_api_base_that_would_send_credentials_elsewhere() {
+    let channel = |id: &str, base: &str, extra: &str| {
+        format!(
+            r#"{{"channel_id": "{id}", "config": {{"twilio_account_sid": "AC0123456789abcdef0123456789abcdef",
+                "twilio_auth_token": "tok", "twilio_from_number": "+15551234567",
+                "webhook_path_token": "{id}-path-token-0123456789abcdefghijklmnop", "chat": {{"kind": "echo"}},
+                "twilio_api_base": "{base}"{extra} }} }}"#
+        )
+    };
+    let write = |channels: &[String]| {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        write!(file, "[{}]", channels.join(",")).unwrap();
+        file
+    };
+    let bad = write(&[
+        channel("metadata", "https://169.254.169.254", ""),
+        channel("lan", "https://192.168.1.20:8443", ""),
+        channel("creds", "https://user:pw@api.twilio.com", ""),
+        channel("plain", "http://api.twilio.com", ""),
+    ]);
+    let out = smsgate(&["check-config", bad.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let text = stderr(&out);
+    for (id, why) in [
+        ("metadata", "allow_private_api_base"),
+        ("lan", "allow_private_api_base"),
+        ("creds", "user or password"),
+        ("plain", "must be https://"),
+    ] {
+        let line = text.lines().find(|l| l.contains(&format!("channel {id}"))).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("config.twilio_api_base") && line.contains(why), "{id}: {line}");
+    }
+    assert!(!text.contains(":pw@"), "{text}");
+
+    let allowed = write(&[
+        channel("proxy", "https://10.0.0.5", r#", "allow_private_api_base": true"#),
+        channel("stub", "http://127.0.0.1:9000", ""),
+    ]);
+    let out = smsgate(&["check-config", allowed.path().to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

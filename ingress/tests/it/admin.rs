@@ -632,6 +632,7 @@ async fn metrics_are_prometheus_text() {
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = r.text().await.unwrap();
     assert!(text.contains("smsgate_admin_messages_total"), "{text}");
+    assert!(text.contains("smsgate_conversation_index_entries"), "the index's size: {text}");
 }
 
 #[tokio::test]

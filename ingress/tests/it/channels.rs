@@ -301,3 +301,78 @@ async fn connecting_with_set_webhook_points_the_number_at_smsgate() {
     let (status, _) = stack.call(reqwest::Method::GET, "/api/v1/channels/nohook/status", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_channel_whose_settings_were_changed_in_the_bucket_without_the_key_is_refused_and_never_called() {
+    let nats = NatsServer::start();
+    let twilio = TwilioStub::start().await;
+    let (elsewhere, connections) = testkit::counting_listener().await;
+    let stack = Stack::start(&nats, true).await;
+    let number = "+15550004001";
+    twilio.add_number(number, &ours(RT_TOKEN), "POST");
+    let extra = format!(r#""twilio_from_number": "{number}", "twilio_api_base": "{}""#, twilio.base_url());
+    let (status, v) = stack.connect("/api/v1/channels", &testkit::channel_json("bound", RT_TOKEN, &extra)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (_, v) = stack.call(reqwest::Method::GET, "/api/v1/channels/bound/status", None).await;
+    assert_eq!(v["verdict"], "ok", "{v}");
+
+    // Someone who can write the bucket, without the key: the clear part
+    // of the entry now sends the channel's requests elsewhere.
+    let bucket = stack.js.get_key_value(stack.topology.channels_bucket()).await.unwrap();
+    let mut entry: Value = serde_json::from_slice(&bucket.get("bound").await.unwrap().unwrap()).unwrap();
+    entry["config"]["twilio_api_base"] = json!(elsewhere);
+    bucket.put("bound", serde_json::to_vec(&entry).unwrap().into()).await.unwrap();
+
+    testkit::eventually(Duration::from_secs(10), "the altered channel refused", || async {
+        let (_, list) = stack.call(reqwest::Method::GET, "/api/v1/channels", None).await;
+        let ids: Vec<&str> = list["channels"].as_array()?.iter().filter_map(|c| c["channel_id"].as_str()).collect();
+        (!ids.contains(&"bound")).then_some(())
+    })
+    .await;
+    let (status, v) = stack.call(reqwest::Method::GET, "/api/v1/channels/bound/status", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let send = json!({"channel_id": "bound", "to": "+14155550100", "body": "hi"});
+    let (status, v) = stack.call(reqwest::Method::POST, "/api/v1/messages", Some(&send)).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_channel")), "{v}");
+    assert_eq!(
+        stack.webhook(RT_TOKEN, testkit::AUTH_TOKEN, "SM00000000000000000000000000000c01").await,
+        StatusCode::NOT_FOUND
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "a request went to the new host");
+}
+
+#[tokio::test]
+async fn the_status_check_shows_the_error_text_of_twilio_hosts_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A host that is not Twilio's, answering every request with an error
+    // whose text must not reach the operator's screen.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let body = r#"{"code": 20500, "message": "ami-id instance-id iam/security-credentials/admin"}"#;
+                let answer = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let nats = NatsServer::start();
+    let stack = Stack::start(&nats, true).await;
+    let extra = format!(r#""twilio_from_number": "+15550005001", "twilio_api_base": "{base}""#);
+    let (status, v) = stack.connect("/api/v1/channels", &testkit::channel_json("elsewhere", RT_TOKEN, &extra)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, v) = stack.call(reqwest::Method::GET, "/api/v1/channels/elsewhere/status", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let verdict = v["verdict"].as_str().unwrap();
+    assert!(verdict.contains("500") && verdict.contains("20500"), "status and code are shown: {verdict}");
+    assert!(verdict.contains("not a Twilio host, is not shown"), "{verdict}");
+    assert!(!v.to_string().contains("security-credentials"), "{v}");
+}

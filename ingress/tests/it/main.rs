@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod admin;
+mod admin_limits;
 mod bad_input;
 mod calls_api;
 mod channels;

@@ -11,4 +11,5 @@ mod guard;
 mod helpers;
 mod logs;
 mod pacing;
+mod runtime;
 mod status;

@@ -29,7 +29,7 @@ struct RawChannel {
 /// The keys of a channel object, for "did you mean".
 const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
 /// The keys of a channel's `config`, for "did you mean".
-const CONFIG_KEYS: [&str; 26] = [
+const CONFIG_KEYS: [&str; 27] = [
     "compliance",
     "twilio_account_sid",
     "twilio_auth_token",
@@ -38,6 +38,7 @@ const CONFIG_KEYS: [&str; 26] = [
     "sms_max_len",
     "webhook_path_token",
     "twilio_api_base",
+    "allow_private_api_base",
     "public_base_url",
     "rate_limit",
     "mps",
@@ -81,6 +82,9 @@ struct RawChannelConfig {
     webhook_path_token: SecretString,
     #[serde(default)]
     twilio_api_base: Option<String>,
+    /// Lets `twilio_api_base` name a private or link-local address.
+    #[serde(default)]
+    allow_private_api_base: bool,
     #[serde(default)]
     public_base_url: Option<String>,
     #[serde(default)]
@@ -507,8 +511,8 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
     if rate_limit.per_minute == 0 || rate_limit.burst == 0 {
         fail("config.rate_limit", "per_minute and burst must be at least 1".to_owned());
     }
-    let api_base = c.twilio_api_base.unwrap_or_else(|| "https://api.twilio.com".to_owned());
-    if let Err(m) = check_base_url(&api_base) {
+    let api_base = c.twilio_api_base.unwrap_or_else(|| super::TWILIO_API_BASE.to_owned());
+    if let Err(m) = super::check_api_base(&api_base, c.allow_private_api_base) {
         fail("config.twilio_api_base", m);
     }
     let public_base_url = match c.public_base_url.filter(|s| !s.trim().is_empty()) {

@@ -6,6 +6,7 @@
 //! - `settings`: [`Settings`], the `SMSGATE_*` variables.
 //! - `channel`: the channel model ([`Channel`] and its parts: chat, limits,
 //!   media, voice, delivery), what the services use.
+//! - `api_base`: the checks of `twilio_api_base`, where credentials go.
 //! - `load`: reading channel JSON (a file, the Twilio variables, a channel
 //!   connected at run time): `${VAR}` expansion, unknown keys with "did you
 //!   mean", serde errors located by `serde_path_to_error`, and validation
@@ -18,10 +19,12 @@
 
 use std::fmt;
 
+mod api_base;
 mod channel;
 mod load;
 mod settings;
 
+pub use api_base::{TWILIO_API_BASE, check_api_base, is_twilio_host};
 pub use channel::*;
 pub use load::*;
 pub use settings::*;

@@ -121,3 +121,25 @@ async fn without_the_key_connecting_is_refused_and_sealed_channels_are_skipped()
     assert_eq!(other_key.snapshot().len(), 1);
     assert!(other_key.get_fresh(&ChannelId::parse("rt").unwrap()).await.is_none());
 }
+
+#[tokio::test]
+async fn an_entry_whose_settings_were_changed_without_the_key_is_refused_by_every_registry() {
+    let nats = NatsServer::start();
+    let key = testkit::secret_key();
+    let (admin, store) = registry(&nats, "rt3", Some(key.clone())).await;
+    let extra = r#""twilio_api_base": "https://api.twilio.com""#;
+    channels::connect(&admin, testkit::channel_json("rt", RUNTIME_TOKEN, extra)).await.unwrap();
+    let id = ChannelId::parse("rt").unwrap();
+    let (service, _) = registry(&nats, "rt3", Some(key.clone())).await;
+    assert!(service.get(&id).is_some(), "unchanged, it is served");
+
+    let mut entry: serde_json::Value = serde_json::from_slice(&store.get("rt").await.unwrap().unwrap()).unwrap();
+    entry["config"]["twilio_api_base"] = serde_json::json!("https://collector.example");
+    store.put("rt", serde_json::to_vec(&entry).unwrap().into()).await.unwrap();
+    // A sender (or any service) asking for the channel does not get it.
+    service.reload().await.unwrap();
+    assert!(service.get_fresh(&id).await.is_none());
+    admin.reload().await.unwrap();
+    assert!(admin.get(&id).is_none());
+    assert_eq!(service.snapshot().len(), 1, "the file's channel is still served");
+}

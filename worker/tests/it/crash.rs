@@ -21,7 +21,7 @@ use crate::helpers::{Bus, inbound, unique_prefix};
 /// Ack wait plus room for a loaded machine.
 const REDELIVERY: Duration = Duration::from_secs(120);
 
-fn write_channels(dir: &Path, chat: &str) -> std::path::PathBuf {
+pub(crate) fn write_channels(dir: &Path, chat: &str) -> std::path::PathBuf {
     let path = dir.join("channels.json");
     let text = format!(
         r#"{{"channel_id": "test", "config": {{
@@ -32,7 +32,13 @@ fn write_channels(dir: &Path, chat: &str) -> std::path::PathBuf {
     path
 }
 
-fn spawn_worker(nats: &NatsServer, prefix: &str, channels: &Path, pause_ms: Option<u64>, log: &Path) -> Child {
+pub(crate) fn spawn_worker(
+    nats: &NatsServer,
+    prefix: &str,
+    channels: &Path,
+    pause_ms: Option<u64>,
+    log: &Path,
+) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smsgate-worker"));
     cmd.env("SMSGATE_NATS_URL", nats.url())

@@ -308,3 +308,88 @@ async fn an_agent_gets_media_inline_and_its_reply_media_is_checked() {
     assert!(detail.contains("media_urls[0] must be an https:// URL"), "{detail}");
     w.stop().await;
 }
+
+/// A PNG of `w`x`h` black RGB pixels: small (116 kB for 6300x6300), whatever
+/// its size decoded (three bytes a pixel).
+fn zeros_png(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::NoFilter,
+    );
+    image::ImageEncoder::write_image(encoder, &vec![0u8; (w * h * 3) as usize], w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Ten decompression bombs at once (6300x6300 zero PNGs, 120 MB each
+/// decoded) to the real worker binary: the pixel cap refuses them from
+/// their headers, so the process stays under [`MEMORY_BOUND`] (measured
+/// from /proc, its peak resident set), and each is described to the model
+/// and noted, not lost.
+#[tokio::test]
+async fn ten_picture_bombs_at_once_keep_the_worker_under_its_memory_bound() {
+    /// The worker's peak resident memory allowed: its own start-up (about
+    /// 20 MB in a debug build) with room to spare, well under one bomb.
+    const MEMORY_BOUND: u64 = 100 * 1024 * 1024;
+    let nats = testkit::nats::NatsServer::start();
+    let prefix = crate::helpers::unique_prefix("bombs");
+    let bus = crate::helpers::Bus::connect(&nats.url(), &prefix).await;
+    let (twilio, model) = (TwilioStub::start().await, OpenAiStub::start().await);
+    let bomb = zeros_png(6300, 6300);
+    assert!(bomb.len() < 400_000, "{} bytes", bomb.len());
+    for n in 0..10u32 {
+        let sid = format!("SMbomb{n}");
+        let url = twilio.add_media(&sid, &me(n), "image/png", &bomb);
+        bus.send(&with_media(inbound("test", &sid, &format!("+1415555060{n}"), "look"), &[(&url, "image/png")])).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(r#"{}, "twilio_api_base": "{}""#, model.chat_config(""), twilio.base_url());
+    let channels = crate::crash::write_channels(dir.path(), &config);
+    let logs = dir.path().join("worker.log");
+    let worker = crate::crash::spawn_worker(&nats, &prefix, &channels, None, &logs);
+    let pid = worker.id().unwrap();
+
+    // The bound is checked all along, so a worker that takes too much
+    // fails here, before any timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let out = loop {
+        let peak = peak_memory(pid);
+        assert!(
+            peak < MEMORY_BOUND,
+            "worker peak memory {} MB, over {} MB; log:\n{}",
+            peak / 1_000_000,
+            MEMORY_BOUND / 1_000_000,
+            std::fs::read_to_string(&logs).unwrap_or_default()
+        );
+        let out = bus.outbound().await;
+        if out.len() >= 10 {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} of 10 replies", out.len());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(out.iter().all(|o| o.body.starts_with("reply to: look")), "{out:#?}");
+    bus.wait_drained().await;
+    assert!(peak_memory(pid) < MEMORY_BOUND);
+    let texts: Vec<String> = model.requests().iter().map(|r| r.last_user_text()).collect();
+    assert_eq!(texts.len(), 10);
+    assert!(texts.iter().all(|t| t == "look\n[a photo could not be loaded]"), "{texts:?}");
+    for n in 0..10 {
+        let detail = note_detail(&bus.history("test", &format!("+1415555060{n}")).await, NoteReason::MediaSkipped);
+        assert_eq!(
+            detail.as_deref(),
+            Some("MediaUrl0 (image/png): 6300x6300 pixels is over the 24000000-pixel limit of a message; not decoded")
+        );
+    }
+    drop(worker);
+}
