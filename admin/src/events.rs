@@ -121,6 +121,7 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
             NoteReason::Scheduled => "message.scheduled",
             NoteReason::Canceled => "message.canceled",
             NoteReason::Consent => "conversation.consent",
+            NoteReason::Handoff => "conversation.handoff",
             // Where a reply ended: sent and delivered, written to the log,
             // or failed for good.
             NoteReason::SendFailed | NoteReason::Delivered | NoteReason::Logged => "message.status",

@@ -2,8 +2,6 @@
 //! is one KV entry in `P_conversations` that every worker reads before it
 //! calls the model; each change is also a note in the conversation.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use bytes::Bytes;
@@ -16,13 +14,17 @@ use time::OffsetDateTime;
 use crate::conversations::peer_of_path;
 use crate::{AdminError, AdminState, bounded};
 
-/// `POST .../pause` body: `{}` or `{"minutes": N}` (else the channel's
-/// `pause_minutes`).
+/// `POST .../pause` body: `{}`, `{"minutes": N}` (else the channel's
+/// `pause_minutes`), and `reason` for a handoff (an agent handing the
+/// conversation to a person: noted as `handoff`, event
+/// `conversation.handoff`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PauseRequest {
     #[serde(default)]
     minutes: Option<f64>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// The answer of pause and resume.
@@ -46,7 +48,7 @@ pub(crate) async fn pause_conversation(
     })?;
     let peer = peer_of_path(&peer)?;
     let request: PauseRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PauseRequest { minutes: None }
+        PauseRequest { minutes: None, reason: None }
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| AdminError::invalid("invalid_json", format!("the body is not a valid pause request: {e}")))?
@@ -54,15 +56,22 @@ pub(crate) async fn pause_conversation(
     let minutes = request.minutes.unwrap_or(channel.pause_minutes);
     smsgate_shared::config::check_pause_minutes(minutes)
         .map_err(|m| AdminError::invalid("invalid_minutes", format!("minutes {m}")))?;
+    let reason = request.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+    if reason.is_some_and(|r| r.chars().count() > 500) {
+        return Err(AdminError::invalid("invalid_reason", "reason is at most 500 characters"));
+    }
     let now = OffsetDateTime::now_utc();
-    let until = now + Duration::from_secs_f64(minutes * 60.0);
-    let record = ConversationState { v: envelope::VERSION, paused_until: until, paused_at: now };
+    let record = ConversationState::pause(now, minutes);
+    let until = record.paused_until;
     let key = Topology::conversation_key(&channel.id, &peer);
     let store = state.conversations().await?;
     bounded("store the pause", store.put(&key, envelope::encode(&record))).await?;
     let until_text = until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    let detail = format!("an operator paused the bot for {minutes} minutes, until {until_text}");
-    state.takeover_note(&channel.id, &peer, &key, NoteReason::Paused, detail).await?;
+    let (note, detail) = match reason {
+        Some(reason) => (NoteReason::Handoff, format!("handed to a person until {until_text}: {reason}")),
+        None => (NoteReason::Paused, format!("an operator paused the bot for {minutes} minutes, until {until_text}")),
+    };
+    state.takeover_note(&channel.id, &peer, &key, note, detail).await?;
     tracing::info!(service = "ingress", stage = "admin", channel_id = %channel.id, minutes, outcome = "paused", "bot paused for a conversation");
     Ok(Json(TakeoverState {
         channel_id: channel.id.to_string(),

@@ -369,6 +369,10 @@ pub enum NoteReason {
     Refused,
     /// Consent recorded or revoked (API, START, STOP).
     Consent,
+    /// The conversation handed to a person (the model's `handoff` tool, an
+    /// agent's `handoff_to_human`, or an operator's pause with a reason):
+    /// paused, the detail says why.
+    Handoff,
 }
 
 impl NoteReason {
@@ -398,6 +402,7 @@ impl NoteReason {
             Self::Canceled => "canceled",
             Self::Refused => "refused",
             Self::Consent => "consent",
+            Self::Handoff => "handoff",
         }
     }
 
@@ -506,6 +511,12 @@ pub struct ConversationState {
 }
 
 impl ConversationState {
+    /// A pause of `minutes` from `now`.
+    pub fn pause(now: OffsetDateTime, minutes: f64) -> Self {
+        let until = now + time::Duration::seconds_f64(minutes * 60.0);
+        Self { v: VERSION, paused_until: until, paused_at: now }
+    }
+
     pub fn paused(&self, now: OffsetDateTime) -> bool {
         now < self.paused_until
     }
