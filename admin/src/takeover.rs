@@ -60,7 +60,7 @@ pub(crate) async fn pause_conversation(
     let key = Topology::conversation_key(&channel.id, &peer);
     let store = state.conversations().await?;
     bounded("store the pause", store.put(&key, envelope::encode(&record))).await?;
-    let until_text = until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let until_text = envelope::note_time(until);
     let detail = format!("an operator paused the bot for {minutes} minutes, until {until_text}");
     state.takeover_note(&channel.id, &peer, &key, NoteReason::Paused, detail).await?;
     tracing::info!(service = "ingress", stage = "admin", channel_id = %channel.id, minutes, outcome = "paused", "bot paused for a conversation");

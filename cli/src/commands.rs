@@ -5,13 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rand::Rng;
 use reqwest::Method;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use smsgate_shared::config::{self, Channel, Config, Delivery, WEBHOOK_PATH};
+use smsgate_shared::config::{self, Channel, Config};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::signature;
+use smsgate_shared::webhook::{self, SignedWebhook, Simulation, WebhookUrls};
 use time::UtcOffset;
 
 use crate::api::{self, Admin};
@@ -21,7 +20,11 @@ use crate::render;
 
 pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     let json = cli.json;
-    let admin = || Admin::new(&cli.admin_url, cli.token.clone().or_else(api::stored_token));
+    let admin_args = cli.command.admin().cloned();
+    let admin = || match &admin_args {
+        Some(a) => Admin::new(&a.admin_url, a.token.clone().or_else(api::stored_token)),
+        None => Err(CliError::Failed("this command does not use the admin API".to_owned())),
+    };
     match cli.command {
         Command::GenToken { secret_key } => {
             if secret_key {
@@ -32,12 +35,13 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckConfig { file } => check_config(file.as_deref(), json),
-        Command::WebhookUrl { channel, voice } => webhook_url(channel.as_deref(), voice, json),
-        Command::Simulate { channel, from, body, url, to, message_sid, media_urls } => {
-            let s = Simulation { channel, from, body, url, to, message_sid, media_urls };
-            simulate(s, json).await
+        Command::WebhookUrl { channel, voice, .. } => webhook_url(admin(), channel.as_deref(), voice, json).await,
+        Command::Simulate { channel, from, body, url, to, message_sid, media_urls, .. } => {
+            let s = SimulateArgs { channel, from, body, url, to, message_sid, media_urls };
+            simulate(admin(), s, json).await
         }
-        Command::Send { channel, to, body, media_urls, idempotency_key } => {
+        Command::Send { channel, to, body, media_urls, idempotency_key, .. } => {
+            let to = number("--to", &to)?;
             let mut request = json!({"channel_id": channel, "to": to, "body": body, "media_urls": media_urls});
             if let Some(k) = idempotency_key {
                 request["idempotency_key"] = Value::String(k);
@@ -45,7 +49,8 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             let answer = admin()?.call(Method::POST, "/api/v1/messages", Some(&request)).await?;
             print_accepted(answer, json, "sent")
         }
-        Command::Call { channel, to, say, twiml, idempotency_key } => {
+        Command::Call { channel, to, say, twiml, idempotency_key, .. } => {
+            let to = number("--to", &to)?;
             let mut request = json!({"channel_id": channel, "to": to});
             for (key, value) in [("say", say), ("twiml", twiml), ("idempotency_key", idempotency_key)] {
                 if let Some(v) = value {
@@ -55,7 +60,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             let answer = admin()?.call(Method::POST, "/api/v1/calls", Some(&request)).await?;
             print_accepted(answer, json, "called")
         }
-        Command::Conversations { channel, search, limit, cursor, all } => {
+        Command::Conversations { channel, search, limit, cursor, all, .. } => {
             let admin = admin()?;
             let mut query = vec![("limit", limit.to_string())];
             if let Some(c) = channel {
@@ -113,12 +118,12 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Events { channel } => {
+        Command::Events { channel, .. } => {
             let channel = channel.as_deref().map(channel_id).transpose()?;
             admin()?.follow_events(channel.as_ref().map(ToString::to_string).as_deref()).await
         }
-        Command::Conversation { channel, peer, limit } => {
-            let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;
+        Command::Conversation { channel, peer, limit, .. } => {
+            let peer = number("PEER", &peer)?;
             // '+' must be escaped in a URL path segment to survive every proxy.
             let path =
                 format!("/api/v1/conversations/{}/%2B{}?limit={limit}", channel_id(&channel)?, peer.subject_token());
@@ -130,20 +135,20 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             print!("{}", render::conversation(&conversation, offset));
             Ok(())
         }
-        Command::Pause { channel, peer, minutes } => {
+        Command::Pause { channel, peer, minutes, .. } => {
             let body = match minutes {
                 Some(m) => json!({"minutes": m}),
                 None => json!({}),
             };
             takeover(&admin()?, (&channel, &peer), "pause", body, (json, offset)).await
         }
-        Command::Resume { channel, peer } => {
+        Command::Resume { channel, peer, .. } => {
             takeover(&admin()?, (&channel, &peer), "resume", json!({}), (json, offset)).await
         }
-        Command::Channels { command: Some(ChannelsCommand::Connect { file, set_webhook }) } => {
+        Command::Channels { command: Some(ChannelsCommand::Connect { file, set_webhook }), .. } => {
             connect_channels(&admin()?, &file, set_webhook, json).await
         }
-        Command::Channels { command: Some(ChannelsCommand::Disconnect { channel_id }) } => {
+        Command::Channels { command: Some(ChannelsCommand::Disconnect { channel_id }), .. } => {
             let path = format!("/api/v1/channels/{}", channel_arg(&channel_id)?);
             let answer = admin()?.call(Method::DELETE, &path, None).await?;
             if json {
@@ -152,7 +157,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             println!("disconnected {channel_id}: ingress, worker and sender drop it within about a second");
             Ok(())
         }
-        Command::Channels { command: Some(ChannelsCommand::Status { channel_id }) } => {
+        Command::Channels { command: Some(ChannelsCommand::Status { channel_id }), .. } => {
             let path = format!("/api/v1/channels/{}/status", channel_arg(&channel_id)?);
             let answer = admin()?.call(Method::GET, &path, None).await?;
             let status: api::ChannelStatus = api::parse(answer.clone())?;
@@ -167,7 +172,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
                 Err(CliError::Failed(format!("channel {} is not ready: {}", status.channel_id, status.verdict)))
             }
         }
-        Command::Channels { command: None } => {
+        Command::Channels { command: None, .. } => {
             let answer = admin()?.call(Method::GET, "/api/v1/channels", None).await?;
             if json {
                 return print_json(&answer);
@@ -205,16 +210,30 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Dead { command: DeadCommand::List { channel, limit } } => {
+        Command::Dead { command: DeadCommand::List { channel, limit }, .. } => {
+            let admin = admin()?;
             let mut path = format!("/api/v1/dead?limit={limit}");
-            if let Some(c) = channel {
-                path.push_str(&format!("&channel_id={}", channel_id(&c)?));
+            let channel = channel.as_deref().map(channel_id).transpose()?;
+            if let Some(c) = &channel {
+                path.push_str(&format!("&channel_id={c}"));
             }
-            let answer = admin()?.call(Method::GET, &path, None).await?;
+            let answer = admin.call(Method::GET, &path, None).await?;
+            let list: api::DeadList = api::parse(answer.clone())?;
+            if let (true, Some(c)) = (list.entries.is_empty(), &channel) {
+                // Nothing for a channel that does not exist is a typo, not good news.
+                let view: api::ChannelsView = api::parse(admin.call(Method::GET, "/api/v1/channels", None).await?)?;
+                if !view.channels.iter().any(|v| v.channel_id == c.as_str()) {
+                    let known: Vec<&str> = view.channels.iter().map(|v| v.channel_id.as_str()).collect();
+                    return Err(CliError::Failed(format!(
+                        "no channel {:?} (channels: {})",
+                        c.as_str(),
+                        known.join(", ")
+                    )));
+                }
+            }
             if json {
                 return print_json(&answer);
             }
-            let list: api::DeadList = api::parse(answer)?;
             if list.entries.is_empty() {
                 println!("No dead letters.");
                 return Ok(());
@@ -236,7 +255,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             print!("{}", render::table(&["SEQ", "AT", "STAGE", "CHANNEL", "CODE", "REASON"], &rows));
             Ok(())
         }
-        Command::Dead { command: DeadCommand::Replay { seq } } => {
+        Command::Dead { command: DeadCommand::Replay { seq }, .. } => {
             let answer = admin()?.call(Method::POST, &format!("/api/v1/dead/{seq}/replay"), None).await?;
             if json {
                 return print_json(&answer);
@@ -271,10 +290,8 @@ async fn connect_channels(admin: &Admin, file: &Path, set_webhook: bool, json: b
                 "connected {} (runtime): served by ingress, worker and sender within about a second",
                 c.channel_id
             );
-            if let Some(url) = &c.webhook_url {
-                println!(
-                    "  webhook: {url}  (smsgate webhook-url cannot show runtime channels: the token is in {source})"
-                );
+            if c.webhook_url.is_some() {
+                println!("  webhook URL to paste into Twilio: smsgate webhook-url --channel {}", c.channel_id);
             }
             for key in &connected.ignored_keys {
                 println!("  warning: {key} is not a key smsgate knows; it was not stored");
@@ -333,13 +350,6 @@ fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Cha
     }
 }
 
-fn delivery_name(d: Delivery) -> &'static str {
-    match d {
-        Delivery::Twilio => "twilio",
-        Delivery::Log => "log",
-    }
-}
-
 fn reply_countries(c: &Channel) -> Vec<String> {
     match &c.reply_countries {
         config::ReplyCountries::All => vec!["*".to_owned()],
@@ -355,7 +365,7 @@ async fn takeover(
     body: Value,
     (json, offset): (bool, UtcOffset),
 ) -> Result<(), CliError> {
-    let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;
+    let peer = number("PEER", peer)?;
     let path = format!("/api/v1/conversations/{}/%2B{}/{action}", channel_id(channel)?, peer.subject_token());
     let answer = admin.call(Method::POST, &path, Some(&body)).await?;
     if json {
@@ -399,7 +409,7 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     "from_number": c.from_number.as_ref().map(E164::as_str),
                     "messaging_service_sid": c.messaging_service_sid,
                     "chat": c.chat.kind(),
-                    "delivery": delivery_name(c.delivery),
+                    "delivery": c.delivery.as_str(),
                     "webhook_url": c.webhook_url(),
                     "status_url": c.status_url(),
                     "insecure_skip_signature": c.insecure_skip_signature,
@@ -412,7 +422,16 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
         return print_json(&json!({"ok": true, "channels": list}));
     }
     let plural = if channels.len() == 1 { "" } else { "s" };
-    println!("configuration OK: {} channel{plural}\n", channels.len());
+    let (source, from_variables) = match (file, std::env::var("SMSGATE_CHANNELS").ok().filter(|f| !f.trim().is_empty()))
+    {
+        (Some(f), _) => (f.display().to_string(), false),
+        (None, Some(f)) => (f, false),
+        (None, None) => ("the TWILIO_* variables".to_owned(), true),
+    };
+    println!("configuration OK: {} channel{plural} from {source}\n", channels.len());
+    if from_variables {
+        println!("warning: {}", config::DEFAULT_CHANNEL_NOTE);
+    }
     for c in channels {
         for key in &c.unknown_keys {
             println!("warning: channel {}: unknown key {key}, ignored", c.id);
@@ -430,12 +449,12 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     .or_else(|| c.messaging_service_sid.clone())
                     .unwrap_or_default(),
                 c.chat.kind().to_owned(),
-                delivery_name(c.delivery).to_owned(),
+                c.delivery.as_str().to_owned(),
                 c.webhook_url().unwrap_or_else(|| "(no public base URL: set SMSGATE_PUBLIC_BASE_URL)".to_owned()),
             ]
         })
         .collect();
-    print!("{}", render::table(&["CHANNEL", "SOURCE", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
+    print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
     for c in channels {
         println!(
             "{}: at most {} replies a minute, {} a UTC day; replies to calling codes {}",
@@ -465,32 +484,91 @@ fn print_accepted(answer: Value, json: bool, done: &str) -> Result<(), CliError>
     Ok(())
 }
 
-fn webhook_url(channel: Option<&str>, voice: bool, json: bool) -> Result<(), CliError> {
+/// A number the operator typed: a usage error quotes it as typed (the
+/// masking of numbers is for logs and third-party texts, not for the
+/// operator's own input).
+fn number(what: &str, typed: &str) -> Result<E164, CliError> {
+    E164::parse(typed.trim()).map_err(|_| {
+        let problem = E164::problem(typed.trim()).unwrap_or("is not an E.164 number");
+        CliError::Usage(format!("{what}: {typed:?} {problem} (e.g. +14155550100)"))
+    })
+}
+
+/// A channel of the configuration this command reads, or `local`'s error
+/// (no such channel, or no configuration at all).
+fn local_channel(id: Option<&str>) -> Result<(Channel, u16), CliError> {
     let config = load_config(None)?;
-    let c = pick_channel(&config.channels, channel)?;
-    let urls = if voice {
-        (c.voice_url(), c.voice_route(smsgate_shared::voice::path::STATUS))
-    } else {
-        (c.webhook_url(), c.status_url())
+    let c = pick_channel(&config.channels, id)?;
+    Ok((c.clone(), config.settings.ingress_addr.port()))
+}
+
+/// Asks the running ingress about a channel the local configuration does
+/// not have (one connected at run time); when it does not know it either,
+/// or cannot be asked, the local error stands, with what the ingress said.
+async fn ask_running(
+    admin: Result<Admin, CliError>,
+    local: CliError,
+    (method, path, body): (Method, &str, Option<&Value>),
+) -> Result<Value, CliError> {
+    let admin = match admin {
+        Ok(a) => a,
+        Err(_) => return Err(local),
     };
-    let (Some(webhook), Some(status)) = urls else {
+    match admin.call(method, path, body).await {
+        Ok(answer) => Ok(answer),
+        Err(CliError::Api { status: 404, .. }) => {
+            Err(local.with_note(" nor in the running ingress (smsgate channels)"))
+        }
+        Err(e) => Err(local.with_note(&format!("; the running ingress could not be asked either: {e}"))),
+    }
+}
+
+/// The port ingress's public listener uses, from SMSGATE_INGRESS_ADDR
+/// [0.0.0.0:8000], for when the configuration could not be read.
+fn ingress_port() -> u16 {
+    std::env::var("SMSGATE_INGRESS_ADDR")
+        .ok()
+        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+        .map_or(8000, |a| a.port())
+}
+
+async fn webhook_url(
+    admin: Result<Admin, CliError>,
+    channel: Option<&str>,
+    voice: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let urls = match local_channel(channel) {
+        Ok((c, _)) => WebhookUrls::of(&c),
+        Err(local) => {
+            let Some(id) = channel else { return Err(local) };
+            let path = format!("/api/v1/channels/{}/webhook", channel_id(id)?);
+            api::parse(ask_running(admin, local, (Method::GET, &path, None)).await?)?
+        }
+    };
+    let (webhook, status) = if voice {
+        (urls.voice_url.clone(), urls.voice_status_url.clone())
+    } else {
+        (urls.webhook_url.clone(), urls.status_url.clone())
+    };
+    let (Some(webhook), Some(status)) = (webhook, status) else {
         return Err(CliError::BadConfig(format!(
             "channel {}: no public base URL: set SMSGATE_PUBLIC_BASE_URL (your tunnel's https:// address) or the \
              channel's public_base_url",
-            c.id
+            urls.channel_id
         )));
     };
     if json {
-        return print_json(&json!({"channel_id": c.id.as_str(), "webhook_url": webhook, "status_url": status}));
+        return print_json(&json!({"channel_id": urls.channel_id, "webhook_url": webhook, "status_url": status}));
     }
-    if voice && !c.voice.enabled {
-        eprintln!("note: channel {}: voice is not enabled (set \"voice\": {{\"enabled\": true}})", c.id);
+    if voice && !urls.voice_enabled {
+        eprintln!("note: channel {}: voice is not enabled (set \"voice\": {{\"enabled\": true}})", urls.channel_id);
     }
     println!("{webhook}");
     Ok(())
 }
 
-struct Simulation {
+struct SimulateArgs {
     channel: Option<String>,
     from: String,
     body: String,
@@ -500,89 +578,55 @@ struct Simulation {
     media_urls: Vec<String>,
 }
 
-/// A MessageSid as Twilio makes them: `SM` and 32 hex digits.
-fn random_message_sid() -> String {
-    let mut rng = rand::rng();
-    let mut sid = String::from("SM");
-    for _ in 0..32 {
-        sid.push(char::from(b"0123456789abcdef"[rng.random_range(0..16)]));
-    }
-    sid
-}
-
-async fn simulate(s: Simulation, json: bool) -> Result<(), CliError> {
-    let config = load_config(None)?;
-    let c = pick_channel(&config.channels, s.channel.as_deref())?;
-    let from = E164::parse(s.from.trim()).map_err(|e| CliError::Usage(format!("--from: {}", e.reason)))?;
-    let to = match (&s.to, &c.from_number) {
-        (Some(t), _) => E164::parse(t.trim()).map_err(|e| CliError::Usage(format!("--to: {}", e.reason)))?,
-        (None, Some(n)) => n.clone(),
-        (None, None) => {
-            return Err(CliError::Usage(format!(
-                "channel {} sends through a messaging service: name the number texted with --to",
-                c.id
-            )));
+async fn simulate(admin: Result<Admin, CliError>, s: SimulateArgs, json: bool) -> Result<(), CliError> {
+    let from = number("--from", &s.from)?;
+    let to = s.to.as_deref().map(|t| number("--to", t)).transpose()?;
+    let message_sid = s
+        .message_sid
+        .map(|m| MessageSid::parse(&m).map_err(|e| CliError::Usage(format!("--message-sid: {}", e.reason))))
+        .transpose()?;
+    let simulation = |port: u16| Simulation {
+        from: from.clone(),
+        body: s.body.clone(),
+        to: to.clone(),
+        message_sid: message_sid.clone(),
+        media_urls: s.media_urls.clone(),
+        url: s.url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{port}")),
+    };
+    let signed: SignedWebhook = match local_channel(s.channel.as_deref()) {
+        Ok((c, port)) => webhook::simulate(&c, simulation(port)).map_err(|e| CliError::Usage(e.to_string()))?,
+        Err(local) => {
+            let Some(id) = s.channel.as_deref() else { return Err(local) };
+            let path = format!("/api/v1/channels/{}/simulate", channel_id(id)?);
+            let body = serde_json::to_value(simulation(ingress_port())).map_err(|e| CliError::Failed(e.to_string()))?;
+            api::parse(ask_running(admin, local, (Method::POST, &path, Some(&body))).await?)?
         }
     };
-    let sid = match s.message_sid {
-        Some(m) => {
-            MessageSid::parse(&m).map_err(|e| CliError::Usage(format!("--message-sid: {}", e.reason)))?.to_string()
-        }
-        None => random_message_sid(),
-    };
-    let path = format!("{WEBHOOK_PATH}{}", c.path_token.expose_secret());
-    let post_url = match s.url.as_deref().map(|u| u.trim().trim_end_matches('/')) {
-        Some(u) if u.contains("/api/") => u.to_owned(),
-        Some(base) => format!("{base}{path}"),
-        None => {
-            let port = config.settings.ingress_addr.port();
-            format!("http://127.0.0.1:{port}{path}")
-        }
-    };
-    // Twilio signs the URL it was told to call, i.e. the public one; ingress
-    // checks against the same. Without a public base URL ingress rebuilds
-    // the URL from Host, i.e. the one we post to.
-    let signed_url = c.webhook_url().unwrap_or_else(|| post_url.clone());
-    let mut params = signature::inbound_sms_params(
-        c.account_sid.as_str(),
-        to.as_str(),
-        &sid,
-        from.as_str(),
-        &s.body,
-        s.media_urls.len(),
-    );
-    if let Some(ms) = &c.messaging_service_sid {
-        params.push(("MessagingServiceSid".into(), ms.clone()));
-    }
-    for (i, u) in s.media_urls.iter().enumerate() {
-        params.push((format!("MediaUrl{i}"), u.clone()));
-        params.push((format!("MediaContentType{i}"), "image/jpeg".into()));
-    }
-    let signature = signature::sign(c.auth_token.expose_secret(), &signed_url, &params);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .map_err(|e| CliError::Failed(format!("cannot build the HTTP client: {e}")))?;
     let response = http
-        .post(&post_url)
-        .header(signature::HEADER, signature)
-        .header("I-Twilio-Idempotency-Token", format!("smsgate-simulate-{sid}"))
-        .form(&params)
+        .post(&signed.post_url)
+        .header(signature::HEADER, &signed.signature)
+        .header("I-Twilio-Idempotency-Token", format!("smsgate-simulate-{}", signed.message_sid))
+        .form(&signed.params)
         .send()
         .await
         .map_err(|source| CliError::Unreachable {
             what: "ingress",
-            url: post_url.replace(c.path_token.expose_secret(), "…"),
+            url: webhook::elide_token(&signed.post_url),
             hint: " (is ingress running? pass --url)",
             // reqwest prints the URL, which holds the secret path token.
             source: source.without_url(),
         })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
+    let sid = &signed.message_sid;
     if json {
         print_json(&json!({"message_sid": sid, "status": status.as_u16(), "body": text}))?;
     } else {
-        println!("MessageSid {sid}: {from} → {to} on channel {}", c.id);
+        println!("MessageSid {sid}: {} → {} on channel {}", signed.from, signed.to, signed.channel_id);
         println!("ingress answered {status}");
         if !text.is_empty() {
             println!("{text}");
