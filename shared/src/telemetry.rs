@@ -119,6 +119,11 @@ impl Visit for JsonVisitor<'_> {
             text.push_str(&s.to_string());
             source = s.source();
         }
+        // Errors quote what they failed on (a subject with a number's
+        // digits, a URL with a PhoneNumber parameter, Twilio's text): every
+        // phone number in the chain is masked here, once for every service
+        // (invariant 5). Errors are rare lines, so this costs the hot path nothing.
+        let text = crate::redact::mask_numbers(&text).into_owned();
         self.put(field, Value::String(text));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
