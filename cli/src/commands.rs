@@ -1,22 +1,21 @@
 //! One function per command. Offline commands read the configuration the
-//! services read (`SMSGATE_CHANNELS` or the `TWILIO_*` variables); the others
-//! go through the admin API.
+//! services read (`SMSGATE_CHANNELS` or the `TWILIO_*` variables), and
+//! `webhook-url` and `simulate` fall back on the admin API for a channel it
+//! does not have; the others go through the admin API.
 
 use std::path::Path;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use smsgate_shared::config::{self, Channel, Config};
-use smsgate_shared::domain::{ChannelId, E164, MessageSid};
-use smsgate_shared::signature;
-use smsgate_shared::webhook::{self, SignedWebhook, Simulation, WebhookUrls};
+use smsgate_shared::domain::{ChannelId, E164};
 use time::UtcOffset;
 
 use crate::api::{self, Admin};
 use crate::args::{ChannelsCommand, Cli, Command, DeadCommand};
 use crate::error::CliError;
 use crate::render;
+use crate::webhook;
 
 pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     let json = cli.json;
@@ -35,10 +34,12 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckConfig { file } => check_config(file.as_deref(), json),
-        Command::WebhookUrl { channel, voice, .. } => webhook_url(admin(), channel.as_deref(), voice, json).await,
+        Command::WebhookUrl { channel, voice, .. } => {
+            webhook::webhook_url(admin(), channel.as_deref(), voice, json).await
+        }
         Command::Simulate { channel, from, body, url, to, message_sid, media_urls, .. } => {
-            let s = SimulateArgs { channel, from, body, url, to, message_sid, media_urls };
-            simulate(admin(), s, json).await
+            let s = webhook::SimulateArgs { channel, from, body, url, to, message_sid, media_urls };
+            webhook::simulate(admin(), s, json).await
         }
         Command::Send { channel, to, body, media_urls, idempotency_key, .. } => {
             let to = number("--to", &to)?;
@@ -313,7 +314,7 @@ async fn connect_channels(admin: &Admin, file: &Path, set_webhook: bool, json: b
     Ok(())
 }
 
-fn print_json(value: &Value) -> Result<(), CliError> {
+pub(crate) fn print_json(value: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{text}");
     Ok(())
@@ -324,13 +325,13 @@ fn channel_arg(s: &str) -> Result<ChannelId, CliError> {
     ChannelId::parse(s).map_err(|e| CliError::Usage(format!("CHANNEL_ID: {}", e.reason)))
 }
 
-fn channel_id(s: &str) -> Result<ChannelId, CliError> {
+pub(crate) fn channel_id(s: &str) -> Result<ChannelId, CliError> {
     ChannelId::parse(s).map_err(|e| CliError::Usage(format!("--channel: {}", e.reason)))
 }
 
 /// The configuration as the services would load it; `file` replaces
 /// `SMSGATE_CHANNELS`.
-fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
+pub(crate) fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
     let file = file.map(|f| f.to_string_lossy().into_owned());
     Config::from_lookup(&|k| match (k, &file) {
         ("SMSGATE_CHANNELS", Some(f)) => Some(f.clone()),
@@ -338,7 +339,7 @@ fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
     })
 }
 
-fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Channel, CliError> {
+pub(crate) fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Channel, CliError> {
     let known = || channels.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ");
     match id {
         Some(id) => channels
@@ -487,161 +488,9 @@ fn print_accepted(answer: Value, json: bool, done: &str) -> Result<(), CliError>
 /// A number the operator typed: a usage error quotes it as typed (the
 /// masking of numbers is for logs and third-party texts, not for the
 /// operator's own input).
-fn number(what: &str, typed: &str) -> Result<E164, CliError> {
+pub(crate) fn number(what: &str, typed: &str) -> Result<E164, CliError> {
     E164::parse(typed.trim()).map_err(|_| {
         let problem = E164::problem(typed.trim()).unwrap_or("is not an E.164 number");
         CliError::Usage(format!("{what}: {typed:?} {problem} (e.g. +14155550100)"))
     })
-}
-
-/// A channel of the configuration this command reads, or `local`'s error
-/// (no such channel, or no configuration at all).
-fn local_channel(id: Option<&str>) -> Result<(Channel, u16), CliError> {
-    let config = load_config(None)?;
-    let c = pick_channel(&config.channels, id)?;
-    Ok((c.clone(), config.settings.ingress_addr.port()))
-}
-
-/// Asks the running ingress about a channel the local configuration does
-/// not have (one connected at run time); when it does not know it either,
-/// or cannot be asked, the local error stands, with what the ingress said.
-async fn ask_running(
-    admin: Result<Admin, CliError>,
-    local: CliError,
-    (method, path, body): (Method, &str, Option<&Value>),
-) -> Result<Value, CliError> {
-    let admin = match admin {
-        Ok(a) => a,
-        Err(_) => return Err(local),
-    };
-    match admin.call(method, path, body).await {
-        Ok(answer) => Ok(answer),
-        Err(CliError::Api { status: 404, .. }) => {
-            Err(local.with_note(" nor in the running ingress (smsgate channels)"))
-        }
-        Err(e) => Err(local.with_note(&format!("; the running ingress could not be asked either: {e}"))),
-    }
-}
-
-/// The port ingress's public listener uses, from SMSGATE_INGRESS_ADDR
-/// [0.0.0.0:8000], for when the configuration could not be read.
-fn ingress_port() -> u16 {
-    std::env::var("SMSGATE_INGRESS_ADDR")
-        .ok()
-        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
-        .map_or(8000, |a| a.port())
-}
-
-async fn webhook_url(
-    admin: Result<Admin, CliError>,
-    channel: Option<&str>,
-    voice: bool,
-    json: bool,
-) -> Result<(), CliError> {
-    let urls = match local_channel(channel) {
-        Ok((c, _)) => WebhookUrls::of(&c),
-        Err(local) => {
-            let Some(id) = channel else { return Err(local) };
-            let path = format!("/api/v1/channels/{}/webhook", channel_id(id)?);
-            api::parse(ask_running(admin, local, (Method::GET, &path, None)).await?)?
-        }
-    };
-    let (webhook, status) = if voice {
-        (urls.voice_url.clone(), urls.voice_status_url.clone())
-    } else {
-        (urls.webhook_url.clone(), urls.status_url.clone())
-    };
-    let (Some(webhook), Some(status)) = (webhook, status) else {
-        return Err(CliError::BadConfig(format!(
-            "channel {}: no public base URL: set SMSGATE_PUBLIC_BASE_URL (your tunnel's https:// address) or the \
-             channel's public_base_url",
-            urls.channel_id
-        )));
-    };
-    if json {
-        return print_json(&json!({"channel_id": urls.channel_id, "webhook_url": webhook, "status_url": status}));
-    }
-    if voice && !urls.voice_enabled {
-        eprintln!("note: channel {}: voice is not enabled (set \"voice\": {{\"enabled\": true}})", urls.channel_id);
-    }
-    println!("{webhook}");
-    Ok(())
-}
-
-struct SimulateArgs {
-    channel: Option<String>,
-    from: String,
-    body: String,
-    url: Option<String>,
-    to: Option<String>,
-    message_sid: Option<String>,
-    media_urls: Vec<String>,
-}
-
-async fn simulate(admin: Result<Admin, CliError>, s: SimulateArgs, json: bool) -> Result<(), CliError> {
-    let from = number("--from", &s.from)?;
-    let to = s.to.as_deref().map(|t| number("--to", t)).transpose()?;
-    let message_sid = s
-        .message_sid
-        .map(|m| MessageSid::parse(&m).map_err(|e| CliError::Usage(format!("--message-sid: {}", e.reason))))
-        .transpose()?;
-    let simulation = |port: u16| Simulation {
-        from: from.clone(),
-        body: s.body.clone(),
-        to: to.clone(),
-        message_sid: message_sid.clone(),
-        media_urls: s.media_urls.clone(),
-        url: s.url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{port}")),
-    };
-    let signed: SignedWebhook = match local_channel(s.channel.as_deref()) {
-        Ok((c, port)) => webhook::simulate(&c, simulation(port)).map_err(|e| CliError::Usage(e.to_string()))?,
-        Err(local) => {
-            let Some(id) = s.channel.as_deref() else { return Err(local) };
-            let path = format!("/api/v1/channels/{}/simulate", channel_id(id)?);
-            let body = serde_json::to_value(simulation(ingress_port())).map_err(|e| CliError::Failed(e.to_string()))?;
-            api::parse(ask_running(admin, local, (Method::POST, &path, Some(&body))).await?)?
-        }
-    };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot build the HTTP client: {e}")))?;
-    let response = http
-        .post(&signed.post_url)
-        .header(signature::HEADER, &signed.signature)
-        .header("I-Twilio-Idempotency-Token", format!("smsgate-simulate-{}", signed.message_sid))
-        .form(&signed.params)
-        .send()
-        .await
-        .map_err(|source| CliError::Unreachable {
-            what: "ingress",
-            url: webhook::elide_token(&signed.post_url),
-            hint: " (is ingress running? pass --url)",
-            // reqwest prints the URL, which holds the secret path token.
-            source: source.without_url(),
-        })?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    let sid = &signed.message_sid;
-    if json {
-        print_json(&json!({"message_sid": sid, "status": status.as_u16(), "body": text}))?;
-    } else {
-        println!("MessageSid {sid}: {} → {} on channel {}", signed.from, signed.to, signed.channel_id);
-        println!("ingress answered {status}");
-        if !text.is_empty() {
-            println!("{text}");
-        }
-    }
-    if status.is_success() {
-        Ok(())
-    } else {
-        let hint = match status.as_u16() {
-            403 => {
-                ": the signature was refused; ingress must know the same public URL (SMSGATE_PUBLIC_BASE_URL) and auth token"
-            }
-            404 => ": unknown path token; is this ingress using the same channel file?",
-            _ => "",
-        };
-        Err(CliError::Failed(format!("ingress refused the webhook with {status}{hint}")))
-    }
 }
