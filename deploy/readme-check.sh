@@ -102,6 +102,21 @@ expect "$out" "local    $peer"
 out=$(run smsgate channels status local)
 expect "$out" "local: delivery log: Twilio is not used; the webhook URL Twilio would need is http://127.0.0.1:${ports[2]}/api/channels/sms/twilio/webhook/"
 
+# A channel connected at run time (README, "Channels at run time"): its
+# whole webhook URL and simulate come through the admin API.
+export SHOP_WEBHOOK_PATH_TOKEN
+SHOP_WEBHOOK_PATH_TOKEN=$(run smsgate gen-token)
+out=$(run smsgate channels connect deploy/shop.json)
+expect "$out" "connected shop (runtime)"
+out=$(run smsgate webhook-url --channel shop)
+expect "$out" "http://127.0.0.1:${ports[2]}/api/channels/sms/twilio/webhook/$SHOP_WEBHOOK_PATH_TOKEN"
+out=$(run smsgate simulate --channel shop --from "$peer" --body "open on sunday?")
+expect "$out" "ingress answered 200 OK"
+out=$(run smsgate channels status shop)
+expect "$out" "shop: delivery log: Twilio is not used"
+out=$(run smsgate channels disconnect shop)
+expect "$out" "disconnected shop"
+
 # events follows for a few seconds while one more text comes in.
 timeout 6 smsgate events --channel local >"$work/events.out" 2>"$work/events.err" &
 events=$!
@@ -122,4 +137,4 @@ for svc in ingress worker sender; do
   grep -q "\"message_sid\":\"$sid\"" "$log" || fail "$svc logged nothing with message_sid $sid"
   if grep -v '^{' "$log" | grep -q .; then fail "$svc.log has lines that are not JSON: $(grep -v '^{' "$log" | head -n 3)"; fi
 done
-echo "readme-check: README step 1 works (simulate, conversation, send, conversations, channels status, events)"
+echo "readme-check: README step 1 works (simulate, conversation, send, conversations, channels status, events, a runtime channel)"
