@@ -67,6 +67,9 @@ for _ in $(seq 150); do
 done
 [ -n "$ready" ] || fail "the services were not ready within 30 s"
 grep -q "Webhook URL" "$work/run-local.out" || fail "run-local.sh did not print the webhook URL"
+# OPERATIONS.md's backlog recipe reads NATS's monitoring port.
+(exec 3<>"/dev/tcp/127.0.0.1/${ports[1]}" && printf 'GET /jsz HTTP/1.0\r\n\r\n' >&3 && head -n 1 <&3 | grep -q ' 200') 2>/dev/null \
+  || fail "run-local's nats-server has no monitoring port"
 
 # What the README says to do in another terminal.
 # shellcheck disable=SC1091

@@ -242,6 +242,12 @@ async fn operator_commands_work_against_the_running_stack() {
     let out = stack.run(&["dead", "list"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "No dead letters.");
+    // Nothing for a channel that does not exist is a typo, not good news.
+    let out = stack.run(&["dead", "list", "--channel", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains(r#"no channel "nope" (channels: local)"#), "{}", stderr(&out));
+    let out = stack.run(&["dead", "list", "--channel", "local"]).await;
+    assert_eq!(stdout(&out).trim(), "No dead letters.", "{}", stderr(&out));
     let out = stack.run(&["dead", "replay", "99"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no_such_dead_letter"), "{}", stderr(&out));
