@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# run-local.sh (and README step 1's check below) shows JSON logs with jq.
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 # The console's tests drive a real headless Chromium over WebDriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
@@ -45,6 +47,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== README step 1 against the binaries the tests built (deploy/readme-check.sh)"
+./deploy/readme-check.sh
 echo "== nats-server 2.10: the config files in deploy/nats and the bus tests"
 if nats210=$(./deploy/nats-2.10.sh); then
   for f in deploy/nats/*.conf; do "$nats210" -c "$f" -t; done

@@ -19,6 +19,11 @@ function when(iso) {
   return isNaN(d) ? iso : d.toLocaleString();
 }
 
+// "1 message", "2 messages": a count with its word agreeing.
+function count(n, word) {
+  return n + " " + word + (n === 1 ? "" : "s");
+}
+
 class Unauthorized extends Error {}
 
 async function api(path, options = {}) {
@@ -38,9 +43,11 @@ async function api(path, options = {}) {
   return data;
 }
 
+// What only a signed-in operator sees: the app and the header's controls.
+const SIGNED_IN_ONLY = ["app", "signout", "live", "channel"];
+
 function showSignIn() {
-  $("app").hidden = true;
-  $("signout").hidden = true;
+  for (const id of SIGNED_IN_ONLY) $(id).hidden = true;
   $("signin").hidden = false;
   if (state.events) {
     state.events.close();
@@ -85,8 +92,7 @@ function setLive(on) {
 
 async function start() {
   $("signin").hidden = true;
-  $("app").hidden = false;
-  $("signout").hidden = false;
+  for (const id of SIGNED_IN_ONLY) $(id).hidden = false;
   await Promise.all([loadChannels(), loadConversations(true), loadDead()]);
   followEvents();
 }
@@ -159,7 +165,7 @@ async function loadConversations(reset) {
   for (const c of data.conversations) list.append(conversationRow(c));
   state.cursor = data.next_cursor || null;
   $("more").hidden = !state.cursor;
-  $("list-total").textContent = data.total + (data.total === 1 ? " conversation" : " conversations");
+  $("list-total").textContent = count(data.total, "conversation");
 }
 
 function conversationRow(c) {
@@ -167,7 +173,7 @@ function conversationRow(c) {
   item.dataset.channel = c.channel_id;
   item.dataset.peer = c.peer;
   if (state.current && state.current.channel === c.channel_id && state.current.peer === c.peer) item.classList.add("current");
-  item.append(el("div", "peer", c.peer), el("div", "muted", c.channel_id + " · " + when(c.last_at) + " · " + c.messages + " messages"));
+  item.append(el("div", "peer", c.peer), el("div", "muted", c.channel_id + " · " + when(c.last_at) + " · " + count(c.messages, "message")));
   const last = c.last_message;
   if (last) item.append(el("div", "preview", (last.direction === "inbound" ? "← " : "→ ") + last.body + (last.media ? " [" + last.media + " media]" : "")));
   item.addEventListener("click", () => openConversation(c.channel_id, c.peer));
@@ -193,7 +199,7 @@ async function loadConversation() {
   const { channel, peer } = state.current;
   const data = await api(path(channel, peer) + "?limit=200");
   $("peer").textContent = data.peer;
-  $("conversation-channel").textContent = data.channel_id + " · " + data.messages + " messages";
+  $("conversation-channel").textContent = data.channel_id + " · " + count(data.messages, "message");
   const paused = Boolean(data.paused_until);
   $("paused").hidden = !paused;
   $("paused").textContent = paused ? "bot paused until " + when(data.paused_until) : "";

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use smsgate_shared::channels::{self, ConnectError, DisconnectError, Source};
-use smsgate_shared::config::{Channel, WEBHOOK_PATH, parse_runtime_channel};
+use smsgate_shared::config::{Channel, Delivery, WEBHOOK_PATH, parse_runtime_channel};
 use smsgate_shared::redact::clip;
+use smsgate_shared::webhook::{self, SignedWebhook, Simulation, WebhookUrls, elide_token};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -115,10 +116,7 @@ fn view(
         from_number: c.from_number.as_ref().map(ToString::to_string),
         messaging_service_sid: c.messaging_service_sid.clone(),
         chat: c.chat.kind(),
-        delivery: match c.delivery {
-            smsgate_shared::config::Delivery::Twilio => "twilio",
-            smsgate_shared::config::Delivery::Log => "log",
-        },
+        delivery: c.delivery.as_str(),
         public_base_url: c.public_base_url.clone(),
         webhook_url: c.public_base_url.as_ref().map(|b| format!("{b}{WEBHOOK_PATH}…")),
         insecure_skip_signature: c.insecure_skip_signature,
@@ -304,6 +302,8 @@ pub(crate) async fn disconnect_channel(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelStatus {
     pub channel_id: String,
+    /// `twilio`, or `log` (Twilio is not asked: nothing of it is used).
+    pub delivery: String,
     /// True when Twilio sends the number's SMS to smsgate with POST, with
     /// valid credentials on an active account.
     pub ok: bool,
@@ -327,12 +327,11 @@ pub(crate) async fn channel_status(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<ChannelStatus>, AdminError> {
-    let channel = state.channels.snapshot().get_str(&id).map(|l| l.channel.clone()).ok_or_else(|| {
-        AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(&id, 64)))
-    })?;
+    let channel = named_channel(&state, &id)?;
     let expected_url = channel.webhook_url();
     let mut status = ChannelStatus {
         channel_id: channel.id.to_string(),
+        delivery: channel.delivery.as_str().to_owned(),
         ok: false,
         verdict: String::new(),
         credentials_valid: None,
@@ -344,6 +343,23 @@ pub(crate) async fn channel_status(
         expected_sms: WebhookView { url: expected_url.as_deref().map(elide_token), method: Some("POST".to_owned()) },
         voice: None,
     };
+    // A log-only channel never talks to Twilio: nothing there to check.
+    if channel.delivery == Delivery::Log {
+        status.ok = true;
+        status.verdict = match expected_url.as_deref() {
+            Some(url) => format!(
+                "delivery log: Twilio is not used; the webhook URL Twilio would need is {} (whole: smsgate \
+                 webhook-url --channel {})",
+                elide_token(url),
+                channel.id
+            ),
+            None => "delivery log: Twilio is not used; with a public base URL (SMSGATE_PUBLIC_BASE_URL or \
+                     config.public_base_url) smsgate webhook-url shows the webhook URL Twilio would need"
+                .to_owned(),
+        };
+        tracing::info!(service = "ingress", stage = "admin", channel_id = %channel.id, ok = true, outcome = "log_only", "channel status: delivery log, Twilio not asked");
+        return Ok(Json(status));
+    }
     let account = state.twilio.account(&channel).await;
     let number = match (&account, &channel.from_number) {
         (Ok(_), Some(n)) => Some(state.twilio.find_number(&channel, n).await),
@@ -457,6 +473,51 @@ fn judge(
     }
 }
 
+// ---------------------------------------------------------------------------
+// GET /api/v1/channels/{id}/webhook and POST /api/v1/channels/{id}/simulate
+
+/// A channel the request names, or 404.
+fn named_channel(state: &AdminState, id: &str) -> Result<Channel, AdminError> {
+    state
+        .channel(id)
+        .ok_or_else(|| AdminError::not_found("unknown_channel", format!("no channel {:?} is configured", clip(id, 64))))
+}
+
+/// `GET /api/v1/channels/{id}/webhook`: the whole URLs to paste into Twilio,
+/// for any channel, runtime ones included (whose path token only the
+/// services hold). The admin side is private; the token is never logged.
+pub(crate) async fn channel_webhook(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookUrls>, AdminError> {
+    Ok(Json(WebhookUrls::of(&named_channel(&state, &id)?)))
+}
+
+/// `POST /api/v1/channels/{id}/simulate` `{from, body, url, to?,
+/// message_sid?, media_urls?}`: the webhook Twilio would send, signed with
+/// the channel's auth token, for `smsgate simulate` to post (the auth
+/// token itself never leaves the services).
+pub(crate) async fn simulate_webhook(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<SignedWebhook>, AdminError> {
+    let channel = named_channel(&state, &id)?;
+    let simulation: Simulation = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::invalid("invalid_simulation", format!("the body is not a simulation: {e}")))?;
+    let signed =
+        webhook::simulate(&channel, simulation).map_err(|e| AdminError::invalid("no_number_to_text", e.to_string()))?;
+    tracing::info!(
+        service = "ingress",
+        stage = "admin",
+        channel_id = %channel.id,
+        message_sid = %signed.message_sid,
+        outcome = "simulation_signed",
+        "signed a simulated webhook"
+    );
+    Ok(Json(signed))
+}
+
 /// Whether Twilio's URL reaches the same webhook as ours: scheme, host,
 /// port (the default one written or not) and path; a query, a trailing
 /// slash and Twilio's `#rc=…` override fragment aside.
@@ -473,21 +534,6 @@ fn same_origin(twilio: &str, ours: &str) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// A webhook URL with its path token cut to four characters, so a status
-/// answer never carries a whole token.
-fn elide_token(url: &str) -> String {
-    match url.find(WEBHOOK_PATH) {
-        Some(at) => {
-            let start = at + WEBHOOK_PATH.len();
-            let token: String = url[start..].chars().take_while(|c| !matches!(c, '?' | '#' | '/')).collect();
-            let rest = &url[start + token.len()..];
-            let kept: String = token.chars().take(4).collect();
-            format!("{}{kept}…{rest}", &url[..start])
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,14 +546,5 @@ mod tests {
         assert!(!same_webhook("http://sms.example.com/api/channels/sms/twilio/webhook/abc", ours));
         assert!(!same_webhook("https://old.example/sms", ours));
         assert!(!same_webhook("not a url", ours));
-    }
-
-    #[test]
-    fn tokens_are_elided_in_shown_urls() {
-        assert_eq!(
-            elide_token("https://x/api/channels/sms/twilio/webhook/abcdefgh#rc=3"),
-            "https://x/api/channels/sms/twilio/webhook/abcd…#rc=3"
-        );
-        assert_eq!(elide_token("https://old.example/sms"), "https://old.example/sms");
     }
 }

@@ -23,7 +23,9 @@
 //!   `P_conversations`, a note in the conversation's history).
 //! - `channels`: the channels (file and runtime) with their health;
 //!   connecting and disconnecting at run time (`smsgate_shared::channels`),
-//!   and each channel's status as Twilio has it, through [`twilio`].
+//!   and each channel's status as Twilio has it, through [`twilio`]; its
+//!   whole webhook URLs and a signed simulated webhook (`smsgate
+//!   webhook-url` and `simulate` for channels connected at run time).
 //! - `dead`: list and replay `P_DEAD`.
 //! - [`index`]: the conversation list's read model, kept in memory from the
 //!   history stream (one follower task per process).
@@ -161,6 +163,8 @@ pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
         .route("/api/v1/channels", get(channels::list_channels).post(channels::connect_channel))
         .route("/api/v1/channels/{channel_id}", delete(channels::disconnect_channel))
         .route("/api/v1/channels/{channel_id}/status", get(channels::channel_status))
+        .route("/api/v1/channels/{channel_id}/webhook", get(channels::channel_webhook))
+        .route("/api/v1/channels/{channel_id}/simulate", post(channels::simulate_webhook))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead", get(dead::list_dead))
         .route("/api/v1/dead/{seq}/replay", post(dead::replay_dead))

@@ -66,7 +66,7 @@ pub(crate) async fn pause_conversation(
     let key = Topology::conversation_key(&channel.id, &peer);
     let store = state.conversations().await?;
     bounded("store the pause", store.put(&key, envelope::encode(&record))).await?;
-    let until_text = until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let until_text = envelope::note_time(until);
     let (note, detail) = match reason {
         Some(reason) => (NoteReason::Handoff, format!("handed to a person until {until_text}: {reason}")),
         None => (NoteReason::Paused, format!("an operator paused the bot for {minutes} minutes, until {until_text}")),

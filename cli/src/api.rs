@@ -92,7 +92,7 @@ impl Admin {
 
 impl Admin {
     /// `smsgate events`: follows `GET /api/v1/events`, printing each event's
-    /// data (with its `id`) as one JSON line. When the stream breaks it
+    /// data (with its stream position as `event_id`) as one JSON line. When the stream breaks it
     /// reconnects with `Last-Event-ID`, so nothing is missed or repeated;
     /// a refusal (401, 404, ...) ends it with the error.
     pub async fn follow_events(&self, channel: Option<&str>) -> Result<(), CliError> {
@@ -127,8 +127,10 @@ impl Admin {
                         for event in parser.push(&chunk) {
                             let mut data: Value =
                                 serde_json::from_str(&event.data).unwrap_or(Value::String(event.data));
+                            // Beside the event's own fields, never over one of
+                            // them (an outbound's `id` is its outbound id).
                             if let (Value::Object(map), Some(id)) = (&mut data, &event.id) {
-                                map.insert("id".to_owned(), Value::String(id.clone()));
+                                map.insert("event_id".to_owned(), Value::String(id.clone()));
                             }
                             let mut out = std::io::stdout().lock();
                             let _ = writeln!(out, "{data}");
@@ -332,6 +334,9 @@ pub struct Webhook {
 #[derive(Debug, Deserialize)]
 pub struct ChannelStatus {
     pub channel_id: String,
+    /// `twilio` or `log` (absent from older ingresses).
+    #[serde(default)]
+    pub delivery: Option<String>,
     pub ok: bool,
     pub verdict: String,
     pub credentials_valid: Option<bool>,

@@ -2,18 +2,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "smsgate", version, about = "The smsgate operator's tool", max_term_width = 100)]
 pub struct Cli {
-    /// Where the admin API listens.
-    #[arg(long, global = true, env = "SMSGATE_ADMIN_URL", default_value = "http://127.0.0.1:8001")]
-    pub admin_url: String,
-    /// The admin API's bearer token [default: the file ingress generated,
-    /// see SMSGATE_ADMIN_TOKEN_FILE].
-    #[arg(long, global = true, env = "SMSGATE_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     /// Print JSON instead of a table (the admin API's answer as it came).
     #[arg(long, global = true)]
     pub json: bool,
@@ -21,15 +14,30 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the admin API is and how to sign in: only on the commands that
+/// use it (`check-config` and `gen-token` never do).
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Where the admin API listens.
+    #[arg(long, global = true, env = "SMSGATE_ADMIN_URL", default_value = "http://127.0.0.1:8001")]
+    pub admin_url: String,
+    /// The admin API's bearer token [default: the file ingress generated,
+    /// see SMSGATE_ADMIN_TOKEN_FILE].
+    #[arg(long, global = true, env = "SMSGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Send a message through a channel (the sender delivers it).
     Send {
+        /// The channel to send through.
         #[arg(long)]
         channel: String,
         /// The recipient, E.164 (+14155550100).
         #[arg(long)]
         to: String,
+        /// The text to send.
         #[arg(long)]
         body: String,
         /// A media URL to attach (MMS): https on a public host, at most 10;
@@ -39,26 +47,34 @@ pub enum Command {
         /// Sending twice with the same key sends once (within the duplicate window).
         #[arg(long)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
-    /// Call a number and say a text (or play TwiML); the sender places the call.
+    /// Call a number and say a text (--say) or play TwiML (--twiml); the
+    /// sender places the call.
+    #[command(group(ArgGroup::new("what").required(true).args(["say", "twiml"])))]
     Call {
+        /// The channel whose number calls.
         #[arg(long)]
         channel: String,
         /// The number to call, E.164 (+14155550100).
         #[arg(long)]
         to: String,
         /// What to say when the call is answered.
-        #[arg(long, required_unless_present = "twiml", conflicts_with = "twiml")]
+        #[arg(long)]
         say: Option<String>,
-        /// A TwiML document to play instead.
+        /// A TwiML document to play instead of --say.
         #[arg(long)]
         twiml: Option<String>,
         /// Calling twice with the same key calls once (within the duplicate window).
         #[arg(long)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// List conversations, most recent first, one page at a time.
     Conversations {
+        /// Only this channel's conversations.
         #[arg(long)]
         channel: Option<String>,
         /// Only numbers containing these digits.
@@ -73,16 +89,23 @@ pub enum Command {
         /// Every page, not just the first.
         #[arg(long, conflicts_with = "cursor")]
         all: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Follow the live events (messages received, sent, delivered, skipped,
-    /// takeovers, dead letters): one JSON line per event, until interrupted.
-    /// Reconnects by itself and resumes where it was.
+    /// takeovers, dead letters): one JSON line per event, each with its
+    /// stream position as `event_id`, until interrupted. Reconnects by
+    /// itself and resumes where it was.
     Events {
+        /// Only this channel's events.
         #[arg(long)]
         channel: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show one conversation, oldest first, with delivery states.
     Conversation {
+        /// The channel of the conversation.
         #[arg(long)]
         channel: String,
         /// The other party's number, E.164.
@@ -90,10 +113,13 @@ pub enum Command {
         /// Show at most this many of the latest entries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Human takeover: stop the bot answering one conversation (inbound is
     /// still recorded; answer with `smsgate send`); it resumes on its own.
     Pause {
+        /// The channel of the conversation.
         #[arg(long)]
         channel: String,
         /// The other party's number, E.164.
@@ -101,15 +127,22 @@ pub enum Command {
         /// How long (default: the channel's `pause_minutes`, 60).
         #[arg(long)]
         minutes: Option<f64>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Hand a paused conversation back to the bot.
     Resume {
+        /// The channel of the conversation.
         #[arg(long)]
         channel: String,
         /// The other party's number, E.164.
         peer: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
-    /// Sign a webhook exactly as Twilio would and post it to ingress.
+    /// Sign a webhook exactly as Twilio would and post it to ingress. A
+    /// channel of the configuration is signed here; a channel connected at
+    /// run time is signed by the admin API (which holds its auth token).
     Simulate {
         /// The channel (may be left out when only one is configured).
         #[arg(long)]
@@ -117,6 +150,7 @@ pub enum Command {
         /// The texting phone, E.164.
         #[arg(long)]
         from: String,
+        /// The text of the SMS.
         #[arg(long)]
         body: String,
         /// Where to post: a base (http://127.0.0.1:8000) or the full webhook URL.
@@ -134,9 +168,14 @@ pub enum Command {
         /// base; any other URL is described to the model, never fetched.
         #[arg(long = "media-url")]
         media_urls: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Validate a channel file (default: SMSGATE_CHANNELS, else the TWILIO_* variables).
-    CheckConfig { file: Option<PathBuf> },
+    CheckConfig {
+        /// The channel file to check instead of SMSGATE_CHANNELS.
+        file: Option<PathBuf>,
+    },
     /// Print a fresh random token (webhook path token, admin token).
     GenToken {
         /// Print a fresh SMSGATE_SECRET_KEY instead (32 random bytes, base64):
@@ -144,7 +183,8 @@ pub enum Command {
         #[arg(long)]
         secret_key: bool,
     },
-    /// Print the webhook URL to paste into Twilio's console.
+    /// Print the webhook URL to paste into Twilio's console (a channel
+    /// connected at run time: asked from the admin API).
     WebhookUrl {
         /// The channel (may be left out when only one is configured).
         #[arg(long)]
@@ -152,18 +192,44 @@ pub enum Command {
         /// The URL for the number's "A call comes in" instead.
         #[arg(long)]
         voice: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// List channels with their health, from the running ingress; connect,
     /// disconnect and check channels at run time.
     Channels {
         #[command(subcommand)]
         command: Option<ChannelsCommand>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Dead letters: what could not be processed.
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
+}
+
+impl Command {
+    /// The admin API flags of a command that uses the admin API.
+    pub fn admin(&self) -> Option<&AdminArgs> {
+        match self {
+            Self::Send { admin, .. }
+            | Self::Call { admin, .. }
+            | Self::Conversations { admin, .. }
+            | Self::Events { admin, .. }
+            | Self::Conversation { admin, .. }
+            | Self::Pause { admin, .. }
+            | Self::Resume { admin, .. }
+            | Self::Simulate { admin, .. }
+            | Self::WebhookUrl { admin, .. }
+            | Self::Channels { admin, .. }
+            | Self::Dead { admin, .. } => Some(admin),
+            Self::CheckConfig { .. } | Self::GenToken { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,27 +238,40 @@ pub enum ChannelsCommand {
     /// is read from this command's environment; the secrets are stored
     /// encrypted with the services' SMSGATE_SECRET_KEY.
     Connect {
+        /// The channel file (one channel, a list, or {"channels": [...]}).
         file: PathBuf,
         /// Also point the number's SMS webhook at smsgate in Twilio (URL and POST).
         #[arg(long)]
         set_webhook: bool,
     },
     /// Disconnect a channel connected at run time (file channels are read-only).
-    Disconnect { channel_id: String },
+    Disconnect {
+        /// The channel to disconnect.
+        channel_id: String,
+    },
     /// Ask Twilio about a channel: credentials, the number, its webhooks
-    /// against smsgate's. Exit 1 unless all is well.
-    Status { channel_id: String },
+    /// against smsgate's (a `"delivery": "log"` channel: not asked). Exit 1
+    /// unless all is well.
+    Status {
+        /// The channel to check.
+        channel_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {
     /// List dead letters, oldest first.
     List {
+        /// Only this channel's dead letters.
         #[arg(long)]
         channel: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
     /// Publish a dead letter's original again and remove it from the list.
-    Replay { seq: u64 },
+    Replay {
+        /// The dead letter's SEQ (from `smsgate dead list`).
+        seq: u64,
+    },
 }

@@ -1,27 +1,29 @@
 //! One function per command. Offline commands read the configuration the
-//! services read (`SMSGATE_CHANNELS` or the `TWILIO_*` variables); the others
-//! go through the admin API.
+//! services read (`SMSGATE_CHANNELS` or the `TWILIO_*` variables), and
+//! `webhook-url` and `simulate` fall back on the admin API for a channel it
+//! does not have; the others go through the admin API.
 
 use std::path::Path;
-use std::time::Duration;
 
-use rand::Rng;
 use reqwest::Method;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use smsgate_shared::config::{self, Channel, Config, Delivery, WEBHOOK_PATH};
-use smsgate_shared::domain::{ChannelId, E164, MessageSid};
-use smsgate_shared::signature;
+use smsgate_shared::config::{self, Channel, Config};
+use smsgate_shared::domain::{ChannelId, E164};
 use time::UtcOffset;
 
 use crate::api::{self, Admin};
 use crate::args::{ChannelsCommand, Cli, Command, DeadCommand};
 use crate::error::CliError;
 use crate::render;
+use crate::webhook;
 
 pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
     let json = cli.json;
-    let admin = || Admin::new(&cli.admin_url, cli.token.clone().or_else(api::stored_token));
+    let admin_args = cli.command.admin().cloned();
+    let admin = || match &admin_args {
+        Some(a) => Admin::new(&a.admin_url, a.token.clone().or_else(api::stored_token)),
+        None => Err(CliError::Failed("this command does not use the admin API".to_owned())),
+    };
     match cli.command {
         Command::GenToken { secret_key } => {
             if secret_key {
@@ -32,12 +34,15 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckConfig { file } => check_config(file.as_deref(), json),
-        Command::WebhookUrl { channel, voice } => webhook_url(channel.as_deref(), voice, json),
-        Command::Simulate { channel, from, body, url, to, message_sid, media_urls } => {
-            let s = Simulation { channel, from, body, url, to, message_sid, media_urls };
-            simulate(s, json).await
+        Command::WebhookUrl { channel, voice, .. } => {
+            webhook::webhook_url(admin(), channel.as_deref(), voice, json).await
         }
-        Command::Send { channel, to, body, media_urls, idempotency_key } => {
+        Command::Simulate { channel, from, body, url, to, message_sid, media_urls, .. } => {
+            let s = webhook::SimulateArgs { channel, from, body, url, to, message_sid, media_urls };
+            webhook::simulate(admin(), s, json).await
+        }
+        Command::Send { channel, to, body, media_urls, idempotency_key, .. } => {
+            let to = number("--to", &to)?;
             let mut request = json!({"channel_id": channel, "to": to, "body": body, "media_urls": media_urls});
             if let Some(k) = idempotency_key {
                 request["idempotency_key"] = Value::String(k);
@@ -45,7 +50,8 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             let answer = admin()?.call(Method::POST, "/api/v1/messages", Some(&request)).await?;
             print_accepted(answer, json, "sent")
         }
-        Command::Call { channel, to, say, twiml, idempotency_key } => {
+        Command::Call { channel, to, say, twiml, idempotency_key, .. } => {
+            let to = number("--to", &to)?;
             let mut request = json!({"channel_id": channel, "to": to});
             for (key, value) in [("say", say), ("twiml", twiml), ("idempotency_key", idempotency_key)] {
                 if let Some(v) = value {
@@ -55,7 +61,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             let answer = admin()?.call(Method::POST, "/api/v1/calls", Some(&request)).await?;
             print_accepted(answer, json, "called")
         }
-        Command::Conversations { channel, search, limit, cursor, all } => {
+        Command::Conversations { channel, search, limit, cursor, all, .. } => {
             let admin = admin()?;
             let mut query = vec![("limit", limit.to_string())];
             if let Some(c) = channel {
@@ -113,12 +119,12 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Events { channel } => {
+        Command::Events { channel, .. } => {
             let channel = channel.as_deref().map(channel_id).transpose()?;
             admin()?.follow_events(channel.as_ref().map(ToString::to_string).as_deref()).await
         }
-        Command::Conversation { channel, peer, limit } => {
-            let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;
+        Command::Conversation { channel, peer, limit, .. } => {
+            let peer = number("PEER", &peer)?;
             // '+' must be escaped in a URL path segment to survive every proxy.
             let path =
                 format!("/api/v1/conversations/{}/%2B{}?limit={limit}", channel_id(&channel)?, peer.subject_token());
@@ -130,20 +136,20 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             print!("{}", render::conversation(&conversation, offset));
             Ok(())
         }
-        Command::Pause { channel, peer, minutes } => {
+        Command::Pause { channel, peer, minutes, .. } => {
             let body = match minutes {
                 Some(m) => json!({"minutes": m}),
                 None => json!({}),
             };
             takeover(&admin()?, (&channel, &peer), "pause", body, (json, offset)).await
         }
-        Command::Resume { channel, peer } => {
+        Command::Resume { channel, peer, .. } => {
             takeover(&admin()?, (&channel, &peer), "resume", json!({}), (json, offset)).await
         }
-        Command::Channels { command: Some(ChannelsCommand::Connect { file, set_webhook }) } => {
+        Command::Channels { command: Some(ChannelsCommand::Connect { file, set_webhook }), .. } => {
             connect_channels(&admin()?, &file, set_webhook, json).await
         }
-        Command::Channels { command: Some(ChannelsCommand::Disconnect { channel_id }) } => {
+        Command::Channels { command: Some(ChannelsCommand::Disconnect { channel_id }), .. } => {
             let path = format!("/api/v1/channels/{}", channel_arg(&channel_id)?);
             let answer = admin()?.call(Method::DELETE, &path, None).await?;
             if json {
@@ -152,7 +158,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             println!("disconnected {channel_id}: ingress, worker and sender drop it within about a second");
             Ok(())
         }
-        Command::Channels { command: Some(ChannelsCommand::Status { channel_id }) } => {
+        Command::Channels { command: Some(ChannelsCommand::Status { channel_id }), .. } => {
             let path = format!("/api/v1/channels/{}/status", channel_arg(&channel_id)?);
             let answer = admin()?.call(Method::GET, &path, None).await?;
             let status: api::ChannelStatus = api::parse(answer.clone())?;
@@ -167,7 +173,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
                 Err(CliError::Failed(format!("channel {} is not ready: {}", status.channel_id, status.verdict)))
             }
         }
-        Command::Channels { command: None } => {
+        Command::Channels { command: None, .. } => {
             let answer = admin()?.call(Method::GET, "/api/v1/channels", None).await?;
             if json {
                 return print_json(&answer);
@@ -205,16 +211,30 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Dead { command: DeadCommand::List { channel, limit } } => {
+        Command::Dead { command: DeadCommand::List { channel, limit }, .. } => {
+            let admin = admin()?;
             let mut path = format!("/api/v1/dead?limit={limit}");
-            if let Some(c) = channel {
-                path.push_str(&format!("&channel_id={}", channel_id(&c)?));
+            let channel = channel.as_deref().map(channel_id).transpose()?;
+            if let Some(c) = &channel {
+                path.push_str(&format!("&channel_id={c}"));
             }
-            let answer = admin()?.call(Method::GET, &path, None).await?;
+            let answer = admin.call(Method::GET, &path, None).await?;
+            let list: api::DeadList = api::parse(answer.clone())?;
+            if let (true, Some(c)) = (list.entries.is_empty(), &channel) {
+                // Nothing for a channel that does not exist is a typo, not good news.
+                let view: api::ChannelsView = api::parse(admin.call(Method::GET, "/api/v1/channels", None).await?)?;
+                if !view.channels.iter().any(|v| v.channel_id == c.as_str()) {
+                    let known: Vec<&str> = view.channels.iter().map(|v| v.channel_id.as_str()).collect();
+                    return Err(CliError::Failed(format!(
+                        "no channel {:?} (channels: {})",
+                        c.as_str(),
+                        known.join(", ")
+                    )));
+                }
+            }
             if json {
                 return print_json(&answer);
             }
-            let list: api::DeadList = api::parse(answer)?;
             if list.entries.is_empty() {
                 println!("No dead letters.");
                 return Ok(());
@@ -236,7 +256,7 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             print!("{}", render::table(&["SEQ", "AT", "STAGE", "CHANNEL", "CODE", "REASON"], &rows));
             Ok(())
         }
-        Command::Dead { command: DeadCommand::Replay { seq } } => {
+        Command::Dead { command: DeadCommand::Replay { seq }, .. } => {
             let answer = admin()?.call(Method::POST, &format!("/api/v1/dead/{seq}/replay"), None).await?;
             if json {
                 return print_json(&answer);
@@ -271,10 +291,8 @@ async fn connect_channels(admin: &Admin, file: &Path, set_webhook: bool, json: b
                 "connected {} (runtime): served by ingress, worker and sender within about a second",
                 c.channel_id
             );
-            if let Some(url) = &c.webhook_url {
-                println!(
-                    "  webhook: {url}  (smsgate webhook-url cannot show runtime channels: the token is in {source})"
-                );
+            if c.webhook_url.is_some() {
+                println!("  webhook URL to paste into Twilio: smsgate webhook-url --channel {}", c.channel_id);
             }
             for key in &connected.ignored_keys {
                 println!("  warning: {key} is not a key smsgate knows; it was not stored");
@@ -296,7 +314,7 @@ async fn connect_channels(admin: &Admin, file: &Path, set_webhook: bool, json: b
     Ok(())
 }
 
-fn print_json(value: &Value) -> Result<(), CliError> {
+pub(crate) fn print_json(value: &Value) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{text}");
     Ok(())
@@ -307,13 +325,13 @@ fn channel_arg(s: &str) -> Result<ChannelId, CliError> {
     ChannelId::parse(s).map_err(|e| CliError::Usage(format!("CHANNEL_ID: {}", e.reason)))
 }
 
-fn channel_id(s: &str) -> Result<ChannelId, CliError> {
+pub(crate) fn channel_id(s: &str) -> Result<ChannelId, CliError> {
     ChannelId::parse(s).map_err(|e| CliError::Usage(format!("--channel: {}", e.reason)))
 }
 
 /// The configuration as the services would load it; `file` replaces
 /// `SMSGATE_CHANNELS`.
-fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
+pub(crate) fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
     let file = file.map(|f| f.to_string_lossy().into_owned());
     Config::from_lookup(&|k| match (k, &file) {
         ("SMSGATE_CHANNELS", Some(f)) => Some(f.clone()),
@@ -321,7 +339,7 @@ fn load_config(file: Option<&Path>) -> Result<Config, config::ConfigError> {
     })
 }
 
-fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Channel, CliError> {
+pub(crate) fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Channel, CliError> {
     let known = || channels.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ");
     match id {
         Some(id) => channels
@@ -330,13 +348,6 @@ fn pick_channel<'a>(channels: &'a [Channel], id: Option<&str>) -> Result<&'a Cha
             .ok_or_else(|| CliError::Usage(format!("no channel {id:?} in the configuration (channels: {})", known()))),
         None if channels.len() == 1 => Ok(&channels[0]),
         None => Err(CliError::Usage(format!("several channels are configured; pick one with --channel ({})", known()))),
-    }
-}
-
-fn delivery_name(d: Delivery) -> &'static str {
-    match d {
-        Delivery::Twilio => "twilio",
-        Delivery::Log => "log",
     }
 }
 
@@ -355,7 +366,7 @@ async fn takeover(
     body: Value,
     (json, offset): (bool, UtcOffset),
 ) -> Result<(), CliError> {
-    let peer = E164::parse(peer.trim()).map_err(|e| CliError::Usage(format!("PEER: {}", e.reason)))?;
+    let peer = number("PEER", peer)?;
     let path = format!("/api/v1/conversations/{}/%2B{}/{action}", channel_id(channel)?, peer.subject_token());
     let answer = admin.call(Method::POST, &path, Some(&body)).await?;
     if json {
@@ -399,7 +410,7 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     "from_number": c.from_number.as_ref().map(E164::as_str),
                     "messaging_service_sid": c.messaging_service_sid,
                     "chat": c.chat.kind(),
-                    "delivery": delivery_name(c.delivery),
+                    "delivery": c.delivery.as_str(),
                     "webhook_url": c.webhook_url(),
                     "status_url": c.status_url(),
                     "insecure_skip_signature": c.insecure_skip_signature,
@@ -412,7 +423,16 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
         return print_json(&json!({"ok": true, "channels": list}));
     }
     let plural = if channels.len() == 1 { "" } else { "s" };
-    println!("configuration OK: {} channel{plural}\n", channels.len());
+    let (source, from_variables) = match (file, std::env::var("SMSGATE_CHANNELS").ok().filter(|f| !f.trim().is_empty()))
+    {
+        (Some(f), _) => (f.display().to_string(), false),
+        (None, Some(f)) => (f, false),
+        (None, None) => ("the TWILIO_* variables".to_owned(), true),
+    };
+    println!("configuration OK: {} channel{plural} from {source}\n", channels.len());
+    if from_variables {
+        println!("warning: {}", config::DEFAULT_CHANNEL_NOTE);
+    }
     for c in channels {
         for key in &c.unknown_keys {
             println!("warning: channel {}: unknown key {key}, ignored", c.id);
@@ -430,12 +450,12 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     .or_else(|| c.messaging_service_sid.clone())
                     .unwrap_or_default(),
                 c.chat.kind().to_owned(),
-                delivery_name(c.delivery).to_owned(),
+                c.delivery.as_str().to_owned(),
                 c.webhook_url().unwrap_or_else(|| "(no public base URL: set SMSGATE_PUBLIC_BASE_URL)".to_owned()),
             ]
         })
         .collect();
-    print!("{}", render::table(&["CHANNEL", "SOURCE", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
+    print!("{}", render::table(&["CHANNEL", "ENABLED", "FROM", "CHAT", "DELIVERY", "WEBHOOK URL"], &rows));
     for c in channels {
         println!(
             "{}: at most {} replies a minute, {} a UTC day; replies to calling codes {}",
@@ -465,139 +485,12 @@ fn print_accepted(answer: Value, json: bool, done: &str) -> Result<(), CliError>
     Ok(())
 }
 
-fn webhook_url(channel: Option<&str>, voice: bool, json: bool) -> Result<(), CliError> {
-    let config = load_config(None)?;
-    let c = pick_channel(&config.channels, channel)?;
-    let urls = if voice {
-        (c.voice_url(), c.voice_route(smsgate_shared::voice::path::STATUS))
-    } else {
-        (c.webhook_url(), c.status_url())
-    };
-    let (Some(webhook), Some(status)) = urls else {
-        return Err(CliError::BadConfig(format!(
-            "channel {}: no public base URL: set SMSGATE_PUBLIC_BASE_URL (your tunnel's https:// address) or the \
-             channel's public_base_url",
-            c.id
-        )));
-    };
-    if json {
-        return print_json(&json!({"channel_id": c.id.as_str(), "webhook_url": webhook, "status_url": status}));
-    }
-    if voice && !c.voice.enabled {
-        eprintln!("note: channel {}: voice is not enabled (set \"voice\": {{\"enabled\": true}})", c.id);
-    }
-    println!("{webhook}");
-    Ok(())
-}
-
-struct Simulation {
-    channel: Option<String>,
-    from: String,
-    body: String,
-    url: Option<String>,
-    to: Option<String>,
-    message_sid: Option<String>,
-    media_urls: Vec<String>,
-}
-
-/// A MessageSid as Twilio makes them: `SM` and 32 hex digits.
-fn random_message_sid() -> String {
-    let mut rng = rand::rng();
-    let mut sid = String::from("SM");
-    for _ in 0..32 {
-        sid.push(char::from(b"0123456789abcdef"[rng.random_range(0..16)]));
-    }
-    sid
-}
-
-async fn simulate(s: Simulation, json: bool) -> Result<(), CliError> {
-    let config = load_config(None)?;
-    let c = pick_channel(&config.channels, s.channel.as_deref())?;
-    let from = E164::parse(s.from.trim()).map_err(|e| CliError::Usage(format!("--from: {}", e.reason)))?;
-    let to = match (&s.to, &c.from_number) {
-        (Some(t), _) => E164::parse(t.trim()).map_err(|e| CliError::Usage(format!("--to: {}", e.reason)))?,
-        (None, Some(n)) => n.clone(),
-        (None, None) => {
-            return Err(CliError::Usage(format!(
-                "channel {} sends through a messaging service: name the number texted with --to",
-                c.id
-            )));
-        }
-    };
-    let sid = match s.message_sid {
-        Some(m) => {
-            MessageSid::parse(&m).map_err(|e| CliError::Usage(format!("--message-sid: {}", e.reason)))?.to_string()
-        }
-        None => random_message_sid(),
-    };
-    let path = format!("{WEBHOOK_PATH}{}", c.path_token.expose_secret());
-    let post_url = match s.url.as_deref().map(|u| u.trim().trim_end_matches('/')) {
-        Some(u) if u.contains("/api/") => u.to_owned(),
-        Some(base) => format!("{base}{path}"),
-        None => {
-            let port = config.settings.ingress_addr.port();
-            format!("http://127.0.0.1:{port}{path}")
-        }
-    };
-    // Twilio signs the URL it was told to call, i.e. the public one; ingress
-    // checks against the same. Without a public base URL ingress rebuilds
-    // the URL from Host, i.e. the one we post to.
-    let signed_url = c.webhook_url().unwrap_or_else(|| post_url.clone());
-    let mut params = signature::inbound_sms_params(
-        c.account_sid.as_str(),
-        to.as_str(),
-        &sid,
-        from.as_str(),
-        &s.body,
-        s.media_urls.len(),
-    );
-    if let Some(ms) = &c.messaging_service_sid {
-        params.push(("MessagingServiceSid".into(), ms.clone()));
-    }
-    for (i, u) in s.media_urls.iter().enumerate() {
-        params.push((format!("MediaUrl{i}"), u.clone()));
-        params.push((format!("MediaContentType{i}"), "image/jpeg".into()));
-    }
-    let signature = signature::sign(c.auth_token.expose_secret(), &signed_url, &params);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| CliError::Failed(format!("cannot build the HTTP client: {e}")))?;
-    let response = http
-        .post(&post_url)
-        .header(signature::HEADER, signature)
-        .header("I-Twilio-Idempotency-Token", format!("smsgate-simulate-{sid}"))
-        .form(&params)
-        .send()
-        .await
-        .map_err(|source| CliError::Unreachable {
-            what: "ingress",
-            url: post_url.replace(c.path_token.expose_secret(), "…"),
-            hint: " (is ingress running? pass --url)",
-            // reqwest prints the URL, which holds the secret path token.
-            source: source.without_url(),
-        })?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if json {
-        print_json(&json!({"message_sid": sid, "status": status.as_u16(), "body": text}))?;
-    } else {
-        println!("MessageSid {sid}: {from} → {to} on channel {}", c.id);
-        println!("ingress answered {status}");
-        if !text.is_empty() {
-            println!("{text}");
-        }
-    }
-    if status.is_success() {
-        Ok(())
-    } else {
-        let hint = match status.as_u16() {
-            403 => {
-                ": the signature was refused; ingress must know the same public URL (SMSGATE_PUBLIC_BASE_URL) and auth token"
-            }
-            404 => ": unknown path token; is this ingress using the same channel file?",
-            _ => "",
-        };
-        Err(CliError::Failed(format!("ingress refused the webhook with {status}{hint}")))
-    }
+/// A number the operator typed: a usage error quotes it as typed (the
+/// masking of numbers is for logs and third-party texts, not for the
+/// operator's own input).
+pub(crate) fn number(what: &str, typed: &str) -> Result<E164, CliError> {
+    E164::parse(typed.trim()).map_err(|_| {
+        let problem = E164::problem(typed.trim()).unwrap_or("is not an E.164 number");
+        CliError::Usage(format!("{what}: {typed:?} {problem} (e.g. +14155550100)"))
+    })
 }

@@ -28,6 +28,17 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The same error with `note` added to its message (usage,
+    /// configuration and failure errors; the others are left as they are).
+    pub fn with_note(self, note: &str) -> Self {
+        match self {
+            Self::Usage(m) => Self::Usage(m + note),
+            Self::BadConfig(m) => Self::BadConfig(m + note),
+            Self::Failed(m) => Self::Failed(m + note),
+            other => other,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => 2,

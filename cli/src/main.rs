@@ -6,6 +6,9 @@
 //! - `commands`: one function per command. Offline ones (`check-config`,
 //!   `gen-token`, `webhook-url`, `simulate`'s signing) read the same config
 //!   the services read; the others call the admin API through `api`.
+//!   Numbers the operator typed are quoted as typed in usage errors.
+//! - `webhook`: `webhook-url` and `simulate`, which ask the admin API for a
+//!   channel that config does not have (one connected at run time).
 //! - `api`: the admin API client and the answers it reads.
 //! - `render`: tables and the conversation view.
 //! - `error`: [`error::CliError`] and its exit status: 0 ok, 1 the operation
@@ -16,6 +19,7 @@ mod args;
 mod commands;
 mod error;
 mod render;
+mod webhook;
 
 use std::process::ExitCode;
 

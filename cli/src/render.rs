@@ -184,6 +184,10 @@ pub fn channel_status(s: &crate::api::ChannelStatus) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "{}: {}", s.channel_id, s.verdict);
+    if s.delivery.as_deref() == Some("log") {
+        // Twilio was not asked: there is nothing of it to show.
+        return out;
+    }
     let yes_no = |b: Option<bool>| match b {
         Some(true) => "yes",
         Some(false) => "no",

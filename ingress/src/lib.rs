@@ -71,10 +71,18 @@ pub enum Error {
     },
     #[error("cannot connect to NATS")]
     Nats(#[source] smsgate_shared::nats::ConnectError),
+    /// Nowhere to keep the admin token (a configuration problem: exit 64).
     #[error("refusing to start: {0}")]
-    Unsafe(String),
+    AdminToken(String),
     #[error("server failed")]
     Serve(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The configuration is what is wrong (exit 64, as for a bad channel file).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::AdminToken(_))
+    }
 }
 
 /// Shared by every handler.
@@ -127,7 +135,7 @@ impl App {
     /// everything comes in `config`.
     pub async fn build(config: Config) -> Result<Self, Error> {
         let Config { settings, channels } = config;
-        let admin_token = smsgate_admin::guard::admin_token(&settings).map_err(Error::Unsafe)?;
+        let admin_token = smsgate_admin::guard::admin_token(&settings).map_err(Error::AdminToken)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
         };

@@ -9,6 +9,7 @@ async fn main() -> std::process::ExitCode {
     let config = Config::from_env_or_exit("ingress");
     let app = match smsgate_ingress::App::build(config).await {
         Ok(app) => app,
+        Err(e) if e.is_config() => return shutdown::bad_config("ingress", &e),
         Err(e) => return shutdown::exit_code("ingress", "cannot start", Err(e)),
     };
     shutdown::exit_code("ingress", "stopped with an error", app.run_until_stopped(shutdown::on_signal()).await)

@@ -156,7 +156,11 @@ async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: 
     checked(route.as_str(), shared, token, (uri, headers, body), |entry, body| async move {
         let accepted = accept(route, shared, &entry, &body).await?;
         shared.metrics.accepted(route == Route::Inbound).increment(1);
-        tracing::debug!(
+        // One info line per accepted webhook, flat fields only: what lets an
+        // operator follow a message from its first service on by
+        // `message_sid`.
+        tracing::info!(
+            stage = "webhook",
             route = route.as_str(),
             channel_id = %entry.channel.id,
             message_sid = %accepted.message_sid,

@@ -32,9 +32,11 @@ pub async fn place(ctx: &Ctx, d: &Delivery<()>, channel: &Channel, out: &Outboun
         }
     };
     let key = SentKey::Piece { outbound: &out.id, index: 0 }.to_string();
+    // A log-only channel never calls: its history says so, not `queued`.
+    let logged = channel.delivery == config::Delivery::Log;
     let sid = match ctx.bus.sent.get(&key).await {
         Ok(Some(sid)) => String::from_utf8_lossy(&sid).into_owned(),
-        Ok(None) if channel.delivery == config::Delivery::Log => {
+        Ok(None) if logged => {
             tracing::info!(body = %twiml, outcome = "logged", "call (delivery: log)");
             "logged".to_owned()
         }
@@ -68,10 +70,15 @@ pub async fn place(ctx: &Ctx, d: &Delivery<()>, channel: &Channel, out: &Outboun
             return Disposition::Retry(ctx.tuning.redelivery_delay);
         }
     };
-    tracing::info!(call_sid = %sid, outcome = "placed", "call placed");
+    let (status, detail) = if logged {
+        ("logged", format!("not placed (delivery: log); {detail}"))
+    } else {
+        tracing::info!(call_sid = %sid, outcome = "placed", "call placed");
+        ("queued", detail)
+    };
     let event = HistoryEvent::Call {
         call_sid: sid,
-        status: "queued".to_owned(),
+        status: status.to_owned(),
         direction: "outbound-api".to_owned(),
         duration_secs: None,
         detail: Some(detail),

@@ -76,6 +76,9 @@ impl Handler for Replies {
             stage = "sender",
             channel_id = tracing::field::Empty,
             outbound_id = tracing::field::Empty,
+            // The inbound message this answers, so one message can be
+            // followed by `message_sid` through every service's lines.
+            message_sid = tracing::field::Empty,
             peer = tracing::field::Empty,
         );
         process(&self.0, d).instrument(span).await
@@ -108,6 +111,9 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     let span = tracing::Span::current();
     span.record("channel_id", out.channel_id.as_str());
     span.record("outbound_id", out.id.as_str());
+    if let Some(sid) = &out.in_reply_to {
+        span.record("message_sid", sid.as_str());
+    }
     span.record("peer", out.to.masked());
     let Some(live) = ctx.channels.get_fresh(&out.channel_id).await else {
         let reason = format!("channel {} is not configured in this sender", out.channel_id);

@@ -61,19 +61,21 @@ string_newtype!(E164);
 
 impl E164 {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        let digits = s
-            .strip_prefix('+')
-            .ok_or_else(|| parse_error("E.164 number", format!("{:?} must start with '+'", mask(s))))?;
+        match Self::problem(s) {
+            None => Ok(Self(s.to_owned())),
+            // The value is masked: this error may reach a log line.
+            Some(problem) => Err(parse_error("E.164 number", format!("{:?} {problem}", mask(s)))),
+        }
+    }
+
+    /// What is wrong with `s` as an E.164 number, in words that do not
+    /// quote it (so the CLI can show what the operator typed, and logs the
+    /// masked value); None when it is one.
+    pub fn problem(s: &str) -> Option<&'static str> {
+        let Some(digits) = s.strip_prefix('+') else { return Some("must start with '+'") };
         let ok =
             (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(parse_error(
-                "E.164 number",
-                format!("{:?} must be '+' and 7 to 15 digits, not starting with 0", mask(s)),
-            ))
-        }
+        if ok { None } else { Some("must be '+' and 7 to 15 digits, not starting with 0") }
     }
 
     /// The number with its middle hidden, for logs: `+1415***4567`.

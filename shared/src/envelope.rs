@@ -529,6 +529,14 @@ impl ConversationState {
     }
 }
 
+/// A time as a note's text gives it (`2026-12-06 23:58 UTC`): to the minute,
+/// the way the conversation views show times, with its zone said, since
+/// the viewer's own may differ.
+pub fn note_time(t: OffsetDateTime) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    t.to_offset(time::UtcOffset::UTC).format(&format).unwrap_or_default()
+}
+
 /// An entry of `P.history.<channel_id>.<e164>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {

@@ -34,6 +34,8 @@
 //!   [`schedule::Scheduler`] every sender runs to fire them once.
 //! - [`retry`]: the one `Retry-After` parser (seconds or an HTTP date).
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
+//! - [`webhook`]: a channel's webhook URLs (whole, or the token cut for
+//!   showing) and the signed request `smsgate simulate` posts.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
 //! - [`cas`]: state every replica shares (reply budgets, rate limits,
@@ -73,3 +75,4 @@ pub mod topology;
 pub mod twilio_error;
 pub mod twiml;
 pub mod voice;
+pub mod webhook;

@@ -37,6 +37,15 @@ async fn wait_for_signal() {
     }
 }
 
+/// A start refused for a reason of configuration (ingress with nowhere to
+/// keep its admin token): logged and printed like a bad channel file, and
+/// the same exit status, 64.
+pub fn bad_config<E: std::error::Error + 'static>(service: &str, e: &E) -> std::process::ExitCode {
+    tracing::error!(service, error = e as &dyn std::error::Error, outcome = "bad_config", "invalid configuration");
+    eprintln!("smsgate-{service}: {e}");
+    std::process::ExitCode::from(crate::config::EXIT_BAD_CONFIG as u8)
+}
+
 /// How every service's `main` ends: success is exit status 0; a failure to
 /// start (`what` = "cannot start") or while running is one JSON log line
 /// with the error and its causes, and exit status 1. (A bad configuration

@@ -191,6 +191,18 @@ struct Inner {
     account_status: Option<String>,
     /// Updates of numbers, in order: (number sid, form).
     number_updates: Vec<(String, Vec<(String, String)>)>,
+    /// Every HTTP request the stub received, on any route, as `METHOD path`.
+    requests: Vec<String>,
+}
+
+/// Records every request, whatever its route (see [`TwilioStub::requests`]).
+async fn record_request(
+    State(state): State<Arc<StubState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    state.lock().requests.push(format!("{} {}", request.method(), request.uri().path()));
+    next.run(request).await
 }
 
 struct StubState {
@@ -242,7 +254,8 @@ impl TwilioStub {
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json", get(list_numbers))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers/{file}", post(update_number))
             .route("/2010-04-01/Accounts/{account_sid}/Calls.json", post(create_call))
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .layer(axum::middleware::from_fn_with_state(state.clone(), record_request));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -356,6 +369,13 @@ impl TwilioStub {
     /// The account's `status`: `active` (the default), `suspended`, `closed`.
     pub fn set_account_status(&self, status: &str) {
         self.state.lock().account_status = Some(status.to_owned());
+    }
+
+    /// Every request received so far, on any route, authenticated or not
+    /// (`GET /2010-04-01/Accounts/AC….json`): a test that Twilio was never
+    /// asked checks that this is empty.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().requests.clone()
     }
 
     /// How many requests failed authentication.

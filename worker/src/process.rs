@@ -412,7 +412,7 @@ impl Step<'_> {
         if keyword != Some(Keyword::Help)
             && let Some(until) = p.paused_until(&self.inbound.channel_id, &self.peer).await?
         {
-            let until = until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            let until = smsgate_shared::envelope::note_time(until);
             self.note(NoteReason::Paused, format!("the bot is paused until {until} (human takeover); not answered"))
                 .await?;
             return self.done(Outcome::Paused).await;

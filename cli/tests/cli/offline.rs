@@ -72,6 +72,14 @@ fn check_config_warns_about_unknown_keys_with_the_likely_typo() {
     let out = smsgate(&["check-config", "--json", path], &example_env());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["channels"][0]["unknown_keys"][0], "config.rate_limt (did you mean config.rate_limit?)");
+
+    // A key beside "channels" in a {"channels": [...]} file is warned about too.
+    let mut wrapped = tempfile::NamedTempFile::new().unwrap();
+    write!(wrapped, "{}", serde_json::json!({"channels": [channel], "versoin": 2})).unwrap();
+    let out = smsgate(&["check-config", wrapped.path().to_str().unwrap()], &example_env());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(r#"unknown key versoin (beside "channels" at the top of the file)"#), "{text}");
 }
 
 #[test]
@@ -127,6 +135,12 @@ fn without_a_channel_file_the_twilio_variables_make_one_channel() {
     let out = smsgate(&["webhook-url", "--channel", "default"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), format!("https://sms.example.com/api/channels/sms/twilio/webhook/{PATH_TOKEN}"));
+    // Not silently: check-config says which chat it gets and how to choose one.
+    let out = smsgate(&["check-config"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("1 channel from the TWILIO_* variables"), "{text}");
+    assert!(text.contains("warning: channel default") && text.contains("chat \"static\""), "{text}");
 }
 
 #[test]
@@ -207,8 +221,15 @@ fn webhook_url_needs_a_public_base_url() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("SMSGATE_PUBLIC_BASE_URL"), "{}", stderr(&out));
 
-    let out = smsgate(&["webhook-url", "--channel", "nope"], &example_env_with(&file));
+    // Not in the file, and no running ingress to ask about a runtime channel.
+    let port = smsgate_testkit::nats::free_port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let mut env = example_env_with(&file);
+    env.push(("SMSGATE_ADMIN_URL", &admin));
+    let out = smsgate(&["webhook-url", "--channel", "nope"], &env);
     assert_eq!(out.status.code(), Some(2), "an unknown channel is a usage error: {}", stderr(&out));
+    assert!(stderr(&out).contains(r#"no channel "nope" in the configuration (channels: local)"#), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the running ingress could not be asked either"), "{}", stderr(&out));
 }
 
 fn example_env_with(file: &str) -> Vec<(&str, &str)> {
@@ -276,4 +297,62 @@ fn check_config_refuses_an_api_base_that_would_send_credentials_elsewhere() {
     ]);
     let out = smsgate(&["check-config", allowed.path().to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_quote_what_the_operator_typed() {
+    let file = example_channels();
+    let out = smsgate(&["simulate", "--channel", "local", "--from", "alice", "--body", "hi"], &example_env_with(&file));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(r#"--from: "alice" must start with '+'"#), "{}", stderr(&out));
+    let out = smsgate(&["conversation", "--channel", "local", "5551230000"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(r#"PEER: "5551230000" must start with '+'"#), "{}", stderr(&out));
+    let out = smsgate(&["pause", "--channel", "local", "+0123"], &[]);
+    assert!(stderr(&out).contains(r#"PEER: "+0123" must be '+' and 7 to 15 digits"#), "{}", stderr(&out));
+    // `call` names both ways to say something.
+    let out = smsgate(&["call", "--channel", "local", "--to", "+14155550100"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--say") && stderr(&out).contains("--twiml"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_config_rows_line_up_with_their_headers() {
+    let out = smsgate(&["check-config", &example_channels()], &example_env());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let header = text.lines().find(|l| l.starts_with("CHANNEL")).unwrap_or_else(|| panic!("no table: {text}"));
+    let row = text.lines().find(|l| l.starts_with("local ")).unwrap_or_else(|| panic!("no row: {text}"));
+    for (column, cell) in [("ENABLED", "yes"), ("FROM", "+15005550006"), ("CHAT", "echo"), ("DELIVERY", "log")] {
+        let at = header.find(column).unwrap_or_else(|| panic!("no {column} in {header}"));
+        assert_eq!(row.get(at..at + cell.len()), Some(cell), "{column}:\n{header}\n{row}");
+    }
+    assert!(header.ends_with("WEBHOOK URL"), "{header}");
+    assert!(text.starts_with(&format!("configuration OK: 1 channel from {}", example_channels())), "{text}");
+}
+
+#[test]
+fn admin_api_flags_show_only_on_commands_that_use_the_admin_api() {
+    for local in [&["check-config", "--help"][..], &["gen-token", "--help"]] {
+        let help = stdout(&smsgate(local, &[]));
+        assert!(!help.contains("--token") && !help.contains("--admin-url"), "{help}");
+    }
+    let help = stdout(&smsgate(&["send", "--help"], &[]));
+    assert!(help.contains("--token") && help.contains("--admin-url"), "{help}");
+    // Every flag and argument says what it is.
+    for command in ["send", "call", "conversations", "conversation", "pause", "simulate", "check-config"] {
+        let help = stdout(&smsgate(&[command, "--help"], &[]));
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let flag = line.trim_start();
+            if !(flag.starts_with("--") || flag.starts_with('<') || flag.starts_with("-h")) || !line.starts_with("  ") {
+                continue;
+            }
+            // The help on the same line, or on the next, indented further.
+            let same_line = flag.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let next_line = next.starts_with("          ") && !next.trim_start().starts_with('-');
+            assert!(same_line || next_line, "{command}: no help for: {line}\n{help}");
+        }
+    }
 }

@@ -197,9 +197,41 @@ async fn operator_commands_work_against_the_running_stack() {
     assert_eq!(first["id"], "api.k-1");
     assert_eq!((first["duplicate"].as_bool(), second["duplicate"].as_bool()), (Some(false), Some(true)));
 
-    let out = stack.run(&["send", "--channel", "local", "--to", "555", "--body", "x"]).await;
+    // A number the operator typed wrong is quoted as typed (masking is for logs).
+    let out = stack.run(&["send", "--channel", "local", "--to", "5551230000", "--body", "x"]).await;
+    assert_eq!(out.status.code(), Some(2), "a wrong argument is a usage error");
+    assert!(stderr(&out).contains(r#"--to: "5551230000" must start with '+'"#), "{}", stderr(&out));
+    // A request the admin API refuses is a failed operation.
+    let out = stack.run(&["send", "--channel", "nope", "--to", PEER, "--body", "x"]).await;
     assert_eq!(out.status.code(), Some(1), "a refused request is a failed operation");
-    assert!(stderr(&out).contains("400") && stderr(&out).contains("invalid_number"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("400") && stderr(&out).contains("unknown_channel"), "{}", stderr(&out));
+
+    // A call on a log-only channel is logged, and the conversation says so.
+    let out = stack.run(&["call", "--channel", "local", "--to", PEER, "--say", "your table is ready"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stack
+        .conversation_until("the logged call", |v| {
+            v["entries"].as_array().is_some_and(|e| {
+                e.iter().any(|e| {
+                    e["kind"] == "call"
+                        && e["status"] == "logged"
+                        && e["detail"].as_str().is_some_and(|d| d.contains("not placed (delivery: log)"))
+                })
+            })
+        })
+        .await;
+
+    // A log-only channel: nothing to ask Twilio, and the status says so.
+    let out = stack.run(&["channels", "status", "local"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).starts_with(
+            "local: delivery log: Twilio is not used; the webhook URL Twilio would need is \
+             https://sms.example.test/api/channels/sms/twilio/webhook/stac…"
+        ),
+        "{}",
+        stdout(&out)
+    );
 
     let out = stack.run(&["channels"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -210,6 +242,12 @@ async fn operator_commands_work_against_the_running_stack() {
     let out = stack.run(&["dead", "list"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "No dead letters.");
+    // Nothing for a channel that does not exist is a typo, not good news.
+    let out = stack.run(&["dead", "list", "--channel", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains(r#"no channel "nope" (channels: local)"#), "{}", stderr(&out));
+    let out = stack.run(&["dead", "list", "--channel", "local"]).await;
+    assert_eq!(stdout(&out).trim(), "No dead letters.", "{}", stderr(&out));
     let out = stack.run(&["dead", "replay", "99"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no_such_dead_letter"), "{}", stderr(&out));
@@ -255,6 +293,14 @@ async fn pause_holds_the_bot_back_until_resume() {
         })
         .await;
     assert!(!outbound_with(&v, "anyone there"), "no answer while paused: {v}");
+    // The notes give the time to the minute with its zone, like the view's
+    // `[10:30]`, not RFC 3339 with nanoseconds.
+    for note in v["entries"].as_array().unwrap().iter().filter(|e| e["reason"] == "paused") {
+        let detail = note["detail"].as_str().unwrap();
+        let until = detail.split(" until ").nth(1).unwrap_or_else(|| panic!("no time in {detail}"));
+        let time = &until[..until.find(" UTC").unwrap_or_else(|| panic!("no zone in {detail}"))];
+        assert_eq!(time.len(), "2026-12-06 23:58".len(), "{detail}");
+    }
     assert!(v["paused_until"].is_string(), "{v}");
 
     let out = stack.run(&["resume", "--channel", "local", PEER]).await;
@@ -302,7 +348,11 @@ async fn events_follow_the_pipeline_as_json_lines_and_the_list_pages() {
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
         assert_eq!(v["channel_id"], "local", "{v}");
         assert_eq!(v["peer"], PEER, "{v}");
-        assert!(v["id"].as_str().is_some_and(|id| id.contains('-')), "each line carries its event id: {v}");
+        assert!(v["event_id"].as_str().is_some_and(|id| id.contains('-')), "each line carries its event id: {v}");
+        if v["type"] == "message.sent" {
+            // The stream's event id sits beside the event's own ids, never over one.
+            assert!(v["id"].as_str().is_some_and(|id| id.starts_with("reply.")), "the outbound id is kept: {v}");
+        }
         types.push(v["type"].as_str().unwrap().to_owned());
     }
     assert_eq!(types[0], "message.received", "{types:?}");
@@ -394,6 +444,23 @@ async fn a_channel_connected_at_run_time_is_answered_without_a_restart_and_goes_
     let sent = twilio.wait_for_calls(1, Duration::from_secs(10)).await;
     assert_eq!((sent[0].get("To"), sent[0].get("Body")), (Some(PEER), Some("hello runtime")));
     assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+
+    // The runtime channel's whole webhook URL, and simulate on it, through
+    // the admin API (the channel file the CLI reads does not have it).
+    let out = stack.run(&["webhook-url", "--channel", "rt"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("https://sms.example.test{path}"));
+    let out = stack
+        .run(&["simulate", "--channel", "rt", "--from", PEER, "--body", "simulated", "--url", &stack.ingress_url])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ingress answered 200"), "{}", stdout(&out));
+    let sent = twilio.wait_for_calls(2, Duration::from_secs(10)).await;
+    assert_eq!(sent[1].get("Body"), Some("simulated"));
+    let out = stack.run(&["simulate", "--channel", "nope", "--from", PEER, "--body", "x"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(r#"no channel "nope" in the configuration"#), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nor in the running ingress"), "{}", stderr(&out));
 
     let out = stack.run(&["channels"]).await;
     assert!(stdout(&out).contains("runtime"), "{}", stdout(&out));

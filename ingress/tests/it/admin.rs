@@ -918,3 +918,22 @@ async fn the_console_signs_in_with_the_token_for_an_http_only_strict_cookie() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[test]
+fn with_nowhere_to_keep_the_admin_token_ingress_exits_64_like_any_bad_configuration() {
+    let channels = format!("{}/../deploy/channels.example.json", env!("CARGO_MANIFEST_DIR"));
+    // No SMSGATE_ADMIN_TOKEN, no token file, no XDG_STATE_HOME, no HOME.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate-ingress"))
+        .env_clear()
+        .env("SMSGATE_CHANNELS", channels)
+        .env("TWILIO_AUTH_TOKEN", "exit-test-auth-token")
+        .env("SMS_WEBHOOK_PATH_TOKEN", "exittestpathtoken0123456789abcdefghijklmn")
+        .env("SMSGATE_NATS_URL", "nats://127.0.0.1:1")
+        .env("SMSGATE_INGRESS_ADDR", "127.0.0.1:0")
+        .env("SMSGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("SMSGATE_ADMIN_TOKEN is not set and there is no place for a generated one"), "{stderr}");
+}

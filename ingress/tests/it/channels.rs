@@ -376,3 +376,59 @@ async fn the_status_check_shows_the_error_text_of_twilio_hosts_only() {
     assert!(verdict.contains("not a Twilio host, is not shown"), "{verdict}");
     assert!(!v.to_string().contains("security-credentials"), "{v}");
 }
+
+#[tokio::test]
+async fn a_log_only_channel_is_not_checked_at_twilio_and_its_webhook_comes_from_the_admin_api() {
+    let nats = NatsServer::start();
+    let twilio = TwilioStub::start().await;
+    let stack = Stack::start(&nats, true).await;
+    let token = "logonly-path-token-0123456789abcdefghijk";
+    let extra = format!(r#""delivery": "log", "twilio_api_base": "{}""#, twilio.base_url());
+    let (status, v) = stack.connect("/api/v1/channels", &testkit::channel_json("logonly", token, &extra)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    let (status, v) = stack.call(reqwest::Method::GET, "/api/v1/channels/logonly/status", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let verdict = v["verdict"].as_str().unwrap();
+    let shown = format!("{PUBLIC}/api/channels/sms/twilio/webhook/logo…");
+    assert!(
+        verdict.starts_with(&format!("delivery log: Twilio is not used; the webhook URL Twilio would need is {shown}")),
+        "{verdict}"
+    );
+    assert!(!v.to_string().contains(token), "a whole path token in {v}");
+    assert_eq!(twilio.requests(), Vec::<String>::new(), "Twilio was asked about a log-only channel");
+
+    // A Twilio channel whose API cannot be reached: the error keeps the URL
+    // (its API version is not a phone number to mask).
+    let extra = r#""twilio_api_base": "http://127.0.0.1:9""#;
+    let other = "unreachable-path-token-0123456789abcdefgh";
+    let (status, v) = stack.connect("/api/v1/channels", &testkit::channel_json("offline", other, extra)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (_, v) = stack.call(reqwest::Method::GET, "/api/v1/channels/offline/status", None).await;
+    let verdict = v["verdict"].as_str().unwrap();
+    assert!(verdict.starts_with("cannot check with Twilio: cannot reach Twilio at http://127.0.0.1:9"), "{verdict}");
+    assert!(verdict.contains(&format!("/2010-04-01/Accounts/{}.json", testkit::ACCOUNT_SID)), "{verdict}");
+
+    // The whole URL to paste, and a webhook signed as Twilio would, for a
+    // channel only the services hold (issue: simulate and webhook-url on
+    // runtime channels).
+    let (status, urls) = stack.call(reqwest::Method::GET, "/api/v1/channels/logonly/webhook", None).await;
+    assert_eq!(status, StatusCode::OK, "{urls}");
+    assert_eq!(urls["webhook_url"], ours(token), "{urls}");
+    let request = json!({"from": "+14155550100", "body": "hello log", "url": stack.public});
+    let (status, signed) = stack.call(reqwest::Method::POST, "/api/v1/channels/logonly/simulate", Some(&request)).await;
+    assert_eq!(status, StatusCode::OK, "{signed}");
+    let params: Vec<(String, String)> = serde_json::from_value(signed["params"].clone()).unwrap();
+    let answer = stack
+        .http
+        .post(signed["post_url"].as_str().unwrap())
+        .header(signature::HEADER, signed["signature"].as_str().unwrap())
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let (status, v) = stack.call(reqwest::Method::POST, "/api/v1/channels/nope/simulate", Some(&request)).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_channel")), "{v}");
+}

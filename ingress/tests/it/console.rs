@@ -14,6 +14,15 @@ use time::OffsetDateTime;
 
 use crate::admin::{Admin, PEER, TOKEN, inbound};
 
+const ONE_MESSAGE_PEER: &str = "+14155550142";
+
+/// Every element shown on the page outside the sign-in card, except the
+/// header bar and its title: what a signed-out visitor sees.
+const VISIBLE_OUTSIDE_SIGN_IN: &str = "return [...document.body.querySelectorAll('*')]
+    .filter((e) => !e.closest('#signin') && !['HEADER', 'H1'].includes(e.tagName))
+    .filter((e) => e.checkVisibility() && e.getClientRects().length > 0)
+    .map((e) => e.tagName + (e.id ? '#' + e.id : ''));";
+
 const HOSTILE: &str = "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script>";
 
 #[tokio::test]
@@ -52,9 +61,20 @@ async fn an_operator_signs_in_reads_takes_over_answers_and_sees_live_events() {
         )
         .await;
 
+    // Another person wrote once: counts agree with their number.
+    admin.history(ONE_MESSAGE_PEER, now, inbound(3, "just once")).await;
+
     let browser = Browser::launch().await;
     browser.goto(&format!("{}/", admin.base)).await;
     browser.wait_until("!document.getElementById('signin').hidden", "the sign-in form").await;
+    // Signed out, nothing but the sign-in shows (and the page's title), at
+    // desktop and at phone width.
+    for (width, height) in [(1280, 800), (390, 844)] {
+        browser.resize(width, height).await;
+        let shown = browser.eval(VISIBLE_OUTSIDE_SIGN_IN, json!([])).await;
+        assert_eq!(shown, json!([]), "visible before signing in at {width}px");
+    }
+    browser.resize(1280, 800).await;
 
     browser.type_into("#token", "not-the-token").await;
     browser.click("#signin-button").await;
@@ -74,6 +94,9 @@ async fn an_operator_signs_in_reads_takes_over_answers_and_sees_live_events() {
 
     let row = format!(".conversation[data-peer='{PEER}']");
     browser.wait_until(&format!("document.querySelector(\"{row}\")"), "the conversation in the list").await;
+    let once = browser.text(&format!(".conversation[data-peer='{ONE_MESSAGE_PEER}']")).await;
+    assert!(once.contains(" · 1 message") && !once.contains("1 messages"), "{once}");
+    assert_eq!(browser.text("#list-total").await, "2 conversations");
     browser.click(&row).await;
     browser.wait_until("document.querySelectorAll('#entries .entry').length >= 4", "the conversation's entries").await;
     let entries = browser.text("#entries").await;
@@ -159,6 +182,7 @@ async fn an_operator_signs_in_reads_takes_over_answers_and_sees_live_events() {
 
     browser.click("#signout").await;
     browser.wait_until("!document.getElementById('signin').hidden", "the sign-in form after signing out").await;
+    assert_eq!(browser.eval(VISIBLE_OUTSIDE_SIGN_IN, json!([])).await, json!([]), "visible after signing out");
     let after = browser.eval("return fetch('/api/v1/conversations').then(r => r.status);", json!([])).await;
     assert_eq!(after, 401, "signed out in the server too");
 }

@@ -72,6 +72,15 @@ async fn numbers_inside_twilio_errors_never_reach_the_log_whole() {
             assert!(!line.contains(digits), "a full number in the log: {line}");
         }
     }
+    // Every line about a message names the inbound message it answers, so
+    // `message_sid` follows one message through every service.
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let about_messages: Vec<&serde_json::Value> = lines.iter().filter(|l| l["outbound_id"].is_string()).collect();
+    assert!(about_messages.len() >= 3, "{text}");
+    for line in about_messages {
+        let id = line["outbound_id"].as_str().unwrap();
+        assert_eq!(line["message_sid"], format!("SMin{}", id.replace('.', "_")).as_str(), "{line}");
+    }
     // Stored where the operator reads them, masked the same way.
     let dead = read_all(&js, &topology.dead_stream(), &format!("{PREFIX}.dead.>")).await;
     for d in dead {

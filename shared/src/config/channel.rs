@@ -81,6 +81,16 @@ pub enum Delivery {
     Log,
 }
 
+impl Delivery {
+    /// The name the channel file uses (`twilio`, `log`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Twilio => "twilio",
+            Self::Log => "log",
+        }
+    }
+}
+
 /// How the worker fetches a channel's inbound media (MMS) and hands it to
 /// the chat pipeline (docs/ARCHITECTURE.md §2.6). Every key is optional.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -209,6 +209,12 @@ fn channels_from_twilio_env(env: Lookup<'_>, public_base_url: Option<&str>) -> R
     validate_all(vec![json], "environment", public_base_url)
 }
 
+/// What the services and `check-config` say about the `default` channel:
+/// it cannot name a chat, so it answers with [`DEFAULT_CHANNEL_REPLY`].
+pub const DEFAULT_CHANNEL_NOTE: &str = "channel default (built from the TWILIO_* variables, no SMSGATE_CHANNELS) \
+    answers every text with a fixed acknowledgement (chat \"static\"); for a model, your agent or echo, name a chat \
+    in a channel file and set SMSGATE_CHANNELS";
+
 /// What the `default` channel (built from the `TWILIO_*` variables) answers.
 pub const DEFAULT_CHANNEL_REPLY: &str = "Thanks, we got your message. (This number's assistant is not set up yet.)";
 
@@ -220,7 +226,25 @@ pub fn parse_channels(
     env: Lookup<'_>,
     public_base_url: Option<&str>,
 ) -> Result<Vec<Channel>, ConfigError> {
-    validate_all(expand_channels(text, source, env)?, source, public_base_url)
+    let mut channels = validate_all(expand_channels(text, source, env)?, source, public_base_url)?;
+    // Keys beside `channels` are warned about like a channel's own, on the
+    // first channel (the file has no line of its own in the warnings).
+    if let Some(first) = channels.first_mut() {
+        first.unknown_keys.extend(file_keys(text));
+    }
+    Ok(channels)
+}
+
+/// The keys of a `{"channels": [...]}` file other than `channels`.
+fn file_keys(text: &str) -> Vec<String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) if map.contains_key("channels") && !map.contains_key("channel_id") => map
+            .keys()
+            .filter(|k| k.as_str() != "channels")
+            .map(|k| format!("{k} (beside \"channels\" at the top of the file)"))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A channel file's channel objects (any of the three shapes) with `${VAR}`

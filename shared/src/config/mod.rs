@@ -102,6 +102,11 @@ impl Config {
     pub fn from_env_or_exit(service: &str) -> Self {
         match Self::from_lookup(&|k| std::env::var(k).ok()) {
             Ok(c) => {
+                if std::env::var("SMSGATE_CHANNELS").is_ok_and(|f| !f.trim().is_empty()) {
+                    // A channel file: its chats are named.
+                } else {
+                    tracing::warn!(service, channel_id = "default", "{DEFAULT_CHANNEL_NOTE}");
+                }
                 for channel in c.channels.iter().filter(|c| !c.unknown_keys.is_empty()) {
                     tracing::warn!(
                         service,
@@ -389,6 +394,16 @@ mod tests {
         let t = generate_token();
         assert_eq!(t.len(), 48);
         assert_ne!(t, generate_token());
+    }
+
+    #[test]
+    fn keys_beside_channels_in_the_file_are_reported_too() {
+        let text = r#"{"version": 2, "channels": [{"channel_id": "c", "config": {
+            "twilio_account_sid": "AC0123456789abcdef0123456789abcdef", "twilio_auth_token": "t",
+            "twilio_from_number": "+14155550100", "webhook_path_token": "0123456789abcdef0123456789abcdef",
+            "chat": {"kind": "echo"}}}]}"#;
+        let channels = parse_channels(text, "test", &|_| None, None).unwrap();
+        assert_eq!(channels[0].unknown_keys, ["version (beside \"channels\" at the top of the file)"]);
     }
 
     #[test]

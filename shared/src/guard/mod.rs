@@ -203,11 +203,15 @@ fn consented(ask: &Ask<'_>, compliance: &Compliance, facts: &Facts) -> bool {
     }
 }
 
-/// Whether `ask` is an agent text in the quiet-hours and cap sense: all
-/// but a follow-up the person asked for (announced by a reply, within the
-/// conversation window), which is part of the conversation.
+/// Whether `ask` is held to quiet hours and counted against the cap: all
+/// but a text that is part of a live conversation (the person texted
+/// within the window) and either follows up their message (announced by a
+/// reply: `in_reply_to`) or is a person's own conversational answer (an
+/// operator chatting with them). What the agent starts on its own counts.
 pub fn counts(ask: &Ask<'_>, facts: &Facts) -> bool {
-    !(ask.follow_up && within_window(&ask.channel.compliance, facts, ask.at))
+    let live = within_window(&ask.channel.compliance, facts, ask.at);
+    let answers = ask.follow_up || (ask.initiator == Initiator::Operator && ask.purpose == Purpose::Conversational);
+    !(live && answers)
 }
 
 /// The guard for an outbound message marked [`Guarded`], as of `at`: the

@@ -221,8 +221,16 @@ fn a_follow_up_within_the_window_skips_quiet_hours_and_the_cap() {
         Ask { follow_up: true, initiator: Initiator::Agent, purpose: Purpose::Conversational, ..ask(&c, &to, at) };
     assert_eq!(decide(&follow_up, &facts), Verdict::Send);
     // Past the window it is an ordinary agent text again.
-    let stale = Facts { last_inbound: Some(at - Duration::hours(30)), ..facts };
+    let stale = Facts { last_inbound: Some(at - Duration::hours(30)), ..facts.clone() };
     assert!(matches!(decide(&follow_up, &stale), Verdict::Defer { .. }));
+    // An operator answering a live conversation is not deferred either; an
+    // agent starting a conversational text on its own is.
+    let operator = Ask { purpose: Purpose::Conversational, ..ask(&c, &to, at) };
+    assert_eq!(decide(&operator, &facts), Verdict::Send);
+    let agent = Ask { initiator: Initiator::Agent, ..operator.clone() };
+    assert!(matches!(decide(&agent, &facts), Verdict::Defer { .. }));
+    let informational = Ask { purpose: Purpose::Informational, ..operator };
+    assert!(matches!(decide(&informational, &facts), Verdict::Defer { .. }));
 }
 
 #[test]
