@@ -7,11 +7,11 @@
 use axum::Json;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::Channel;
-use smsgate_shared::envelope::{Guarded, HistoryEvent, NoteReason, Outbound};
-use smsgate_shared::guard::{self, Ask, Denial, GuardStore, Initiator, Kind, Purpose, Verdict};
-use smsgate_shared::schedule::{Added, Schedule, Scheduled, Why};
+use smsgate_shared::envelope::{NoteReason, Outbound};
+use smsgate_shared::guard::door::{self, Door, DoorError, Submission, Submitted};
+use smsgate_shared::guard::{Denial, GuardStore, Initiator, Purpose};
+use smsgate_shared::schedule::Schedule;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -79,57 +79,64 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// Runs the guard for `out` and queues, schedules or refuses it.
+/// Runs the guard for `out` (through the one door,
+/// `smsgate_shared::guard::door`) and answers 202 queued or scheduled, or
+/// the refusal.
 pub async fn submit(
     state: &AdminState,
     channel: &Channel,
-    mut out: Outbound,
+    out: Outbound,
     request: Request,
     what: &'static str,
 ) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
     state.require_nats()?;
     let store = state.guard_store().await?;
-    let now = OffsetDateTime::now_utc();
-    let at = request.send_at.unwrap_or(now);
-    let window = channel.compliance.conversation_window_hours;
-    let mut facts = store
-        .facts(&channel.id, &out.to, window, at, Some(out.id.as_str()))
-        .await
-        .map_err(|e| AdminError::nats("read what the guard needs", e))?;
-    if request.send_at.is_some() {
-        // The cap is counted when it goes out, not against today's texts.
-        facts.sent_last_24h = 0;
-    }
-    let purpose = request.purpose.unwrap_or_else(|| guard::default_purpose(&channel.compliance, &facts, now));
-    let guarded = Guarded { purpose, initiator: request.initiator };
-    out.guard = Some(guarded);
-    let ask = Ask {
-        channel,
-        to: &out.to,
-        purpose,
+    let schedule = state.schedule().await?;
+    let door = Door { js: &state.js, topology: &state.topology, store: &store, schedule: &schedule };
+    let (id, channel_id, to) = (out.id.to_string(), out.channel_id.clone(), out.to.masked());
+    let submission = Submission {
+        purpose: request.purpose,
+        send_at: request.send_at,
+        defer: request.defer,
         initiator: request.initiator,
-        kind: if out.call.is_some() { Kind::Call } else { Kind::Text },
-        follow_up: out.in_reply_to.is_some(),
-        at,
     };
-    let verdict = guard::decide(&ask, &facts);
-    let label = match verdict {
-        Verdict::Send => "send",
-        Verdict::Defer { .. } => "defer",
-        Verdict::Deny(d) => d.as_str(),
+    let submitted = door::submit(&door, channel, out, submission).await.map_err(door_error)?;
+    let (status, send_at, purpose, duplicate) = match submitted {
+        Submitted::Refused { denial, next_allowed_at } => return Err(refusal(denial, next_allowed_at)),
+        Submitted::Queued { purpose, duplicate } => ("queued", None, purpose, duplicate),
+        Submitted::Scheduled { purpose, send_at, duplicate, .. } => ("scheduled", Some(send_at), purpose, duplicate),
     };
-    metrics::counter!("smsgate_guard_total", "stage" => "api", "verdict" => label).increment(1);
-    match verdict {
-        Verdict::Deny(denial) => {
-            note(state, &out, NoteReason::Refused, guard::refusal_note(denial)).await?;
-            Err(refusal(denial, None))
-        }
-        Verdict::Defer { until } if !request.defer => Err(refusal(Denial::QuietHours, Some(until))),
-        Verdict::Defer { until } => schedule(state, out, until, Why::QuietHours, what).await,
-        Verdict::Send => match request.send_at {
-            Some(send_at) => schedule(state, out, send_at, Why::Requested, what).await,
-            None => crate::messages::publish_outbound(state, &out, what).await,
-        },
+    let outcome = if duplicate { "duplicate" } else { status };
+    metrics::counter!("smsgate_admin_messages_total", "channel_id" => channel_id.to_string(), "kind" => what, "outcome" => outcome).increment(1);
+    tracing::info!(
+        service = "ingress",
+        stage = "admin",
+        channel_id = %channel_id,
+        peer = %to,
+        outbound_id = %id,
+        kind = what,
+        purpose = purpose.as_str(),
+        send_at = send_at.map(rfc3339),
+        outcome,
+        "{what} accepted"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SendAccepted {
+            id,
+            status: status.to_owned(),
+            send_at: send_at.map(rfc3339),
+            purpose: Some(purpose.as_str().to_owned()),
+            duplicate,
+        }),
+    ))
+}
+
+fn door_error(e: DoorError) -> AdminError {
+    match e {
+        DoorError::Facts(e) => AdminError::nats("read what the guard needs", e),
+        DoorError::Schedule(e) => AdminError::nats("add to the schedule", e),
+        DoorError::Publish { what, source } => AdminError::nats(what, source),
     }
 }
 
@@ -137,84 +144,12 @@ pub async fn submit(
 /// "quiet_hours", next_allowed_at}` when the request asked not to defer.
 fn refusal(denial: Denial, next_allowed_at: Option<OffsetDateTime>) -> AdminError {
     let status = if denial == Denial::QuietHours { StatusCode::CONFLICT } else { StatusCode::FORBIDDEN };
-    AdminError::Guard {
-        status,
-        code: denial.as_str(),
-        detail: denial.explain(),
-        next_allowed_at: next_allowed_at.map(rfc3339),
-    }
-}
-
-async fn schedule(
-    state: &AdminState,
-    out: Outbound,
-    send_at: OffsetDateTime,
-    why: Why,
-    what: &'static str,
-) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
-    let schedule = state.schedule().await?;
-    let purpose = out.guard.map(|g| g.purpose.as_str().to_owned());
-    let entry = Scheduled::new(out, send_at, why);
-    let added = schedule.add(&entry).await.map_err(|e| AdminError::nats("add to the schedule", e))?;
-    let (entry, duplicate) = match added {
-        Added::New => (entry, false),
-        Added::Exists(existing) => (*existing, true),
-    };
-    let out = &entry.outbound;
-    if !duplicate {
-        let detail =
-            guard::scheduled_note(entry.send_at, why.as_str(), out.guard.map_or(Purpose::Informational, |g| g.purpose));
-        note(state, out, NoteReason::Scheduled, detail).await?;
-    }
-    metrics::counter!("smsgate_admin_messages_total", "channel_id" => out.channel_id.to_string(), "kind" => what, "outcome" => "scheduled").increment(1);
-    tracing::info!(
-        service = "ingress",
-        stage = "admin",
-        channel_id = %out.channel_id,
-        peer = %out.to.masked(),
-        outbound_id = %out.id,
-        kind = what,
-        why = why.as_str(),
-        send_at = %rfc3339(entry.send_at),
-        outcome = "scheduled",
-        "{what} scheduled"
-    );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(SendAccepted {
-            id: out.id.to_string(),
-            status: "scheduled".to_owned(),
-            send_at: Some(rfc3339(entry.send_at)),
-            purpose,
-            duplicate,
-        }),
-    ))
+    AdminError::Guard { status, code: denial.as_str(), detail: denial.explain(), next_allowed_at: next_allowed_at.map(rfc3339) }
 }
 
 /// A note about `out` in its conversation.
-pub(crate) async fn note(
-    state: &AdminState,
-    out: &Outbound,
-    reason: NoteReason,
-    detail: String,
-) -> Result<(), AdminError> {
-    let event = HistoryEvent::Note {
-        reason,
-        message_sid: out.in_reply_to.clone(),
-        outbound_id: Some(out.id.to_string()),
-        detail,
-    };
-    bounded(
-        "record it in the conversation",
-        bus::append_history(
-            &state.js,
-            &state.topology,
-            (&out.channel_id, &out.to),
-            MsgId::SenderNote { outbound: &out.id, reason },
-            event,
-        ),
-    )
-    .await
+pub(crate) async fn note(state: &AdminState, out: &Outbound, reason: NoteReason, detail: String) -> Result<(), AdminError> {
+    bounded("record it in the conversation", door::note((&state.js, &state.topology), out, reason, detail)).await
 }
 
 impl AdminState {

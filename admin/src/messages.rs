@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::Deserialize;
-use smsgate_shared::bus::{self, MsgId, OutboundId};
+use smsgate_shared::bus::OutboundId;
 use smsgate_shared::config::{Channel, TWILIO_MAX_BODY};
 use smsgate_shared::domain::{E164, MessageSid};
 use smsgate_shared::envelope::{self, Origin, Outbound};
@@ -17,7 +17,7 @@ use smsgate_shared::redact::clip;
 use time::OffsetDateTime;
 
 use crate::compliance::{self, SendAccepted};
-use crate::{AdminError, AdminState, bounded};
+use crate::{AdminError, AdminState};
 
 /// The body of `POST /api/v1/messages`.
 #[derive(Debug, Deserialize)]
@@ -150,41 +150,4 @@ pub(crate) fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &st
         return Err(AdminError::invalid("invalid_json", "the body must be a JSON object"));
     }
     serde_json::from_value(value).map_err(invalid)
-}
-
-/// Puts `outbound` on `P.outbound.<channel>` with its id as `Nats-Msg-Id`
-/// (a repeat within the window is stored once) and answers 202 `{id}`.
-pub(crate) async fn publish_outbound(
-    state: &AdminState,
-    outbound: &Outbound,
-    what: &'static str,
-) -> Result<(StatusCode, Json<SendAccepted>), AdminError> {
-    state.require_nats()?;
-    let subject = state.topology.outbound_subject(&outbound.channel_id);
-    let id = MsgId::Outbound(&outbound.id);
-    let ack =
-        bounded("publish to the outbound stream", bus::publish(&state.js, subject, id, envelope::encode(outbound)))
-            .await?;
-    let outcome = if ack.duplicate { "duplicate" } else { "accepted" };
-    metrics::counter!("smsgate_admin_messages_total", "channel_id" => outbound.channel_id.to_string(), "kind" => what, "outcome" => outcome).increment(1);
-    tracing::info!(
-        service = "ingress",
-        stage = "admin",
-        channel_id = %outbound.channel_id,
-        peer = %outbound.to.masked(),
-        outbound_id = %outbound.id,
-        kind = what,
-        outcome,
-        "{what} accepted for sending"
-    );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(SendAccepted {
-            id: outbound.id.to_string(),
-            status: "queued".to_owned(),
-            send_at: None,
-            purpose: outbound.guard.map(|g| g.purpose.as_str().to_owned()),
-            duplicate: ack.duplicate,
-        }),
-    ))
 }

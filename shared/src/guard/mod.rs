@@ -13,6 +13,8 @@
 //! - [`zones`]: a number's time zones from libphonenumber's prefix map.
 //! - [`rules`]: federal and state rows (hours, caps), each with its source.
 //! - [`config`]: the channel's `compliance` key.
+//! - [`door`]: [`door::submit`], what every sending caller does with the
+//!   verdict (queue, schedule, or refuse, noted in the conversation).
 //! - [`facts`]: reading [`Facts`] from NATS (opt-out, consent, pause, the
 //!   recipient's recent agent texts, their last inbound).
 //!
@@ -23,6 +25,7 @@
 //! arrives in between wins.
 
 pub mod config;
+pub mod door;
 pub mod facts;
 pub mod rules;
 pub mod window;
