@@ -40,6 +40,18 @@ impl OutboundId {
         Self(format!("reply.{inbound}"))
     }
 
+    /// The "on it" text before the reply to `inbound`: `ack.<sid>`, one per
+    /// inbound however often it is redelivered.
+    pub fn ack_of(inbound: &MessageSid) -> Self {
+        Self(format!("ack.{inbound}"))
+    }
+
+    /// The model's `n`th follow-up while answering `inbound`:
+    /// `followup.<sid>.<n>`, the same on a redelivery.
+    pub fn followup_of(inbound: &MessageSid, n: usize) -> Self {
+        Self(format!("followup.{inbound}.{n}"))
+    }
+
     /// The id for an API caller's idempotency key, or None when the key
     /// cannot be one (see [`OutboundId::is_valid`]).
     pub fn api(key: &str) -> Option<Self> {

@@ -179,6 +179,12 @@ pub enum Origin {
     Api,
     /// Said by ingress because a call turn's reply did not come in time.
     Timeout,
+    /// The channel's "on it" text, sent when the chat was slow
+    /// (`chat.ack_after_ms`), before the reply.
+    Ack,
+    /// Started by the agent, not a direct reply: the model's `followup`
+    /// tool, an MCP tool. It went through the guard.
+    Agent,
 }
 
 /// A message to send (`P.outbound.<channel_id>`, `Nats-Msg-Id` = `id`).

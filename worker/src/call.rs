@@ -145,7 +145,7 @@ impl Turn<'_> {
             .recent(&self.inbound.channel_id, self.peer, &self.inbound.message_sid, backend.history_turns())
             .await?;
         // A call carries no pictures; the media a model may answer with are not spoken.
-        let request = ChatRequest { inbound: self.inbound, history: &recent.turns, attachments: &[] };
+        let request = ChatRequest { inbound: self.inbound, history: &recent.turns, attachments: &[], tools: None };
         let started = std::time::Instant::now();
         // No retry through redelivery: the caller is on the line, and
         // ingress gives the turn up within seconds.

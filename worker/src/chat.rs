@@ -7,6 +7,8 @@
 //! with a [`ChatError`] whose [`ChatError::kind`] tells the consumer whether
 //! to retry (through JetStream redelivery) or to give up at once.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -16,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use smsgate_shared::config::ChatConfig;
+use smsgate_shared::config::{ChatConfig, ChatTool};
 use smsgate_shared::envelope::{Inbound, Media};
 
 use crate::media::{Attachment, Content, describe_earlier};
@@ -50,6 +52,8 @@ pub struct ChatRequest<'a> {
     pub inbound: &'a Inbound,
     pub history: &'a [Turn],
     pub attachments: &'a [Attachment],
+    /// What the model's tools run against, when the channel has tools.
+    pub tools: Option<&'a crate::tools::ToolBox<'a>>,
 }
 
 /// A backend's reply: text, and media URLs to send with it (a webhook
@@ -114,6 +118,9 @@ pub enum ChatBackend {
         timeout: Duration,
         max_tokens: u32,
         temperature: Option<f32>,
+        tools: Vec<ChatTool>,
+        /// The server refused `tools` once: ask without them.
+        tools_refused: Arc<AtomicBool>,
     },
     Webhook {
         http: reqwest::Client,
@@ -140,6 +147,7 @@ impl ChatBackend {
                 timeout_ms,
                 max_tokens,
                 temperature,
+                tools,
             } => Self::Openai {
                 http: http.clone(),
                 url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
@@ -150,6 +158,8 @@ impl ChatBackend {
                 timeout: Duration::from_millis(timeout_ms),
                 max_tokens,
                 temperature,
+                tools,
+                tools_refused: Arc::default(),
             },
             ChatConfig::Webhook { url, secret, timeout_ms, history_turns } => Self::Webhook {
                 http: http.clone(),
@@ -199,8 +209,28 @@ impl ChatBackend {
                 let body = req.inbound.body.trim();
                 Ok((!body.is_empty()).then(|| Answer::text(body)))
             }
-            Self::Openai { http, url, model, api_key, system_prompt, timeout, max_tokens, temperature, .. } => {
+            Self::Openai {
+                http,
+                url,
+                model,
+                api_key,
+                system_prompt,
+                timeout,
+                max_tokens,
+                temperature,
+                tools,
+                tools_refused,
+                ..
+            } => {
                 let body = openai_body(model, system_prompt.as_deref(), *max_tokens, *temperature, req);
+                if let Some(toolbox) = req.tools.filter(|_| !tools.is_empty()) {
+                    let endpoint =
+                        crate::tools::Endpoint { http, url, api_key: api_key.as_ref(), timeout: *timeout };
+                    let body = serde_json::to_value(&body)
+                        .map_err(|e| ChatError::BadAnswer(format!("cannot encode the request: {e}")))?;
+                    let text = crate::tools::converse(&endpoint, body, tools, toolbox, tools_refused).await?;
+                    return Ok(text.map(Answer::text));
+                }
                 let mut request = http.post(url).timeout(*timeout).json(&body);
                 if let Some(key) = api_key {
                     request = request.bearer_auth(key.expose_secret());
@@ -238,7 +268,7 @@ impl ChatBackend {
 
 /// A transport error without its URL: an agent's URL may hold a secret,
 /// and this error reaches logs and dead letters.
-fn transport(e: reqwest::Error) -> ChatError {
+pub(crate) fn transport(e: reqwest::Error) -> ChatError {
     ChatError::Transport(e.without_url())
 }
 
@@ -246,7 +276,7 @@ fn transport(e: reqwest::Error) -> ChatError {
 /// retry schedule caps what it waits at the same 5 minutes).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatError> {
+pub(crate) fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ChatError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -372,7 +402,7 @@ fn openai_body<'a>(
 }
 
 /// `choices[0].message.content`; an empty or missing content is "no reply".
-fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
+pub(crate) fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
     let completion: Completion =
         serde_json::from_slice(answer).map_err(|e| ChatError::BadAnswer(third_party(&e.to_string(), 200)))?;
     let message = completion
@@ -527,7 +557,7 @@ mod tests {
                 content: Content::Skipped(crate::media::Skip::Refused(404)),
             },
         ];
-        let req = ChatRequest { inbound: &i, history: &history, attachments: &attachments };
+        let req = ChatRequest { inbound: &i, history: &history, attachments: &attachments, tools: None };
         let body = openai_body("m", Some("be brief"), 50, Some(0.5), &req);
         let body = serde_json::to_value(&body).unwrap();
         let msgs = body["messages"].as_array().unwrap();
@@ -571,7 +601,7 @@ mod tests {
                 content: Content::Skipped(crate::media::Skip::NotTwilio("another host")),
             },
         ];
-        let body = webhook_body(&ChatRequest { inbound: &i, history: &[], attachments: &attachments });
+        let body = webhook_body(&ChatRequest { inbound: &i, history: &[], attachments: &attachments, tools: None });
         assert_eq!(
             body["media"],
             json!([
@@ -635,7 +665,7 @@ mod tests {
     async fn static_and_echo_need_no_network() {
         let http = reqwest::Client::new();
         let i = inbound("  ping ", vec![]);
-        let req = ChatRequest { inbound: &i, history: &[], attachments: &[] };
+        let req = ChatRequest { inbound: &i, history: &[], attachments: &[], tools: None };
         let echo = ChatBackend::new(&ChatConfig::Echo, &http);
         assert_eq!(echo.reply(&req).await.unwrap(), Some(Answer::text("ping")));
         let fixed = ChatBackend::new(&ChatConfig::Static { reply: "thanks".into() }, &http);

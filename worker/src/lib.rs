@@ -43,6 +43,7 @@ pub mod limiter;
 pub mod media;
 pub mod process;
 pub mod seen;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,8 +225,12 @@ impl App {
         let channels = Registry::new("worker", config.channels, move |c| chat::ChatBackend::new(&c.chat, &http));
         channels.load(RuntimeSource::new(bus.channels.clone(), &config.settings)).await;
         // The budget counters and the rate-limit state share one bucket and one cache.
+        let guard = smsgate_shared::guard::GuardStore::new(&bus);
+        let schedule = smsgate_shared::schedule::Schedule::new(bus.schedule.clone());
         let cells = Arc::new(smsgate_shared::cas::Cas::new(bus.budget));
         let processor = Arc::new(Processor {
+            guard,
+            schedule,
             js: bus.js.clone(),
             history: history::History::open(bus.js.clone(), topology.clone(), config.settings.worker_history_cache)
                 .await?,

@@ -121,6 +121,10 @@ pub struct Processor {
     pub optout: kv::Store,
     /// `P_consent`: STOP revokes the consent on record, START records it.
     pub consent: kv::Store,
+    /// What the guard reads, for the model's `followup` tool.
+    pub guard: smsgate_shared::guard::GuardStore,
+    /// `P_schedule`: the model's follow-ups wait here.
+    pub schedule: smsgate_shared::schedule::Schedule,
     /// `P_conversations`: conversations an operator has paused the bot for.
     pub conversations: kv::Store,
     /// `P_calls`: each call turn's reply, for ingress to speak.
@@ -535,9 +539,24 @@ impl Step<'_> {
             Err(delay) => return Ok((Disposition::Retry(delay), Outcome::Retry)),
         };
         let started = Instant::now();
-        let request = ChatRequest { inbound: self.inbound, history: turns, attachments: &attachments };
+        let toolbox = crate::tools::ToolBox::new(self.p, &self.lane.channel, self.inbound, &self.peer, self.seq);
+        let request =
+            ChatRequest { inbound: self.inbound, history: turns, attachments: &attachments, tools: Some(&toolbox) };
         // The runtime keeps the message alive while the call runs.
-        let answer = backend.reply(&request).await;
+        let answer = match &self.lane.channel.chat_ack {
+            Some(ack) => {
+                let call = backend.reply(&request);
+                tokio::pin!(call);
+                tokio::select! {
+                    answer = &mut call => answer,
+                    () = tokio::time::sleep(ack.after) => {
+                        self.acknowledge(&ack.text).await?;
+                        call.await
+                    }
+                }
+            }
+            None => backend.reply(&request).await,
+        };
         let elapsed = started.elapsed();
         metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
         let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
@@ -617,6 +636,33 @@ impl Step<'_> {
                 }
             }
         }
+    }
+
+    /// The "on it" text (`chat.ack_after_ms`): published before the reply,
+    /// so the sender (one person's messages in order) sends it first. Its
+    /// id, `ack.<sid>`, keeps it to one per inbound across redeliveries.
+    async fn acknowledge(&self, text: &str) -> Result<(), Error> {
+        let p = self.p;
+        let outbound = Outbound {
+            v: envelope::VERSION,
+            id: OutboundId::ack_of(self.sid()),
+            channel_id: self.inbound.channel_id.clone(),
+            to: self.peer.clone(),
+            body: text.to_owned(),
+            media_urls: vec![],
+            in_reply_to: Some(self.sid().clone()),
+            origin: Origin::Ack,
+            created_at: OffsetDateTime::now_utc(),
+            call: None,
+            guard: None,
+        };
+        let subject = p.topology.outbound_subject(&self.inbound.channel_id);
+        bus::publish(&p.js, subject, MsgId::Outbound(&outbound.id), envelope::encode(&outbound))
+            .await
+            .map_err(|e| Error::Publish { what: "acknowledgement", source: Box::new(e) })?;
+        info!(outcome = "acknowledged", "the chat is slow; the acknowledgement went first");
+        metrics::counter!("smsgate_worker_acks_total", "channel_id" => self.inbound.channel_id.to_string()).increment(1);
+        Ok(())
     }
 
     /// The channel's `reply_countries` and, when `count`, its `limits`

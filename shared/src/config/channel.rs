@@ -256,6 +256,9 @@ pub enum ChatConfig {
         max_tokens: u32,
         #[serde(default)]
         temperature: Option<f32>,
+        /// Tools the model may call, run by smsgate (`["handoff", "followup"]`).
+        #[serde(default)]
+        tools: Vec<ChatTool>,
     },
     /// The operator's own agent, called with a Standard Webhooks signature.
     Webhook {
@@ -273,6 +276,27 @@ pub enum ChatConfig {
     #[default]
     Echo,
 }
+
+/// A tool the model may call (`chat.tools`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatTool {
+    /// Hand the conversation to a person: the bot pauses, the reason is noted.
+    Handoff,
+    /// Schedule a later text to the person, through the guard.
+    Followup,
+}
+
+/// `chat.ack_after_ms` and `chat.ack_text` (any kind): when no answer has
+/// come within `after`, `text` goes first, once per inbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatAck {
+    pub after: std::time::Duration,
+    pub text: String,
+}
+
+/// What an acknowledgement says unless `ack_text` says otherwise.
+pub const DEFAULT_ACK_TEXT: &str = "Got it, working on it. I'll text you back shortly.";
 
 fn default_history_turns() -> usize {
     10
@@ -345,6 +369,8 @@ pub struct Channel {
     pub delete_media_after_fetch: bool,
     /// Voice calls on the number (`voice`).
     pub voice: crate::voice::VoiceConfig,
+    /// The "on it" text when the chat is slow (`chat.ack_after_ms`).
+    pub chat_ack: Option<ChatAck>,
     /// How agent-initiated texts and calls are guarded (`compliance`).
     pub compliance: crate::guard::Compliance,
     /// Keys of the channel's JSON that smsgate does not know, with a "did

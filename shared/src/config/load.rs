@@ -557,7 +557,8 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
     let allow_from = numbers("config.allow_from", c.allow_from);
     let block_from = numbers("config.block_from", c.block_from);
     let delivery = c.delivery.unwrap_or_default();
-    let chat = match c.chat {
+    let (chat_value, chat_ack) = split_ack(c.chat, &mut fail);
+    let chat = match chat_value {
         // Echo from the operator's number to anyone who texts it costs money
         // and can be abused: a real channel must choose its chat.
         None | Some(Value::Null) if delivery == Delivery::Twilio => {
@@ -626,8 +627,44 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         delete_media_after_fetch: c.delete_media_after_fetch,
         voice,
         compliance,
+        chat_ack,
         unknown_keys,
     })
+}
+
+/// `chat.ack_after_ms` and `chat.ack_text`, taken out of the chat object
+/// (they belong to every kind) before the kind is read.
+fn split_ack(chat: Option<Value>, fail: &mut dyn FnMut(&str, String)) -> (Option<Value>, Option<ChatAck>) {
+    let Some(Value::Object(mut object)) = chat else { return (chat, None) };
+    let after = object.remove("ack_after_ms");
+    let text = object.remove("ack_text");
+    let text = match text {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if !t.trim().is_empty() && t.chars().count() <= 320 => Some(t.trim().to_owned()),
+        Some(_) => {
+            fail("config.chat.ack_text", "must be a text of 1 to 320 characters".to_owned());
+            None
+        }
+    };
+    let ack = match after {
+        None | Some(Value::Null) => {
+            if text.is_some() {
+                fail("config.chat.ack_text", "needs ack_after_ms (when to send it)".to_owned());
+            }
+            None
+        }
+        Some(v) => match v.as_u64() {
+            Some(ms) if (200..=600_000).contains(&ms) => Some(ChatAck {
+                after: std::time::Duration::from_millis(ms),
+                text: text.unwrap_or_else(|| DEFAULT_ACK_TEXT.to_owned()),
+            }),
+            _ => {
+                fail("config.chat.ack_after_ms", "must be a number of milliseconds from 200 to 600000".to_owned());
+                None
+            }
+        },
+    };
+    (Some(Value::Object(object)), ack)
 }
 
 /// An object key parsed on its own, so that its errors name `key`; its
