@@ -144,11 +144,21 @@ fn door_error(e: DoorError) -> AdminError {
 /// "quiet_hours", next_allowed_at}` when the request asked not to defer.
 fn refusal(denial: Denial, next_allowed_at: Option<OffsetDateTime>) -> AdminError {
     let status = if denial == Denial::QuietHours { StatusCode::CONFLICT } else { StatusCode::FORBIDDEN };
-    AdminError::Guard { status, code: denial.as_str(), detail: denial.explain(), next_allowed_at: next_allowed_at.map(rfc3339) }
+    AdminError::Guard {
+        status,
+        code: denial.as_str(),
+        detail: denial.explain(),
+        next_allowed_at: next_allowed_at.map(rfc3339),
+    }
 }
 
 /// A note about `out` in its conversation.
-pub(crate) async fn note(state: &AdminState, out: &Outbound, reason: NoteReason, detail: String) -> Result<(), AdminError> {
+pub(crate) async fn note(
+    state: &AdminState,
+    out: &Outbound,
+    reason: NoteReason,
+    detail: String,
+) -> Result<(), AdminError> {
     bounded("record it in the conversation", door::note((&state.js, &state.topology), out, reason, detail)).await
 }
 

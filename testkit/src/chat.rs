@@ -98,6 +98,8 @@ struct OpenAiState {
     delay_when: Vec<(String, Duration)>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Assistant messages to answer with first (tool calls), oldest first.
+    queued: std::collections::VecDeque<Value>,
 }
 
 /// An OpenAI-compatible chat completions stub.
@@ -150,6 +152,24 @@ impl OpenAiStub {
     /// Answer every call with `text` from now on.
     pub fn set_reply(&self, text: &str) {
         lock(&self.state).reply = Some(text.to_owned());
+    }
+
+    /// Answer the next call with this assistant `message` (e.g. one with
+    /// `tool_calls`); queued messages go first, in order.
+    pub fn push_message(&self, message: Value) {
+        lock(&self.state).queued.push_back(message);
+    }
+
+    /// Answer the next call with one tool call of `name` with `arguments`.
+    pub fn push_tool_call(&self, name: &str, arguments: Value) {
+        let n = {
+            let s = lock(&self.state);
+            s.requests.len() + s.queued.len()
+        };
+        self.push_message(json!({"role": "assistant", "content": null, "tool_calls": [{
+            "id": format!("call_{n}"), "type": "function",
+            "function": {"name": name, "arguments": arguments.to_string()}
+        }]}));
     }
 
     /// Fail the next `times` calls with `status` (500, 429, 400, ...).
@@ -237,7 +257,7 @@ async fn openai_handler(
         body,
         authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
     };
-    let (fail, delay, reply) = {
+    let (fail, delay, reply, queued) = {
         let mut s = lock(&state);
         s.requests.push(request.clone());
         s.in_flight += 1;
@@ -251,7 +271,8 @@ async fn openai_handler(
         };
         let user = request.last_user_text();
         let delay = s.delay_when.iter().find(|(t, _)| user.contains(t.as_str())).map_or(s.delay, |(_, d)| *d);
-        (fail, delay, s.reply.clone())
+        let queued = if fail.is_none() { s.queued.pop_front() } else { None };
+        (fail, delay, s.reply.clone(), queued)
     };
     let in_flight = InFlight(state.clone());
     called.notify_waiters();
@@ -269,12 +290,17 @@ async fn openai_handler(
             .into_response();
     }
     let text = reply.unwrap_or_else(|| format!("reply to: {}", request.last_user_text()));
+    let (message, finish) = match queued {
+        Some(m) if m.get("tool_calls").is_some() => (m, "tool_calls"),
+        Some(m) => (m, "stop"),
+        None => (json!({"role": "assistant", "content": text}), "stop"),
+    };
     axum::Json(json!({
         "id": "chatcmpl-stub",
         "object": "chat.completion",
         "created": 0,
         "model": request.body.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     }))
     .into_response()

@@ -224,8 +224,7 @@ impl ChatBackend {
             } => {
                 let body = openai_body(model, system_prompt.as_deref(), *max_tokens, *temperature, req);
                 if let Some(toolbox) = req.tools.filter(|_| !tools.is_empty()) {
-                    let endpoint =
-                        crate::tools::Endpoint { http, url, api_key: api_key.as_ref(), timeout: *timeout };
+                    let endpoint = crate::tools::Endpoint { http, url, api_key: api_key.as_ref(), timeout: *timeout };
                     let body = serde_json::to_value(&body)
                         .map_err(|e| ChatError::BadAnswer(format!("cannot encode the request: {e}")))?;
                     let text = crate::tools::converse(&endpoint, body, tools, toolbox, tools_refused).await?;

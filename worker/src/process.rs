@@ -661,7 +661,8 @@ impl Step<'_> {
             .await
             .map_err(|e| Error::Publish { what: "acknowledgement", source: Box::new(e) })?;
         info!(outcome = "acknowledged", "the chat is slow; the acknowledgement went first");
-        metrics::counter!("smsgate_worker_acks_total", "channel_id" => self.inbound.channel_id.to_string()).increment(1);
+        metrics::counter!("smsgate_worker_acks_total", "channel_id" => self.inbound.channel_id.to_string())
+            .increment(1);
         Ok(())
     }
 

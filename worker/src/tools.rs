@@ -17,8 +17,8 @@ use smsgate_shared::bus::OutboundId;
 use smsgate_shared::config::{Channel, ChatTool};
 use smsgate_shared::domain::E164;
 use smsgate_shared::envelope::{self, ConversationState, Inbound, NoteReason, Origin, Outbound};
-use smsgate_shared::guard::door::{self, Door, Submission, Submitted};
 use smsgate_shared::guard::Initiator;
+use smsgate_shared::guard::door::{self, Door, Submission, Submitted};
 use smsgate_shared::redact::clip;
 use smsgate_shared::topology::Topology;
 use time::OffsetDateTime;
@@ -122,7 +122,11 @@ pub async fn converse(
                 if (status.as_u16() == 400 || status.as_u16() == 422) && body.get("tools").is_some() =>
             {
                 if !refused.swap(true, Ordering::Relaxed) {
-                    warn!(status = status.as_u16(), outcome = "tools_refused", "the model server refuses tools; asking without them from now on");
+                    warn!(
+                        status = status.as_u16(),
+                        outcome = "tools_refused",
+                        "the model server refuses tools; asking without them from now on"
+                    );
                 }
                 if let Some(b) = body.as_object_mut() {
                     b.remove("tools");
@@ -183,7 +187,8 @@ impl ToolBox<'_> {
     }
 
     async fn handoff(&self, args: &Value) -> Value {
-        let reason = args["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).unwrap_or("the model asked for a person");
+        let reason =
+            args["reason"].as_str().map(str::trim).filter(|r| !r.is_empty()).unwrap_or("the model asked for a person");
         let now = OffsetDateTime::now_utc();
         let record = ConversationState::pause(now, self.channel.pause_minutes);
         let key = Topology::conversation_key(&self.channel.id, self.peer);
@@ -238,7 +243,8 @@ impl ToolBox<'_> {
             call: None,
             guard: None,
         };
-        let door = Door { js: &self.p.js, topology: &self.p.topology, store: &self.p.guard, schedule: &self.p.schedule };
+        let door =
+            Door { js: &self.p.js, topology: &self.p.topology, store: &self.p.guard, schedule: &self.p.schedule };
         let submission = Submission {
             purpose: None,
             send_at: (send_at > now).then_some(send_at),

@@ -62,7 +62,12 @@ pub struct Door<'a> {
 
 /// Runs the guard for `out` on `channel` and queues, schedules or refuses
 /// it, noting a refusal or a schedule in the conversation.
-pub async fn submit(door: &Door<'_>, channel: &Channel, mut out: Outbound, sub: Submission) -> Result<Submitted, DoorError> {
+pub async fn submit(
+    door: &Door<'_>,
+    channel: &Channel,
+    mut out: Outbound,
+    sub: Submission,
+) -> Result<Submitted, DoorError> {
     let now = OffsetDateTime::now_utc();
     let at = sub.send_at.unwrap_or(now);
     let window = channel.compliance.conversation_window_hours;

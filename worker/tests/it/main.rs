@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
+mod agent;
 mod concurrency;
 mod crash;
 mod failures;
