@@ -9,24 +9,52 @@
 //! than a raw byte pipe because each side negotiates its own protocol
 //! revision and the HTTP side needs its own headers (session id, protocol
 //! version, bearer token): rmcp does both right, a pipe would have to
-//! re-implement them. Nothing but MCP messages goes to stdout; problems go
+//! re-implement them. Resource subscriptions pass through too: the
+//! upstream's `notifications/resources/updated` are relayed to the stdio
+//! client ([`Relay`]). Nothing but MCP messages goes to stdout; problems go
 //! to stderr.
+
+use std::sync::{Arc, OnceLock};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientConfig, ErrorData, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ServerConfig,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ResourceUpdatedNotificationParam, ServerConfig, SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, RunningService, ServiceError};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{RoleClient, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, RoleServer, ServerHandler, ServiceExt};
 
 use crate::error::CliError;
 
 /// The stdio server: every request is the same request to `/mcp`.
 struct Bridge {
-    upstream: RunningService<RoleClient, ClientConfig>,
+    upstream: RunningService<RoleClient, Relay>,
     info: ServerConfig,
+}
+
+/// The upstream side's client: relays resource updates to the stdio client
+/// once its session has started.
+#[derive(Clone, Default)]
+struct Relay(Arc<OnceLock<Peer<RoleServer>>>);
+
+impl ClientHandler for Relay {
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(stdio) = self.0.get()
+            && let Err(e) = stdio.notify_resource_updated(params).await
+        {
+            eprintln!("smsgate: cannot pass a resource update on: {e}");
+        }
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::default()
+    }
 }
 
 /// An upstream failure as the stdio client sees it: the server's own error
@@ -83,6 +111,24 @@ impl ServerHandler for Bridge {
     ) -> Result<ReadResourceResponse, ErrorData> {
         self.upstream.read_resource_once(request).await.map_err(upstream_error)
     }
+
+    #[allow(deprecated)] // resources/subscribe: what clients before 2026-07-28 send
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.upstream.subscribe(request).await.map_err(upstream_error)
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.upstream.unsubscribe(request).await.map_err(upstream_error)
+    }
 }
 
 /// Connects to `<admin_url>/mcp`, then serves stdio until the client
@@ -94,7 +140,8 @@ pub async fn serve_stdio(admin_url: &str, token: Option<String>) -> Result<(), C
         config = config.auth_header(token);
     }
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
-    let upstream = ClientConfig::default().serve(transport).await.map_err(|e| {
+    let relay = Relay::default();
+    let upstream = relay.clone().serve(transport).await.map_err(|e| {
         CliError::Failed(format!(
             "cannot start an MCP session with {url}: {e} (is ingress running? set SMSGATE_ADMIN_URL or \
              --admin-url; the token is SMSGATE_ADMIN_TOKEN, --token, or the file ingress wrote)"
@@ -116,6 +163,8 @@ pub async fn serve_stdio(admin_url: &str, token: Option<String>) -> Result<(), C
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| CliError::Failed(format!("the MCP client on stdin did not start a session: {e}")))?;
+    // Set once: this is the only stdio session of the process.
+    let _ = relay.0.set(server.peer().clone());
     server.waiting().await.map_err(|e| CliError::Failed(format!("the stdio session ended badly: {e}")))?;
     Ok(())
 }

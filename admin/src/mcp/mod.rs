@@ -12,27 +12,41 @@
 //! # Layout
 //!
 //! - this file: [`Smsgate`] (the server), its `ServerHandler` (instructions,
-//!   the conversation resources) and [`service`] (the HTTP transport).
+//!   the conversation resources, their subscriptions) and [`service`] (the
+//!   HTTP transport).
+//!
+//! A subscription to a conversation (`resources/subscribe`, the legacy
+//! form clients of revisions before 2026-07-28 use) follows the
+//! conversation's history subject with an ordered consumer from now on and
+//! sends `notifications/resources/updated` for each new entry; it ends on
+//! `resources/unsubscribe`, when the session ends, when the client is gone,
+//! or at shutdown.
 //! - `tools`: the tools, their JSON Schema inputs and structured outputs,
 //!   and [`ToolError`] (an admin error as a tool error carrying its code).
 
 mod tools;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
 
 use rmcp::model::{
     ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
-    ServerConfig,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+use tokio_util::sync::CancellationToken;
 
 use crate::guard::Guard;
 use crate::index::PageQuery;
-use crate::{AdminError, AdminState};
+use crate::{AdminError, AdminState, bounded};
 
 pub use tools::{SendOutcome, ToolError};
 
@@ -56,11 +70,37 @@ channel (or a default one), channel_id may be left out.";
 pub struct Smsgate {
     state: AdminState,
     tool_router: rmcp::handler::server::router::tool::ToolRouter<Self>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 impl Smsgate {
     pub fn new(state: AdminState) -> Self {
-        Self { state, tool_router: Self::tool_router() }
+        Self { state, tool_router: Self::tool_router(), subscriptions: Arc::default() }
+    }
+}
+
+/// One session's subscriptions: URI → what ends its follower. Dropped with
+/// the session's last handler, which ends them all.
+#[derive(Default)]
+struct Subscriptions(Mutex<HashMap<String, CancellationToken>>);
+
+impl Subscriptions {
+    fn replace(&self, uri: String, stop: Option<CancellationToken>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = match stop {
+            Some(stop) => map.insert(uri, stop),
+            None => map.remove(&uri),
+        };
+        if let Some(old) = old {
+            old.cancel();
+        }
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        let map = self.0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        map.values().for_each(CancellationToken::cancel);
     }
 }
 
@@ -115,9 +155,11 @@ fn resource_error(e: AdminError) -> ErrorData {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Smsgate {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
-            .with_server_info(rmcp::model::Implementation::new("smsgate", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_resources().enable_resources_subscribe().build(),
+        )
+        .with_server_info(rmcp::model::Implementation::new("smsgate", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_resources(
@@ -176,6 +218,71 @@ impl ServerHandler for Smsgate {
             meta: None,
         };
         Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let uri = request.uri;
+        let Some((channel, number)) = parse_conversation_uri(&uri) else {
+            return Err(ErrorData::resource_not_found(
+                format!("only conversations can be followed: {CONVERSATION_URI}{{channel_id}}/{{number}}"),
+                None,
+            ));
+        };
+        let channel = self.state.known_channel(channel).map_err(resource_error)?;
+        let peer = crate::conversations::peer_of_path(number).map_err(resource_error)?;
+        let stream = self.state.stream(self.state.topology.history_stream()).await.map_err(resource_error)?;
+        let follower = consumer::pull::OrderedConfig {
+            filter_subject: self.state.topology.history_subject(&channel, &peer),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        };
+        let consumer =
+            bounded("follow the conversation", stream.create_consumer(follower)).await.map_err(resource_error)?;
+        let mut entries = bounded("follow the conversation", consumer.messages()).await.map_err(resource_error)?;
+        let stop = self.state.shutdown.child_token();
+        self.subscriptions.replace(uri.clone(), Some(stop.clone()));
+        let client = context.peer.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    () = stop.cancelled() => break,
+                    next = entries.next() => next,
+                };
+                match next {
+                    Some(Ok(_)) => {
+                        let updated = ResourceUpdatedNotificationParam::new(uri.clone());
+                        if client.notify_resource_updated(updated).await.is_err() {
+                            break; // the client is gone
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            service = "ingress",
+                            stage = "mcp",
+                            error = &e as &dyn std::error::Error,
+                            outcome = "subscription_ended",
+                            "a conversation subscription lost its consumer"
+                        );
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions.replace(request.uri, None);
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, ClientConfig};
+use rmcp::model::{CallToolRequestParams, ClientConfig, SubscribeRequestParams};
 use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
 use smsgate_shared::config::{Config, Settings};
@@ -43,6 +43,20 @@ fn command(admin_url: &str, token: &str) -> tokio::process::Command {
     cmd
 }
 
+/// Records the resources the server says were updated.
+#[derive(Clone, Default)]
+struct Updates(std::sync::Arc<tokio::sync::Mutex<Vec<String>>>);
+
+impl rmcp::ClientHandler for Updates {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.0.lock().await.push(params.uri);
+    }
+}
+
 async fn call(client: &rmcp::Peer<rmcp::RoleClient>, tool: &str, args: Value) -> (Value, bool) {
     let Value::Object(args) = args else { panic!("arguments are an object") };
     let result = client.call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args)).await.unwrap();
@@ -59,7 +73,8 @@ async fn the_stdio_server_serves_the_admin_listeners_tools() {
     assert!(r.send().await.unwrap().status().is_success());
 
     let transport = TokioChildProcess::new(command(&admin, TOKEN)).unwrap();
-    let client = ClientConfig::default().serve(transport).await.expect("smsgate mcp starts a session");
+    let updates = Updates::default();
+    let client = updates.clone().serve(transport).await.expect("smsgate mcp starts a session");
     let info = client.peer_info().unwrap();
     assert_eq!(info.server_info.as_ref().map(|s| s.name.as_str()), Some("smsgate"));
     let tools = client.list_all_tools().await.unwrap();
@@ -101,6 +116,17 @@ async fn the_stdio_server_serves_the_admin_listeners_tools() {
     );
     let (bad, error) = call(&client, "get_conversation", json!({"number": "hello"})).await;
     assert!(error && bad["code"] == "invalid_number", "{bad}");
+
+    // A subscription through the proxy: an update comes back over stdio.
+    #[allow(deprecated)] // resources/subscribe: the form before 2026-07-28
+    client.subscribe(SubscribeRequestParams::new(format!("smsgate://conversations/test/{PEER}"))).await.unwrap();
+    let r = reqwest::Client::new().post(format!("{admin}/api/v1/consent")).bearer_auth(TOKEN).json(&consent);
+    assert!(r.send().await.unwrap().status().is_success());
+    testkit::eventually(Duration::from_secs(10), "a resource update over stdio", || async {
+        let seen = updates.0.lock().await.clone();
+        (!seen.is_empty()).then_some(())
+    })
+    .await;
     client.cancel().await.unwrap();
     shutdown.cancel();
 }

@@ -392,3 +392,60 @@ async fn mcp_requests_without_the_token_or_from_another_origin_are_refused() {
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
     assert!(ClientConfig::default().serve(transport).await.is_err());
 }
+
+/// Records the resources the server says were updated.
+#[derive(Clone, Default)]
+struct Updates(std::sync::Arc<tokio::sync::Mutex<Vec<String>>>);
+
+impl rmcp::ClientHandler for Updates {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.0.lock().await.push(params.uri);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_conversation_is_told_of_each_new_entry() {
+    let stack = Stack::start().await;
+    let updates = Updates::default();
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", stack.admin)).auth_header(TOKEN);
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    let client = updates.clone().serve(transport).await.unwrap();
+    let uri = format!("smsgate://conversations/test/{PEER}");
+    #[allow(deprecated)] // resources/subscribe: the form of revisions before 2026-07-28
+    client.subscribe(rmcp::model::SubscribeRequestParams::new(uri.clone())).await.unwrap();
+    // Someone else's conversation says nothing here; this one does.
+    stack
+        .history(
+            "test",
+            "+14155550199",
+            HistoryEvent::Note {
+                reason: smsgate_shared::envelope::NoteReason::Consent,
+                message_sid: None,
+                outbound_id: None,
+                detail: "elsewhere".to_owned(),
+            },
+        )
+        .await;
+    stack.consent("test", PEER).await;
+    let seen = testkit::eventually(Duration::from_secs(10), "a resource update", || async {
+        let seen = updates.0.lock().await.clone();
+        (!seen.is_empty()).then_some(seen)
+    })
+    .await;
+    assert!(seen.iter().all(|u| *u == uri), "{seen:?}");
+    #[allow(deprecated)]
+    client.unsubscribe(rmcp::model::UnsubscribeRequestParams::new(uri.clone())).await.unwrap();
+    let before = updates.0.lock().await.len();
+    stack.consent("test", PEER).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(updates.0.lock().await.len(), before, "nothing after unsubscribing");
+    // Not a conversation: a clear refusal.
+    #[allow(deprecated)]
+    let refused = client.subscribe(rmcp::model::SubscribeRequestParams::new("smsgate://other")).await;
+    assert!(refused.is_err());
+    client.cancel().await.unwrap();
+}
