@@ -281,6 +281,22 @@ mod tests {
     }
 
     #[test]
+    fn the_mcp_transport_admits_the_hosts_and_origins_the_guard_does() {
+        let local = guard("127.0.0.1:8001");
+        assert_eq!(local.mcp_allowed_hosts().unwrap(), ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(
+            local.mcp_allowed_origins().unwrap(),
+            ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+        );
+        let lan = guard("10.0.0.5:8001");
+        assert!(lan.mcp_allowed_hosts().unwrap().contains(&"10.0.0.5".to_owned()));
+        assert!(lan.mcp_allowed_origins().unwrap().contains(&"http://10.0.0.5:*".to_owned()));
+        // Every address: only the guard can say "any IP literal".
+        assert_eq!(guard("0.0.0.0:8001").mcp_allowed_hosts(), None);
+        assert_eq!(guard("0.0.0.0:8001").mcp_allowed_origins(), None);
+    }
+
+    #[test]
     fn only_our_own_origin_and_same_origin_fetches_pass() {
         let g = guard("127.0.0.1:8001");
         let with = |pairs: &[(&'static str, &'static str)]| {

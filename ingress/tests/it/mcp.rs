@@ -386,7 +386,13 @@ async fn mcp_requests_without_the_token_or_from_another_origin_are_refused() {
     let own = stack.admin.clone();
     let r = post().bearer_auth(TOKEN).header("origin", own).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers().contains_key("mcp-session-id"));
+    let session = r.headers()["mcp-session-id"].clone();
+    // Ending it is a bodiless DELETE, the one write without JSON the guard
+    // lets through; still not without the token.
+    let end = || stack.http.delete(format!("{}/mcp", stack.admin)).header("mcp-session-id", session.clone());
+    assert_eq!(end().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = end().bearer_auth(TOKEN).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
     // rmcp's client without the token cannot start a session.
     let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", stack.admin));
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
