@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smsgate_shared::channels::{self, ConnectError, DisconnectError, Source};
 use smsgate_shared::config::{Channel, Delivery, WEBHOOK_PATH, parse_runtime_channel};
@@ -167,7 +168,7 @@ pub struct ConnectedView {
 }
 
 /// A webhook as Twilio has it, the path token elided.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct WebhookView {
     pub url: Option<String>,
     pub method: Option<String>,
@@ -299,7 +300,7 @@ pub(crate) async fn disconnect_channel(
 // GET /api/v1/channels/{id}/status
 
 /// What Twilio says about a channel, and one line for the operator.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ChannelStatus {
     pub channel_id: String,
     /// `twilio`, or `log` (Twilio is not asked: nothing of it is used).

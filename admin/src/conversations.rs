@@ -28,7 +28,7 @@ pub struct ConversationsQuery {
 }
 
 /// One page of the conversation list, newest first.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConversationList {
     pub conversations: Vec<ConversationSummary>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -68,6 +68,22 @@ pub(crate) async fn list_conversations(
     }
     // What was recorded before this request is in the answer.
     let stream = state.stream(state.topology.history_stream()).await?;
+    index_caught_up(&state, &stream).await?;
+    let channel_text = channel.as_ref().map(ToString::to_string);
+    let page = state.index.page(&PageQuery { channel: channel_text.as_deref(), q: query.q.as_deref(), limit, cursor });
+    Ok(Json(ConversationList {
+        conversations: page.conversations,
+        next_cursor: page.next_cursor.map(|c| c.encode()),
+        total: page.total,
+    }))
+}
+
+/// Waits (bounded) until the index holds what the history stream held when
+/// the request came, so an answer from it includes what was recorded before.
+pub(crate) async fn index_caught_up(
+    state: &AdminState,
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Result<(), AdminError> {
     if !state.index.wait_loaded(INDEX_WAIT).await {
         return Err(AdminError::Unavailable {
             what: "the conversation list is still being read from the history stream".to_owned(),
@@ -84,13 +100,7 @@ pub(crate) async fn list_conversations(
             "conversation index behind the stream"
         );
     }
-    let channel_text = channel.as_ref().map(ToString::to_string);
-    let page = state.index.page(&PageQuery { channel: channel_text.as_deref(), q: query.q.as_deref(), limit, cursor });
-    Ok(Json(ConversationList {
-        conversations: page.conversations,
-        next_cursor: page.next_cursor.map(|c| c.encode()),
-        total: page.total,
-    }))
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

@@ -124,8 +124,11 @@ pub struct ErrorBody {
     pub next_allowed_at: Option<String>,
 }
 
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
+impl AdminError {
+    /// The status and the body this error is answered with, logged as
+    /// every admin answer is (the MCP tools answer the same body as a tool
+    /// error), and a `Retry-After` in seconds when there is one.
+    pub(crate) fn into_parts(self) -> (StatusCode, ErrorBody, Option<u64>) {
         let status = self.status();
         let detail = match &self {
             Self::Internal { .. } => {
@@ -175,12 +178,23 @@ impl IntoResponse for AdminError {
             _ => (None, None),
         };
         let body = ErrorBody { code: self.code().to_owned(), detail, error, next_allowed_at };
+        let retry_after = match &self {
+            Self::Limited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        (status, body, retry_after)
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, body, retry_after) = self.into_parts();
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Self::Limited { retry_after, .. } = &self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        if let Some(retry_after) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
     }

@@ -128,6 +128,36 @@ impl Guard {
         self.token_matches(presented)
     }
 
+    /// The hosts the MCP transport's own DNS-rebinding check admits: the
+    /// names [`Self::host_allowed`] admits, any port. None when the listener
+    /// is on every address: then any IP literal names it, which a list
+    /// cannot say (this guard, which runs first, checks it).
+    pub fn mcp_allowed_hosts(&self) -> Option<Vec<String>> {
+        let ip = self.listener.ip();
+        if ip.is_unspecified() {
+            return None;
+        }
+        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        if !ip.is_loopback() {
+            hosts.push(ip.to_string());
+        }
+        Some(hosts)
+    }
+
+    /// The origins the MCP transport's own Origin check admits: ours (this
+    /// listener's names over http, any port), the same set
+    /// [`Self::origin_allowed`] compares against. None with
+    /// [`Self::mcp_allowed_hosts`] None.
+    pub fn mcp_allowed_origins(&self) -> Option<Vec<String>> {
+        let hosts = self.mcp_allowed_hosts()?;
+        Some(
+            hosts
+                .iter()
+                .map(|h| if h.contains(':') { format!("http://[{h}]:*") } else { format!("http://{h}:*") })
+                .collect(),
+        )
+    }
+
     /// The bearer token, or the console's session cookie.
     fn authenticated(&self, headers: &HeaderMap) -> Option<Caller> {
         if self.token_ok(headers) {
@@ -166,6 +196,13 @@ fn is_json(headers: &HeaderMap) -> bool {
     has_media_type(headers, "application/json")
 }
 
+/// The MCP transport ends a session with a bodiless `DELETE /mcp`; a
+/// cross-site page cannot send one (DELETE needs a CORS preflight, and the
+/// origin check ran already).
+fn is_mcp_session_end(method: &Method, path: &str) -> bool {
+    *method == Method::DELETE && path == "/mcp"
+}
+
 /// The middleware: see the module docs for the order of the checks.
 /// A request let in by a console session carries it ([`ConsoleSession`]),
 /// so what lasts (an event stream) can end with the session.
@@ -189,7 +226,10 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         ))
     } else if !is_public(request.method(), request.uri().path()) && caller.is_none() {
         Some(("token", AdminError::Unauthorized))
-    } else if is_write(request.method()) && !is_json(headers) {
+    } else if is_write(request.method())
+        && !is_json(headers)
+        && !is_mcp_session_end(request.method(), request.uri().path())
+    {
         Some((
             "content_type",
             AdminError::refused(
@@ -238,6 +278,22 @@ mod tests {
         assert!(!lan.host_allowed("10.0.0.6:8001"));
         assert!(guard("0.0.0.0:8001").host_allowed("192.168.1.9:8001"));
         assert!(!guard("0.0.0.0:8001").host_allowed("rebind.example:8001"));
+    }
+
+    #[test]
+    fn the_mcp_transport_admits_the_hosts_and_origins_the_guard_does() {
+        let local = guard("127.0.0.1:8001");
+        assert_eq!(local.mcp_allowed_hosts().unwrap(), ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(
+            local.mcp_allowed_origins().unwrap(),
+            ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+        );
+        let lan = guard("10.0.0.5:8001");
+        assert!(lan.mcp_allowed_hosts().unwrap().contains(&"10.0.0.5".to_owned()));
+        assert!(lan.mcp_allowed_origins().unwrap().contains(&"http://10.0.0.5:*".to_owned()));
+        // Every address: only the guard can say "any IP literal".
+        assert_eq!(guard("0.0.0.0:8001").mcp_allowed_hosts(), None);
+        assert_eq!(guard("0.0.0.0:8001").mcp_allowed_origins(), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! conversation that moves to the top in between is not shown twice.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const ENTRIES_GAUGE: &str = "smsgate_conversation_index_entries";
 
 /// One conversation in the list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ConversationSummary {
     pub channel_id: String,
     pub peer: String,
@@ -58,15 +58,16 @@ pub struct ConversationSummary {
     pub count: u64,
     /// Inbound plus outbound messages among them.
     pub messages: u64,
-    /// When the latest entry was recorded.
+    /// When the latest entry was recorded (RFC 3339).
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub last_at: Option<OffsetDateTime>,
     /// The latest message, in or out.
     pub last_message: Option<LastMessage>,
 }
 
 /// A conversation's latest message, clipped.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct LastMessage {
     /// `inbound` or `outbound`.
     pub direction: String,
@@ -74,6 +75,7 @@ pub struct LastMessage {
     /// Attachments it carried.
     pub media: usize,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub at: OffsetDateTime,
 }
 
@@ -88,7 +90,15 @@ struct Inner {
     order: BTreeSet<Order>,
     /// The last `P_HISTORY` sequence folded in.
     applied: u64,
+    /// Which conversation each call (CallSid) belongs to, so that
+    /// `GET /api/v1/calls/{CallSid}` reads one subject, not the stream.
+    calls: HashMap<String, Key>,
+    /// The calls in the order first seen: past [`MAX_CALLS`] the oldest goes.
+    call_order: VecDeque<String>,
 }
+
+/// Calls whose conversation the index remembers (about 100 bytes each).
+pub const MAX_CALLS: usize = 100_000;
 
 /// What a page request asks for.
 #[derive(Debug, Default, Clone)]
@@ -243,6 +253,17 @@ impl ConversationIndex {
                 });
             }
         }
+        if let HistoryEvent::Call { call_sid, .. } | HistoryEvent::CallTurn { call_sid, .. } = &entry.event
+            && !inner.calls.contains_key(call_sid)
+        {
+            inner.calls.insert(call_sid.clone(), key.clone());
+            inner.call_order.push_back(call_sid.clone());
+            if inner.call_order.len() > MAX_CALLS
+                && let Some(gone) = inner.call_order.pop_front()
+            {
+                inner.calls.remove(&gone);
+            }
+        }
         if let Some(old) = &old {
             inner.order.remove(&sort_key(old));
         }
@@ -252,6 +273,12 @@ impl ConversationIndex {
         let applied = inner.applied;
         drop(inner);
         self.applied_seq.send_replace(applied);
+    }
+
+    /// The conversation (channel, peer) of a call the index has seen.
+    pub fn call(&self, call_sid: &str) -> Option<(String, String)> {
+        let inner = self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.calls.get(call_sid).cloned()
     }
 
     /// Waits up to `within` until entries through `seq` are folded in, so a

@@ -27,6 +27,9 @@
 //!   whole webhook URLs and a signed simulated webhook (`smsgate
 //!   webhook-url` and `simulate` for channels connected at run time).
 //! - `dead`: list and replay `P_DEAD`.
+//! - [`mcp`]: the MCP server at `/mcp` (Streamable HTTP), whose tools call
+//!   the same functions as these routes (sends through [`compliance`] as
+//!   the agent's).
 //! - [`index`]: the conversation list's read model, kept in memory from the
 //!   history stream (one follower task per process).
 //! - [`events`]: `GET /api/v1/events`, Server-Sent Events read from the
@@ -49,6 +52,7 @@ mod error;
 pub mod events;
 pub mod guard;
 pub mod index;
+pub mod mcp;
 mod messages;
 mod reader;
 mod scheduled;
@@ -73,7 +77,7 @@ use smsgate_shared::topology::{ChannelSubjects, Topology};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-pub use calls::CallRequest;
+pub use calls::{CallRequest, CallState, CallStatusView, CallTurnView};
 pub use channels::{ChannelStatus, ChannelView, ChannelsView, ConnectQuery, Disconnected, NatsHealth, WebhookView};
 pub use compliance::SendAccepted;
 pub use consent::ConsentView;
@@ -114,6 +118,9 @@ pub struct AdminState {
     guard: Arc<tokio::sync::OnceCell<smsgate_shared::guard::GuardStore>>,
     /// The slots of the event streams open at once ([`events::MAX_EVENT_STREAMS`]).
     pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// `SMSGATE_MCP_DEFAULT_CHANNEL`: the channel MCP tools use when a call
+    /// names none (else the only channel).
+    pub mcp_default_channel: Option<String>,
 }
 
 impl AdminState {
@@ -128,6 +135,7 @@ impl AdminState {
             twilio: twilio::Twilio::new(),
             guard: Arc::default(),
             event_streams: events::stream_slots(),
+            mcp_default_channel: None,
         }
     }
 
@@ -146,12 +154,15 @@ pub fn router(state: AdminState, guard: Arc<guard::Guard>) -> Router {
     let sessions = Router::new()
         .route(console::SESSION_PATH, post(console::sign_in).get(console::session).delete(console::sign_out))
         .with_state(guard.clone());
+    let mcp = mcp::service(state.clone(), &guard);
     Router::new()
         .route("/", get(console::serve_file))
         .route("/console.js", get(console::serve_file))
         .route("/console.css", get(console::serve_file))
         .route("/api/v1/messages", post(messages::send_message))
         .route("/api/v1/calls", post(calls::place_call))
+        .route("/api/v1/calls/{call_sid}", get(calls::call_state))
+        .nest_service("/mcp", mcp)
         .route("/api/v1/scheduled", get(scheduled::list_scheduled))
         .route("/api/v1/scheduled/{id}", delete(scheduled::cancel_scheduled))
         .route("/api/v1/consent", post(consent::add_consent))

@@ -78,7 +78,7 @@ pub(crate) fn outbound_id(key: Option<String>) -> Result<OutboundId, AdminError>
 }
 
 impl SendRequest {
-    fn validate(self, state: &AdminState) -> Result<(Channel, Outbound, compliance::Request), AdminError> {
+    pub(crate) fn validate(self, state: &AdminState) -> Result<(Channel, Outbound, compliance::Request), AdminError> {
         let channel = enabled_channel(state, &self.channel_id)?;
         let to = recipient(&self.to)?;
         if self.body.trim().is_empty() && self.media_urls.is_empty() {

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smsgate_shared::envelope::NoteReason;
 use smsgate_shared::schedule::{Canceled, Scheduled};
@@ -20,7 +21,7 @@ pub struct ScheduledQuery {
 }
 
 /// One scheduled message or call.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ScheduledView {
     pub id: String,
     pub channel_id: String,
@@ -35,7 +36,7 @@ pub struct ScheduledView {
     pub scheduled_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ScheduledList {
     pub scheduled: Vec<ScheduledView>,
 }
@@ -80,7 +81,7 @@ pub(crate) async fn list_scheduled(
 }
 
 /// The answer to a cancel.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct CanceledView {
     pub id: String,
     pub status: String,

@@ -28,13 +28,14 @@ struct PauseRequest {
 }
 
 /// The answer of pause and resume.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TakeoverState {
     pub channel_id: String,
     pub peer: String,
     pub paused: bool,
-    /// When the bot answers again on its own.
+    /// When the bot answers again on its own (RFC 3339).
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub paused_until: Option<OffsetDateTime>,
 }
 

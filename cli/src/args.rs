@@ -103,6 +103,12 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Serve MCP on stdin/stdout (for a desktop MCP client): the tools of
+    /// the admin listener's /mcp, reached with this CLI's token.
+    Mcp {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show one conversation, oldest first, with delivery states.
     Conversation {
         /// The channel of the conversation.
@@ -220,6 +226,7 @@ impl Command {
             | Self::Call { admin, .. }
             | Self::Conversations { admin, .. }
             | Self::Events { admin, .. }
+            | Self::Mcp { admin }
             | Self::Conversation { admin, .. }
             | Self::Pause { admin, .. }
             | Self::Resume { admin, .. }

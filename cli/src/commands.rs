@@ -119,6 +119,10 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Mcp { admin } => {
+            let token = admin.token.clone().or_else(api::stored_token);
+            crate::mcp::serve_stdio(&admin.admin_url, token).await
+        }
         Command::Events { channel, .. } => {
             let channel = channel.as_deref().map(channel_id).transpose()?;
             admin()?.follow_events(channel.as_ref().map(ToString::to_string).as_deref()).await

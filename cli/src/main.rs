@@ -11,6 +11,8 @@
 //!   channel that config does not have (one connected at run time).
 //! - `api`: the admin API client and the answers it reads.
 //! - `render`: tables and the conversation view.
+//! - `mcp`: `smsgate mcp`, an MCP server on stdio that proxies the admin
+//!   listener's `/mcp`.
 //! - `error`: [`error::CliError`] and its exit status: 0 ok, 1 the operation
 //!   failed, 2 usage, 64 bad config.
 
@@ -18,6 +20,7 @@ mod api;
 mod args;
 mod commands;
 mod error;
+mod mcp;
 mod render;
 mod webhook;
 

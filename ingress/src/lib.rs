@@ -178,7 +178,8 @@ impl App {
         let admin_at =
             admin_listener.local_addr().map_err(|source| Error::Bind { addr: settings.admin_addr, source })?;
         let guard = smsgate_admin::guard::Guard::new(&admin_token, admin_at);
-        let admin_state = smsgate_admin::AdminState::new(js, topology, channels);
+        let mut admin_state = smsgate_admin::AdminState::new(js, topology, channels);
+        admin_state.mcp_default_channel = settings.mcp_default_channel.clone();
         Ok(Self { public, admin: admin_listener, shared, admin_state, guard, limits: serve::Limits::default() })
     }
 

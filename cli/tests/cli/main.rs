@@ -4,9 +4,11 @@
 //!   problems named by key, the webhook URL).
 //! - `stack`: ingress, worker and sender in-process against a real
 //!   nats-server; `simulate` then `conversation` shows the reply.
+//! - `mcp`: `smsgate mcp` spawned by an MCP client, against ingress.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
+mod mcp;
 mod offline;
 mod stack;
 

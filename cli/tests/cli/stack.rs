@@ -88,6 +88,20 @@ impl Stack {
         Self { env, ingress_url: format!("http://{public}"), shutdown, _nats: nats, _state: state }
     }
 
+    /// Records PEER's consent: the guard wants it on record before the
+    /// operator texts a number that has not texted (an informational text).
+    async fn consent(&self) {
+        let var = |k: &str| self.env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let token = var("SMSGATE_ADMIN_TOKEN").unwrap_or_else(|| {
+            let file = format!("{}/smsgate/admin-token", var("XDG_STATE_HOME").unwrap());
+            std::fs::read_to_string(file).unwrap().trim().to_owned()
+        });
+        let url = format!("{}/api/v1/consent", var("SMSGATE_ADMIN_URL").unwrap());
+        let consent = json!({"channel_id": "local", "to": PEER, "kind": "express", "source": "test"});
+        let r = reqwest::Client::new().post(url).bearer_auth(token).json(&consent).send().await.unwrap();
+        assert!(r.status().is_success(), "consent recorded");
+    }
+
     /// Runs the binary off the runtime's threads (the services keep running).
     async fn run(&self, args: &[&str]) -> Output {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
@@ -174,6 +188,7 @@ async fn without_a_configured_token_the_cli_finds_the_one_ingress_generated() {
     assert!(std::fs::read_to_string(&file).unwrap().trim().len() >= 32, "ingress wrote {file}");
     let out = stack.run(&["channels"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stack.consent().await;
     let out = stack.run(&["send", "--channel", "local", "--to", PEER, "--body", "no extra step"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // Another token is refused, with a hint where the right one lives.
@@ -185,6 +200,7 @@ async fn without_a_configured_token_the_cli_finds_the_one_ingress_generated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_work_against_the_running_stack() {
     let stack = Stack::start().await;
+    stack.consent().await;
 
     let out = stack.run(&["send", "--channel", "local", "--to", PEER, "--body", "from the operator"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -12,6 +12,7 @@ mod channels;
 mod console;
 mod hardening;
 mod helpers;
+mod mcp;
 mod outage;
 mod voice;
 mod webhook;

@@ -387,6 +387,13 @@ mod tests {
         assert_eq!(s.sender_addr.to_string(), "127.0.0.1:8003");
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(Settings::from_lookup(&|k| (k == "SMSGATE_LOG_FORMAT").then(|| "xml".to_owned())).is_err());
+        assert_eq!(s.mcp_default_channel, None);
+        let mcp = |v: &str| {
+            let v = v.to_owned();
+            Settings::from_lookup(&move |k| (k == "SMSGATE_MCP_DEFAULT_CHANNEL").then(|| v.clone())).unwrap()
+        };
+        assert_eq!(mcp(" sms_prod ").mcp_default_channel.as_deref(), Some("sms_prod"));
+        assert_eq!(mcp("  ").mcp_default_channel, None);
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Settings {
     /// `SMSGATE_SECRET_KEY`: seals the secrets of channels connected at run
     /// time ([`crate::secret_key`]); without it they are refused.
     pub secret_key: Option<Arc<SecretKey>>,
+    /// `SMSGATE_MCP_DEFAULT_CHANNEL`: the channel MCP tools use when a call
+    /// names none (else the only channel, when there is one).
+    pub mcp_default_channel: Option<String>,
 }
 
 /// Default chat calls in flight per worker: a model call is a wait of
@@ -145,6 +148,9 @@ impl Settings {
             sender_ack_wait: Duration::from_secs(positive("SMSGATE_SENDER_ACK_WAIT_SECS", 60)? as u64),
             worker_history_cache: usize::try_from(num("SMSGATE_WORKER_HISTORY_CACHE", 10_000)?).unwrap_or(usize::MAX),
             secret_key,
+            mcp_default_channel: env("SMSGATE_MCP_DEFAULT_CHANNEL")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
         })
     }
 
@@ -173,6 +179,7 @@ impl Settings {
             sender_ack_wait: Duration::from_secs(60),
             worker_history_cache: 10_000,
             secret_key: None,
+            mcp_default_channel: None,
         }
     }
 }
