@@ -71,8 +71,13 @@ impl Admin {
         struct ErrorBody {
             code: String,
             detail: String,
+            #[serde(default)]
+            next_allowed_at: Option<String>,
         }
         let (code, detail) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(ErrorBody { code, detail, next_allowed_at: Some(next) }) => {
+                (code, format!("{detail}; the next allowed time is {next}"))
+            }
             Ok(e) => (e.code, e.detail),
             Err(_) => ("http_error".to_owned(), text.chars().take(300).collect()),
         };
@@ -180,6 +185,41 @@ pub struct Accepted {
     pub id: String,
     #[serde(default)]
     pub duplicate: bool,
+    /// `queued` or `scheduled`.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub send_at: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+}
+
+/// `GET /api/v1/scheduled`.
+#[derive(Debug, Deserialize)]
+pub struct ScheduledList {
+    pub scheduled: Vec<ScheduledItem>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ScheduledItem {
+    pub id: String,
+    pub channel_id: String,
+    pub to: String,
+    pub body: String,
+    pub kind: String,
+    pub send_at: String,
+    pub why: String,
+}
+
+/// `/api/v1/consent/...`.
+#[derive(Debug, Deserialize)]
+pub struct ConsentView {
+    pub channel_id: String,
+    pub to: String,
+    pub consent: Option<String>,
+    pub source: Option<String>,
+    pub at: Option<String>,
+    pub opted_out: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,6 +47,40 @@ pub enum Command {
         /// Sending twice with the same key sends once (within the duplicate window).
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Send later: an RFC 3339 time (2026-12-07T09:00:00-05:00) or a
+        /// delay from now (30m, 2h, 1d). The guard checks it again then.
+        #[arg(long)]
+        at: Option<String>,
+        /// What the text is for: conversational, informational or marketing
+        /// (marketing needs written consent on record).
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Outside the recipient's allowed hours, refuse (with the next
+        /// allowed time) instead of deferring.
+        #[arg(long)]
+        no_defer: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Texts and calls waiting to go out (scheduled, or deferred by the
+    /// guard to the recipient's allowed hours); `cancel ID` cancels one.
+    Scheduled {
+        #[command(subcommand)]
+        command: Option<ScheduledCommand>,
+        /// Only this channel's.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only those to this number.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Consent on record for a number: add, revoke (an opt-out until the
+    /// number texts START) or show.
+    Consent {
+        #[command(subcommand)]
+        command: ConsentCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -233,7 +267,9 @@ impl Command {
             | Self::Simulate { admin, .. }
             | Self::WebhookUrl { admin, .. }
             | Self::Channels { admin, .. }
-            | Self::Dead { admin, .. } => Some(admin),
+            | Self::Dead { admin, .. }
+            | Self::Scheduled { admin, .. }
+            | Self::Consent { admin, .. } => Some(admin),
             Self::CheckConfig { .. } | Self::GenToken { .. } => None,
         }
     }
@@ -262,6 +298,52 @@ pub enum ChannelsCommand {
     Status {
         /// The channel to check.
         channel_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduledCommand {
+    /// Cancel a scheduled text or call before it goes out.
+    Cancel {
+        /// Its id (from `smsgate scheduled`).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Record a number's consent.
+    Add {
+        /// The channel the consent is for.
+        #[arg(long)]
+        channel: String,
+        /// The number, E.164.
+        peer: String,
+        /// express (informational texts, AI calls) or written (marketing too).
+        #[arg(long, default_value = "express")]
+        kind: String,
+        /// Where it was given ("web form", "signed agreement 2026-11-02").
+        #[arg(long)]
+        source: String,
+        /// A reference to the proof (a form id, a document).
+        #[arg(long)]
+        evidence: Option<String>,
+    },
+    /// Revoke it: the number is opted out until it texts START.
+    Revoke {
+        /// The channel.
+        #[arg(long)]
+        channel: String,
+        /// The number, E.164.
+        peer: String,
+    },
+    /// Show the consent and opt-out state.
+    Show {
+        /// The channel.
+        #[arg(long)]
+        channel: String,
+        /// The number, E.164.
+        peer: String,
     },
 }
 

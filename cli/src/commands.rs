@@ -9,10 +9,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use smsgate_shared::config::{self, Channel, Config};
 use smsgate_shared::domain::{ChannelId, E164};
-use time::UtcOffset;
+use time::{OffsetDateTime, UtcOffset};
 
 use crate::api::{self, Admin};
-use crate::args::{ChannelsCommand, Cli, Command, DeadCommand};
+use crate::args::{ChannelsCommand, Cli, Command, ConsentCommand, DeadCommand, ScheduledCommand};
 use crate::error::CliError;
 use crate::render;
 use crate::webhook;
@@ -41,11 +41,20 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             let s = webhook::SimulateArgs { channel, from, body, url, to, message_sid, media_urls };
             webhook::simulate(admin(), s, json).await
         }
-        Command::Send { channel, to, body, media_urls, idempotency_key, .. } => {
+        Command::Send { channel, to, body, media_urls, idempotency_key, at, purpose, no_defer, .. } => {
             let to = number("--to", &to)?;
             let mut request = json!({"channel_id": channel, "to": to, "body": body, "media_urls": media_urls});
             if let Some(k) = idempotency_key {
                 request["idempotency_key"] = Value::String(k);
+            }
+            if let Some(at) = at {
+                request["send_at"] = Value::String(send_at(&at, OffsetDateTime::now_utc())?);
+            }
+            if let Some(p) = purpose {
+                request["purpose"] = Value::String(p);
+            }
+            if no_defer {
+                request["defer"] = Value::Bool(false);
             }
             let answer = admin()?.call(Method::POST, "/api/v1/messages", Some(&request)).await?;
             print_accepted(answer, json, "sent")
@@ -270,6 +279,77 @@ pub async fn run(cli: Cli, offset: UtcOffset) -> Result<(), CliError> {
             println!("replayed dead letter {} to {} as {}{again}", r.seq, r.subject, r.msg_id);
             Ok(())
         }
+        Command::Scheduled { command: Some(ScheduledCommand::Cancel { id }), .. } => {
+            let path = format!("/api/v1/scheduled/{}", id.trim());
+            let answer = admin()?.call(Method::DELETE, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            println!("canceled {}: it will not be sent", id.trim());
+            Ok(())
+        }
+        Command::Scheduled { command: None, channel, to, .. } => {
+            let mut query = Vec::new();
+            if let Some(c) = channel {
+                query.push(("channel_id", channel_id(&c)?.to_string()));
+            }
+            if let Some(t) = to {
+                query.push(("to", number("--to", &t)?.to_string()));
+            }
+            let path = format!("/api/v1/scheduled{}", api::query_string(&query));
+            let answer = admin()?.call(Method::GET, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            let list: api::ScheduledList = api::parse(answer)?;
+            if list.scheduled.is_empty() {
+                println!("Nothing scheduled.");
+                return Ok(());
+            }
+            println!("{:<34} {:<26} {:<10} {:<16} {:<12} {:<5} BODY", "ID", "SEND AT", "CHANNEL", "TO", "WHY", "KIND");
+            for s in list.scheduled {
+                let body: String = s.body.chars().take(40).collect();
+                println!(
+                    "{:<34} {:<26} {:<10} {:<16} {:<12} {:<5} {body}",
+                    s.id, s.send_at, s.channel_id, s.to, s.why, s.kind
+                );
+            }
+            Ok(())
+        }
+        Command::Consent { command, .. } => {
+            let admin = admin()?;
+            let answer = match command {
+                ConsentCommand::Add { channel, peer, kind, source, evidence } => {
+                    let to = number("PEER", &peer)?;
+                    let mut request = json!({"channel_id": channel, "to": to, "kind": kind, "source": source});
+                    if let Some(e) = evidence {
+                        request["evidence"] = Value::String(e);
+                    }
+                    admin.call(Method::POST, "/api/v1/consent", Some(&request)).await?
+                }
+                ConsentCommand::Revoke { channel, peer } => {
+                    let to = number("PEER", &peer)?;
+                    let path = format!("/api/v1/consent/{}/{to}", channel_id(&channel)?);
+                    admin.call(Method::DELETE, &path, None).await?
+                }
+                ConsentCommand::Show { channel, peer } => {
+                    let to = number("PEER", &peer)?;
+                    let path = format!("/api/v1/consent/{}/{to}", channel_id(&channel)?);
+                    admin.call(Method::GET, &path, None).await?
+                }
+            };
+            if json {
+                return print_json(&answer);
+            }
+            let c: api::ConsentView = api::parse(answer)?;
+            let consent = match (&c.consent, &c.source, &c.at) {
+                (Some(kind), Some(source), Some(at)) => format!("{kind} consent since {at} ({source})"),
+                _ => "no consent on record".to_owned(),
+            };
+            let opted = if c.opted_out { "opted out" } else { "not opted out" };
+            println!("{} on {}: {consent}; {opted}", c.to, c.channel_id);
+            Ok(())
+        }
     }
 }
 
@@ -481,12 +561,35 @@ fn print_accepted(answer: Value, json: bool, done: &str) -> Result<(), CliError>
         return print_json(&answer);
     }
     let accepted: api::Accepted = api::parse(answer)?;
-    if accepted.duplicate {
-        println!("already accepted as {} ({done} once, not again)", accepted.id);
-    } else {
-        println!("accepted: {}", accepted.id);
+    let purpose = accepted.purpose.map(|p| format!(" ({p})")).unwrap_or_default();
+    match (accepted.duplicate, accepted.status.as_deref(), accepted.send_at) {
+        (true, _, _) => println!("already accepted as {} ({done} once, not again)", accepted.id),
+        (false, Some("scheduled"), Some(at)) => println!("scheduled: {} at {at}{purpose}", accepted.id),
+        _ => println!("accepted: {}{purpose}", accepted.id),
     }
     Ok(())
+}
+
+/// `--at`: an RFC 3339 time, or a delay from `now` (`30m`, `2h`, `1d`).
+pub(crate) fn send_at(typed: &str, now: OffsetDateTime) -> Result<String, CliError> {
+    use time::format_description::well_known::Rfc3339;
+    let t = typed.trim();
+    if let Ok(at) = OffsetDateTime::parse(t, &Rfc3339) {
+        return Ok(at.format(&Rfc3339).unwrap_or_default());
+    }
+    let unit = t.chars().last().unwrap_or(' ');
+    let amount: Option<i64> = t[..t.len().saturating_sub(unit.len_utf8())].parse().ok();
+    let delay = match (amount, unit) {
+        (Some(n), 'm') if n > 0 => time::Duration::minutes(n),
+        (Some(n), 'h') if n > 0 => time::Duration::hours(n),
+        (Some(n), 'd') if n > 0 => time::Duration::days(n),
+        _ => {
+            return Err(CliError::Usage(format!(
+                "--at: {typed:?} is not an RFC 3339 time (2026-12-07T09:00:00-05:00) or a delay (30m, 2h, 1d)"
+            )));
+        }
+    };
+    Ok((now + delay).format(&Rfc3339).unwrap_or_default())
 }
 
 /// A number the operator typed: a usage error quotes it as typed (the
