@@ -99,6 +99,10 @@ pub async fn submit(
     if request.send_at.is_some() {
         // The cap is counted when it goes out, not against today's texts.
         facts.sent_last_24h = 0;
+    } else {
+        // A text for later meets the budget of its own day, when it goes out.
+        facts.budget_exceeded =
+            store.budget_exceeded(channel).await.map_err(|e| AdminError::nats("read the channel's spend today", e))?;
     }
     let purpose = request.purpose.unwrap_or_else(|| guard::default_purpose(&channel.compliance, &facts, now));
     let guarded = Guarded { purpose, initiator: request.initiator };

@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn limits_and_reply_countries_have_safe_defaults() {
         let c = parse(&channel_json("a", TOKEN)).unwrap().remove(0);
-        assert_eq!(c.limits, Limits { replies_per_minute: 30, replies_per_day: 1000 });
+        assert_eq!(c.limits, Limits { replies_per_minute: 30, replies_per_day: 1000, usd_per_day: None });
         // The from number's country only.
         assert_eq!(c.reply_countries, ReplyCountries::Codes(vec!["1".to_owned()]));
         assert!(c.reply_countries.admits(&E164::parse("+14155550100").unwrap()));

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod concurrency;
+mod cost;
 mod crash;
 mod failures;
 mod helpers;
