@@ -10,18 +10,21 @@
 //!    figure is recorded under the same SID, which replaces the estimate in
 //!    every sum, and the day's spend is corrected by the difference.
 //!
-//! The fetch runs beside the status consumer, not in it: the callback is
+//! 3. A call the sender placed ([`fetch_call_price_later`]): fetched on the
+//!    same schedule until Twilio reports it ended with a `price`; recorded
+//!    with its `duration` (seconds) as units. Calls get no estimate.
+//!
+//! The fetch runs beside the consumers, not in them: the message is
 //! acked at once. A sender that stops before the price comes leaves the
 //! estimate standing, which is what the sums then show (marked estimated).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use smsgate_shared::bus::{self, MsgId};
 use smsgate_shared::config::Channel;
 use smsgate_shared::cost::{self, Basis, DailySpend, Item};
 use smsgate_shared::domain::{ChannelId, E164};
-use smsgate_shared::envelope::HistoryEvent;
+use smsgate_shared::envelope::{self, HistoryEvent};
 
 use crate::Ctx;
 use crate::sms::SmsPiece;
@@ -37,8 +40,8 @@ pub(crate) async fn estimate(ctx: &Ctx, channel: &Channel, to: &E164, pieces: &[
         let units = u64::from(piece.segments.max(1));
         let usd = units as f64 * rate.usd_per_segment;
         let detail = format!("{units} × {} USD ({}, +{})", rate.usd_per_segment, rate.basis, to.calling_code());
-        let figure = Figure { sid, units, usd, basis: Basis::Estimate, detail };
-        if let Err(e) = record(ctx, &channel.id, to, figure).await {
+        let figure = Figure { item: Item::Sms, sid, units, usd, basis: Basis::Estimate, detail };
+        if let Err(e) = record((&ctx.bus.js, &ctx.bus.topology), &channel.id, to, figure).await {
             // The text went out; a missing figure is logged, never a resend.
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot record a piece's cost estimate");
         }
@@ -59,8 +62,9 @@ pub(crate) async fn estimate(ctx: &Ctx, channel: &Channel, to: &E164, pieces: &[
     }
 }
 
-/// One SMS cost figure of a piece.
+/// One cost figure of a piece or a call.
 struct Figure<'a> {
+    item: Item,
     sid: &'a str,
     units: u64,
     usd: f64,
@@ -69,18 +73,23 @@ struct Figure<'a> {
 }
 
 /// Appends `figure` to the conversation (`Nats-Msg-Id`
-/// `cost.sms.<basis>.<sid>`: each figure once).
-async fn record(ctx: &Ctx, channel: &ChannelId, peer: &E164, figure: Figure<'_>) -> Result<(), bus::PublishError> {
+/// `cost.<item>.<basis>.<sid>`: each figure once).
+async fn record(
+    (js, topology): (&async_nats::jetstream::Context, &smsgate_shared::topology::Topology),
+    channel: &ChannelId,
+    peer: &E164,
+    figure: Figure<'_>,
+) -> Result<(), bus::PublishError> {
     let event = HistoryEvent::Cost {
-        item: Item::Sms,
+        item: figure.item,
         reference: figure.sid.to_owned(),
         units: figure.units,
         usd: Some(figure.usd),
         basis: figure.basis,
         detail: Some(figure.detail),
     };
-    let id = MsgId::HistoryCost { item: Item::Sms, basis: figure.basis, reference: figure.sid };
-    bus::append_history(&ctx.bus.js, &ctx.bus.topology, (channel, peer), id, event).await
+    let id = MsgId::HistoryCost { item: figure.item, basis: figure.basis, reference: figure.sid };
+    bus::append_history(js, topology, (channel, peer), id, event).await
 }
 
 /// Adds to the day's spend and the metric; a NATS failure is logged (the
@@ -94,70 +103,115 @@ pub(crate) async fn add_spend(spend: &DailySpend, channel: &ChannelId, item: Ite
 
 /// After piece `sid`'s final status: fetches Twilio's price in the
 /// background (see the module's doc).
-pub(crate) fn fetch_price_later(ctx: &Arc<Ctx>, channel_id: &ChannelId, peer: &E164, sid: &str) {
-    if sid.is_empty() || sid == "unknown" || ctx.tuning.price_fetch.is_empty() {
-        return;
-    }
+pub(crate) fn fetch_price_later(ctx: &Ctx, channel_id: &ChannelId, peer: &E164, sid: &str) {
     let Some(live) = ctx.channels.get(channel_id) else { return };
-    let (ctx, channel, peer, sid) = (ctx.clone(), live.channel.clone(), peer.clone(), sid.to_owned());
-    tokio::spawn(async move {
-        let shutdown = ctx.shutdown.clone();
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = fetch_price(&ctx, &channel, &peer, &sid) => {}
-        }
-    });
+    Pricer::of(ctx).later(live.channel.clone(), peer.clone(), sid.to_owned(), Item::Sms);
 }
 
-async fn fetch_price(ctx: &Ctx, channel: &Channel, peer: &E164, sid: &str) {
-    let schedule: Vec<Duration> = ctx.tuning.price_fetch.clone();
-    for (attempt, wait) in schedule.iter().enumerate() {
-        tokio::time::sleep(*wait).await;
-        let fetched = match ctx.twilio.fetch(channel, "Messages", sid).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::info!(
-                    attempt = attempt + 1,
-                    error = &e as &dyn std::error::Error,
-                    outcome = "retry",
-                    "cannot fetch the message's price yet"
-                );
-                continue;
-            }
-        };
-        let Some(usd) = fetched.price_usd() else { continue };
-        if let Some(unit) = fetched.price_unit.as_deref().filter(|u| !u.eq_ignore_ascii_case("USD")) {
-            // Sums are in USD; a figure in another currency is not mixed in.
-            tracing::warn!(price_unit = unit, outcome = "not_usd", "Twilio priced the message in another currency");
-            return;
+/// After call `sid` is placed: fetches its price and duration in the
+/// background once Twilio reports it ended and billed (Twilio's call
+/// `price` covers connectivity only; no estimate is made for calls).
+pub(crate) fn fetch_call_price_later(ctx: &Ctx, channel: &Channel, peer: &E164, sid: &str) {
+    Pricer::of(ctx).later(channel.clone(), peer.clone(), sid.to_owned(), Item::Call);
+}
+
+/// What a background price fetch needs, cloned out of the sender's context.
+#[derive(Clone)]
+struct Pricer {
+    twilio: crate::twilio::TwilioClient,
+    js: async_nats::jetstream::Context,
+    topology: smsgate_shared::topology::Topology,
+    spend: DailySpend,
+    schedule: Vec<Duration>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Pricer {
+    fn of(ctx: &Ctx) -> Self {
+        Self {
+            twilio: ctx.twilio.clone(),
+            js: ctx.bus.js.clone(),
+            topology: ctx.bus.topology.clone(),
+            spend: ctx.spend.clone(),
+            schedule: ctx.tuning.price_fetch.clone(),
+            shutdown: ctx.shutdown.clone(),
         }
-        let rate = cost::sms_rate(&channel.pricing, peer);
-        let units = fetched.segments().filter(|s| *s > 0).unwrap_or(1);
-        let estimated = units as f64 * rate.usd_per_segment;
-        let price = fetched.price.as_ref().map(ToString::to_string).unwrap_or_default();
-        let detail = format!("Twilio price {price} {}", fetched.price_unit.as_deref().unwrap_or("USD"));
-        let figure = Figure { sid, units, usd, basis: Basis::Twilio, detail };
-        if let Err(e) = record(ctx, &channel.id, peer, figure).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot record Twilio's price");
-            return;
-        }
-        let delta = usd - estimated;
-        cost::record_metric(&channel.id, Item::Sms, delta);
-        if let Err(e) = ctx.spend.add(&channel.id, delta, SystemTime::now()).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot correct the channel's spend today");
-        }
-        tracing::info!(
-            event = "cost.recorded",
-            channel_id = channel.id.as_str(),
-            kind = "sms",
-            basis = "twilio",
-            message_sid = sid,
-            segments = units,
-            cost_usd = usd,
-            estimate_usd = estimated,
-            "Twilio's price recorded"
-        );
-        return;
     }
-    tracing::info!(message_sid = sid, outcome = "unpriced", "Twilio gave no price in time; the estimate stands");
+
+    fn later(self, channel: Channel, peer: E164, sid: String, item: Item) {
+        if sid.is_empty() || sid == "unknown" || self.schedule.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = self.fetch(&channel, &peer, &sid, item) => {}
+            }
+        });
+    }
+
+    async fn fetch(&self, channel: &Channel, peer: &E164, sid: &str, item: Item) {
+        let resource = if item == Item::Call { "Calls" } else { "Messages" };
+        for (attempt, wait) in self.schedule.iter().enumerate() {
+            tokio::time::sleep(*wait).await;
+            let fetched = match self.twilio.fetch(channel, resource, sid).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::info!(
+                        attempt = attempt + 1,
+                        error = &e as &dyn std::error::Error,
+                        outcome = "retry",
+                        "cannot fetch the price yet"
+                    );
+                    continue;
+                }
+            };
+            // A call is billed once it has ended.
+            let ended = item != Item::Call || fetched.status.as_deref().is_some_and(envelope::call_ended);
+            let Some(usd) = fetched.price_usd().filter(|_| ended) else { continue };
+            if let Some(unit) = fetched.price_unit.as_deref().filter(|u| !u.eq_ignore_ascii_case("USD")) {
+                // Sums are in USD; a figure in another currency is not mixed in.
+                tracing::warn!(price_unit = unit, outcome = "not_usd", "Twilio priced it in another currency");
+                return;
+            }
+            let (units, estimated) = match item {
+                Item::Call => (fetched.duration_secs().unwrap_or(0), 0.0),
+                _ => {
+                    let units = fetched.segments().filter(|s| *s > 0).unwrap_or(1);
+                    (units, units as f64 * cost::sms_rate(&channel.pricing, peer).usd_per_segment)
+                }
+            };
+            let price = fetched.price.as_ref().map(ToString::to_string).unwrap_or_default();
+            let detail = match item {
+                Item::Call => {
+                    format!("Twilio price {price} {}, {units} s", fetched.price_unit.as_deref().unwrap_or("USD"))
+                }
+                _ => format!("Twilio price {price} {}", fetched.price_unit.as_deref().unwrap_or("USD")),
+            };
+            let figure = Figure { item, sid, units, usd, basis: Basis::Twilio, detail };
+            if let Err(e) = record((&self.js, &self.topology), &channel.id, peer, figure).await {
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot record Twilio's price");
+                return;
+            }
+            let delta = usd - estimated;
+            cost::record_metric(&channel.id, item, delta);
+            if let Err(e) = self.spend.add(&channel.id, delta, SystemTime::now()).await {
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot correct the channel's spend today");
+            }
+            tracing::info!(
+                event = "cost.recorded",
+                channel_id = channel.id.as_str(),
+                kind = item.as_str(),
+                basis = "twilio",
+                message_sid = sid,
+                units,
+                cost_usd = usd,
+                estimate_usd = estimated,
+                "Twilio's price recorded"
+            );
+            return;
+        }
+        tracing::info!(message_sid = sid, outcome = "unpriced", "Twilio gave no price in time; the estimate stands");
+    }
 }

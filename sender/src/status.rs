@@ -70,7 +70,7 @@ impl Handler for Status {
     }
 }
 
-async fn process(ctx: &Arc<Ctx>, msg: &Message) -> Disposition {
+async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
     let update: StatusUpdate = match envelope::decode(&msg.payload) {
         Ok(u) => u,
         Err(e) => return dead(ctx, msg, format!("cannot read the status callback: {e}")).await,

@@ -271,6 +271,7 @@ impl TwilioStub {
                 get(get_media).delete(delete_media),
             )
             .route("/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}", get(fetch_message))
+            .route("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}", get(fetch_message))
             .route("/2010-04-01/Accounts/{file}", get(fetch_account))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json", get(list_numbers))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers/{file}", post(update_number))
@@ -646,9 +647,7 @@ async fn create(
             } else {
                 message_json(&account_sid, &sid, &form)
             };
-            if resource != CALLS {
-                state.lock().messages.insert(sid.clone(), (body.clone(), 0));
-            }
+            state.lock().messages.insert(sid.clone(), (body.clone(), 0));
             (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err((code, message)) => {
@@ -685,8 +684,9 @@ async fn create(
     }
 }
 
-/// `GET …/Messages/{Sid}.json`: the message as created, `status` `sent`,
-/// `price` null until [`Pricing::null_fetches`] fetches have passed.
+/// `GET …/Messages/{Sid}.json` (and `…/Calls/{Sid}.json`): the message as
+/// created, `status` `sent`, `price` null until [`Pricing::null_fetches`]
+/// fetches have passed; a call then reads `completed`, 42 s, -0.01400 USD.
 async fn fetch_message(
     State(state): State<Arc<StubState>>,
     Path((account_sid, file)): Path<(String, String)>,
@@ -713,10 +713,20 @@ async fn fetch_message(
     };
     *fetches += 1;
     let mut body = body.clone();
-    body["status"] = json!("sent");
+    let call = sid.starts_with("CA");
     if *fetches > pricing.null_fetches {
-        let segments: f64 = body["num_segments"].as_str().and_then(|s| s.parse().ok()).unwrap_or(1.0);
-        body["price"] = json!(format!("{:.5}", -(segments * pricing.usd_per_segment)));
+        if call {
+            // A call that ended after 42 s, at 0.014 USD a minute.
+            body["status"] = json!("completed");
+            body["duration"] = json!("42");
+            body["price"] = json!("-0.01400");
+        } else {
+            let segments: f64 = body["num_segments"].as_str().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            body["price"] = json!(format!("{:.5}", -(segments * pricing.usd_per_segment)));
+        }
+    }
+    if !call {
+        body["status"] = json!("sent");
     }
     json_response(StatusCode::OK, &body)
 }

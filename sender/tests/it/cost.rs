@@ -106,3 +106,24 @@ async fn a_spent_day_budget_refuses_agent_texts_while_replies_still_go() {
     t.wait_history(&to, "the reply", |h| sent(h) == 1).await;
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_placed_call_gets_twilios_price_and_duration_once_it_has_ended() {
+    let mut t = TestSender::start_with("", pricing_tuning()).await;
+    let to = peer(62);
+    let mut out = outbound("api.call-62", &to, "Your table is ready");
+    out.call = Some(smsgate_shared::envelope::OutboundCall { twiml: None });
+    t.publish(&out).await;
+    let history = t.wait_history(&to, "the call's price", |h| !costs(h).is_empty()).await;
+    let sid = t.twilio.created().into_iter().find_map(|c| c.sid.filter(|s| s.starts_with("CA"))).unwrap();
+    assert_eq!(costs(&history), vec![(Item::Call, sid.clone(), Some(0.014), Basis::Twilio)]);
+    let units = history.iter().find_map(|e| match &e.event {
+        HistoryEvent::Cost { units, .. } => Some(*units),
+        _ => None,
+    });
+    assert_eq!(units, Some(42), "the call's duration in seconds");
+    assert!(t.twilio.fetches(&sid) >= 2, "no price before the call ended");
+    let sum = sum(&history);
+    assert!(close(sum.call_usd, 0.014) && close(sum.total_usd, 0.014) && sum.estimated == 0, "{sum:?}");
+    t.stop().await;
+}
