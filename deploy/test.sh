@@ -12,6 +12,8 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 # The console's tests drive a real headless Chromium over WebDriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The alert rules' unit tests and the observability profile's Prometheus config.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -62,7 +64,12 @@ if [ -f docker-compose.yml ]; then
   echo "== docker-compose config"
   docker-compose --env-file .env.example -f docker-compose.yml config -q
   docker-compose --env-file .env.example -f docker-compose.yml -f deploy/docker-compose.cluster.yml config -q
+  docker-compose --env-file .env.example -f docker-compose.yml --profile observability config -q
 fi
+echo "== alert rules and Prometheus config (promtool)"
+promtool check rules deploy/observability/alerts.yml
+promtool test rules deploy/observability/alerts.test.yml
+promtool check config deploy/observability/prometheus.yml
 echo "== deploy/Dockerfile copies every workspace member"
 members=$(sed -n 's/^members = \[\(.*\)\]/\1/p' Cargo.toml | tr -d '",')
 for m in $members; do

@@ -199,7 +199,7 @@ async function loadConversation() {
   const { channel, peer } = state.current;
   const data = await api(path(channel, peer) + "?limit=200");
   $("peer").textContent = data.peer;
-  $("conversation-channel").textContent = data.channel_id + " · " + count(data.messages, "message");
+  $("conversation-channel").textContent = data.channel_id + " · " + count(data.messages, "message") + costText(data.cost);
   const paused = Boolean(data.paused_until);
   $("paused").hidden = !paused;
   $("paused").textContent = paused ? "bot paused until " + when(data.paused_until) : "";
@@ -209,6 +209,13 @@ async function loadConversation() {
   entries.replaceChildren();
   for (const e of data.entries) entries.append(entryRow(e));
   entries.lastElementChild && entries.lastElementChild.scrollIntoView({ block: "end" });
+}
+
+// " · cost $0.0241 (1 estimated)": Twilio's prices where known, else estimates.
+function costText(cost) {
+  if (!cost || !(cost.total_usd > 0)) return "";
+  const estimated = cost.estimated > 0 ? " (" + cost.estimated + " estimated)" : "";
+  return " · cost $" + cost.total_usd.toFixed(4) + estimated;
 }
 
 function entryRow(e) {
@@ -233,6 +240,9 @@ function entryRow(e) {
       item = el("li", "entry call-turn");
       item.append(el("div", "heard", "☎ " + (e.heard || "(silence)")), el("div", "said", "↳ " + e.said));
       item.append(el("span", "meta", "turn " + e.turn + (e.origin !== "chat" ? " · " + e.origin : "")));
+      break;
+    case "cost":
+      item = el("li", "entry note cost", e.item + " " + (e.usd != null ? "$" + e.usd.toFixed(4) : "usage unknown") + " (" + e.basis + ")" + (e.detail ? ": " + e.detail : ""));
       break;
     default:
       item = el("li", "entry note", e.reason + (e.detail ? ": " + e.detail : ""));

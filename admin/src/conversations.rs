@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
+use smsgate_shared::cost::{Basis, CostSum, Item};
 use smsgate_shared::domain::{E164, MessageSid};
 use smsgate_shared::envelope::{self, HistoryEntry, HistoryEvent, Media, MessageStatus, NoteReason, Origin};
 use time::OffsetDateTime;
@@ -138,6 +139,9 @@ pub struct Conversation {
     /// Set while an operator has paused the bot for this conversation.
     #[serde(with = "time::serde::rfc3339::option")]
     pub paused_until: Option<OffsetDateTime>,
+    /// What the whole conversation cost so far (every stored entry, not
+    /// only those shown): Twilio's prices where known, else estimates.
+    pub cost: CostSum,
     pub entries: Vec<EntryView>,
 }
 
@@ -197,6 +201,15 @@ pub enum EventView {
         heard: String,
         said: String,
         origin: Origin,
+    },
+    Cost {
+        item: Item,
+        reference: String,
+        units: u64,
+        usd: Option<f64>,
+        basis: Basis,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
 }
 
@@ -280,6 +293,9 @@ impl DeliveryIndex {
             HistoryEvent::CallTurn { call_sid, turn, heard, said, origin } => {
                 EventView::CallTurn { call_sid, turn, heard, said, origin }
             }
+            HistoryEvent::Cost { item, reference, units, usd, basis, detail } => {
+                EventView::Cost { item, reference, units, usd, basis, detail }
+            }
         };
         EntryView { seq, at: entry.at, event }
     }
@@ -316,6 +332,7 @@ pub(crate) async fn read_conversation(
     let mut index = DeliveryIndex::default();
     let mut window: VecDeque<(u64, HistoryEntry)> = VecDeque::with_capacity(limit.min(1024));
     let (mut total, mut messages, mut started_at) = (0u64, 0u64, None);
+    let mut costs = Vec::new();
     for (seq, published, payload) in read_all(&stream, subject, None).await? {
         total += 1;
         started_at.get_or_insert(published);
@@ -333,6 +350,9 @@ pub(crate) async fn read_conversation(
             messages += 1;
         }
         index.add(&entry.event);
+        if matches!(entry.event, HistoryEvent::Cost { .. }) {
+            costs.push(entry.event.clone());
+        }
         if window.len() == limit {
             window.pop_front();
         }
@@ -346,6 +366,7 @@ pub(crate) async fn read_conversation(
         messages,
         started_at,
         paused_until,
+        cost: CostSum::of(&costs),
         entries,
     }))
 }

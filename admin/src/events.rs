@@ -117,7 +117,8 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
             | NoteReason::Blocked
             | NoteReason::ChatError
             | NoteReason::NoReply
-            | NoteReason::Refused => "message.skipped",
+            | NoteReason::Refused
+            | NoteReason::Budget => "message.skipped",
             NoteReason::Scheduled => "message.scheduled",
             NoteReason::Canceled => "message.canceled",
             NoteReason::Consent => "conversation.consent",
@@ -132,6 +133,7 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
         HistoryEvent::Call { status, .. } if envelope::call_ended(status) => "call.ended",
         HistoryEvent::Call { .. } => "call.started",
         HistoryEvent::CallTurn { .. } => "call.turn",
+        HistoryEvent::Cost { .. } => "cost.recorded",
     }
 }
 

@@ -240,7 +240,10 @@ impl ConversationIndex {
             HistoryEvent::Inbound { body, media, .. } => Some(("inbound", body, media.len())),
             HistoryEvent::Outbound { body, .. } => Some(("outbound", body, 0)),
             HistoryEvent::CallTurn { heard, .. } => Some(("call", heard, 0)),
-            HistoryEvent::Status { .. } | HistoryEvent::Note { .. } | HistoryEvent::Call { .. } => None,
+            HistoryEvent::Status { .. }
+            | HistoryEvent::Note { .. }
+            | HistoryEvent::Call { .. }
+            | HistoryEvent::Cost { .. } => None,
         };
         if let Some((direction, body, media)) = message {
             summary.messages += 1;

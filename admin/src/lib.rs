@@ -263,6 +263,6 @@ async fn not_found() -> AdminError {
 async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        smsgate_shared::telemetry::metrics_handle().render(),
+        smsgate_shared::telemetry::render(&smsgate_shared::telemetry::metrics_handle()),
     )
 }

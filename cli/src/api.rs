@@ -265,7 +265,27 @@ pub struct Conversation {
     pub messages: u64,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
+    /// What it cost (an admin API older than cost figures sends none).
+    #[serde(default)]
+    pub cost: Option<CostSum>,
     pub entries: Vec<Entry>,
+}
+
+/// The conversation's cost as the admin API sums it.
+#[derive(Debug, Default, Deserialize)]
+pub struct CostSum {
+    #[serde(default)]
+    pub total_usd: f64,
+    #[serde(default)]
+    pub sms_usd: f64,
+    #[serde(default)]
+    pub call_usd: f64,
+    #[serde(default)]
+    pub model_usd: f64,
+    #[serde(default)]
+    pub estimated: u32,
+    #[serde(default)]
+    pub usage_unknown: u32,
 }
 
 #[derive(Debug, Deserialize)]

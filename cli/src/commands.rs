@@ -498,7 +498,11 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
                     "webhook_url": c.webhook_url(),
                     "status_url": c.status_url(),
                     "insecure_skip_signature": c.insecure_skip_signature,
-                    "limits": {"replies_per_minute": c.limits.replies_per_minute, "replies_per_day": c.limits.replies_per_day},
+                    "limits": {
+                        "replies_per_minute": c.limits.replies_per_minute,
+                        "replies_per_day": c.limits.replies_per_day,
+                        "usd_per_day": c.limits.usd_per_day,
+                    },
                     "reply_countries": reply_countries(c),
                     "unknown_keys": c.unknown_keys,
                 })
@@ -548,6 +552,9 @@ fn check_config(file: Option<&Path>, json: bool) -> Result<(), CliError> {
             c.limits.replies_per_day,
             reply_countries(c).join(", ")
         );
+        if let Some(usd) = c.limits.usd_per_day {
+            println!("{}: no model call or agent text after {usd} USD spent in a UTC day", c.id);
+        }
     }
     for c in channels.iter().filter(|c| c.insecure_skip_signature) {
         println!("warning: channel {}: insecure_skip_signature is on; anyone who knows the URL can post", c.id);

@@ -98,6 +98,9 @@ pub fn conversation(c: &Conversation, offset: UtcOffset) -> String {
         let _ = write!(out, " · showing the latest {shown} entries of {}", c.total);
     }
     out.push('\n');
+    if let Some(cost) = c.cost.as_ref().filter(|s| s.total_usd > 0.0 || s.usage_unknown > 0) {
+        out.push_str(&cost_line(cost));
+    }
     if c.entries.is_empty() {
         out.push_str("\n(no messages yet)\n");
         return out;
@@ -161,6 +164,27 @@ pub fn conversation(c: &Conversation, offset: UtcOffset) -> String {
         }
     }
     out
+}
+
+/// `Cost $0.0241 (SMS $0.0158, model $0.0083) · 1 piece estimated`.
+fn cost_line(s: &crate::api::CostSum) -> String {
+    let parts: Vec<String> = [("SMS", s.sms_usd), ("calls", s.call_usd), ("model", s.model_usd)]
+        .into_iter()
+        .filter(|(_, usd)| *usd > 0.0)
+        .map(|(what, usd)| format!("{what} ${usd:.4}"))
+        .collect();
+    let mut line = format!("Cost ${:.4}", s.total_usd);
+    if !parts.is_empty() {
+        let _ = write!(line, " ({})", parts.join(", "));
+    }
+    if s.estimated > 0 {
+        let _ = write!(line, " · {} estimated, Twilio's price not in yet", s.estimated);
+    }
+    if s.usage_unknown > 0 {
+        let _ = write!(line, " · {} model answers without token counts", s.usage_unknown);
+    }
+    line.push('\n');
+    line
 }
 
 /// A message, its continuation lines aligned under the first one's text.
@@ -248,6 +272,28 @@ mod tests {
         assert!(text.contains("[10:30] ← Them: hi\n                there\n"), "{text}");
         assert!(text.contains("[10:31] → You: hello  (delivered)\n"), "{text}");
         assert!(!text.contains("status"), "{text}");
+        assert!(!text.contains("Cost"), "no cost figures, no cost line: {text}");
+    }
+
+    #[test]
+    fn the_view_shows_what_the_conversation_cost() {
+        let c: Conversation = serde_json::from_value(serde_json::json!({
+            "channel_id": "local", "peer": "+14155550100", "total": 2, "messages": 1,
+            "cost": {"total_usd": 0.0241, "sms_usd": 0.0158, "call_usd": 0.0, "model_usd": 0.0083,
+                     "estimated": 1, "usage_unknown": 0},
+            "entries": [
+                {"seq": 1, "at": "2026-11-21T10:30:00Z", "kind": "inbound", "message_sid": "SM1", "body": "hi", "media": []},
+                {"seq": 2, "at": "2026-11-21T10:30:01Z", "kind": "cost", "item": "sms", "reference": "SMx",
+                 "units": 2, "usd": 0.0158, "basis": "twilio"}
+            ]
+        }))
+        .unwrap();
+        let text = conversation(&c, UtcOffset::UTC);
+        assert!(
+            text.contains("Cost $0.0241 (SMS $0.0158, model $0.0083) · 1 estimated, Twilio's price not in yet\n"),
+            "{text}"
+        );
+        assert!(!text.contains("SMx"), "cost entries are summed, not listed: {text}");
     }
 
     #[test]

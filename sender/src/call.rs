@@ -47,6 +47,7 @@ pub async fn place(ctx: &Ctx, d: &Delivery<()>, channel: &Channel, out: &Outboun
                 Ok(created) => {
                     let sid = created.sid.unwrap_or_else(|| "unknown".to_owned());
                     deliver::remember_sent(ctx, &key, &sid).await;
+                    crate::cost::fetch_call_price_later(ctx, channel, &out.to, &sid);
                     metrics::counter!("smsgate_sender_calls_total", "outcome" => "placed").increment(1);
                     sid
                 }

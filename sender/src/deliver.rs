@@ -256,8 +256,20 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         delivery: "twilio".to_owned(),
         media: out.media_urls.clone(),
     };
-    tracing::info!(pieces = n, segments = prepared_segments(&pieces), outcome = "delivered", "reply sent");
-    finish(ctx, &out, event, "delivered").await
+    tracing::info!(
+        event = "message.sent",
+        pieces = n,
+        segments = prepared_segments(&pieces),
+        outcome = "delivered",
+        "reply sent"
+    );
+    let disposition = finish(ctx, &out, event, "delivered").await;
+    if disposition == Disposition::Ack {
+        // After the Outbound entry, so history reads message then cost; a
+        // crash in between loses the estimate (Twilio's price still comes).
+        crate::cost::estimate(ctx, channel, &out.to, &pieces, &sids).await;
+    }
+    disposition
 }
 
 /// How long a message Twilio could not take waits for its next delivery:

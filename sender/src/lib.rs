@@ -26,6 +26,8 @@
 //!   retries and `P_sent` bookkeeping, through Twilio's Calls API.
 //! - [`status`]: a `StatusUpdate` from `P_STATUS`: compare-and-set of the
 //!   piece's state in `P_sent` (never backwards) → history entry → ack.
+//! - `cost`: each piece's estimate at send, Twilio's price fetched after
+//!   its final status, the channel's spend today.
 //! - history entries and dead letters go through `smsgate_shared::bus`.
 //! - the channels: a live [`smsgate_shared::channels::Registry`] (the
 //!   file's plus those connected at run time, followed in `P_channels`); an
@@ -36,6 +38,7 @@
 //! [`twilio`] → `P_sent` and `P.history.<channel>.<peer>` → ack.
 
 pub mod call;
+mod cost;
 pub mod deliver;
 mod guarded;
 pub mod pacer;
@@ -85,6 +88,9 @@ pub struct Tuning {
     /// The base of the redelivery delay (× delivery count) once in-process
     /// retries are used up.
     pub redelivery_delay: Duration,
+    /// When Twilio's price of a piece is fetched after its final status
+    /// (each wait from the one before); empty: never.
+    pub price_fetch: Vec<Duration>,
     /// How often a message waiting in-process tells JetStream it is alive.
     pub progress_every: Duration,
     /// How long in-flight messages may take to finish after shutdown.
@@ -102,6 +108,8 @@ impl Default for Tuning {
             retry: RetryPolicy::doubling(Duration::from_millis(500), Duration::from_secs(30)),
             unknown_outcome_delay: Duration::from_secs(2),
             redelivery_delay: Duration::from_secs(15),
+            // Twilio fills `price` within minutes, sometimes later.
+            price_fetch: [30, 120, 600, 1800].map(Duration::from_secs).to_vec(),
             progress_every: Duration::from_secs(10),
             grace: Duration::from_secs(20),
             timeouts: ClientTimeouts::default(),
@@ -177,6 +185,8 @@ pub struct Ctx {
     pub guard: smsgate_shared::guard::GuardStore,
     /// Deferred and scheduled messages (`P_schedule`).
     pub schedule: smsgate_shared::schedule::Schedule,
+    /// The channels' spend today (`limits.usd_per_day`).
+    pub spend: smsgate_shared::cost::DailySpend,
 }
 
 /// The sender, bound and connected, ready to run.
@@ -255,13 +265,15 @@ impl App {
             self.bus.topology.clone(),
             format!("sender-{}", &smsgate_shared::config::generate_token()[..12]),
         );
+        let cells = Arc::new(smsgate_shared::cas::Cas::new(budget));
         let ctx = Arc::new(Ctx {
             guard,
             schedule,
             bus: self.bus,
             channels: self.channels,
             twilio: self.twilio,
-            pacer: Pacer::new(Arc::new(smsgate_shared::cas::Cas::new(budget))),
+            spend: smsgate_shared::cost::DailySpend::new(cells.clone()),
+            pacer: Pacer::new(cells),
             tuning: self.tuning,
             shutdown: shutdown.clone(),
         });

@@ -28,6 +28,10 @@ use smsgate_shared::consume::{BoxError, Delivery, Handler, Key, Stranded, key_of
 /// filtered as spam, unregistered 10DLC sender, unverified toll-free.
 pub const PERMANENT_ASYNC_CODES: [&str; 6] = ["30004", "30005", "30006", "30007", "30034", "30032"];
 
+/// From this rank on a status is final (failed, undelivered, canceled,
+/// delivered, read): Twilio has billed the piece or never will.
+const FINAL_RANK: u8 = 5;
+
 /// The consumer runtime's view of `P_STATUS`: one piece's callbacks in
 /// order (keyed by its MessageSid), pieces in parallel.
 pub struct Status(pub Arc<Ctx>);
@@ -107,15 +111,19 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
         let error_code = update.error_code.clone().filter(|c| !c.trim().is_empty());
         let permanent = error_code.as_deref().is_some_and(|c| PERMANENT_ASYNC_CODES.contains(&c));
         if matches!(status, MessageStatus::Failed | MessageStatus::Undelivered) {
+            metrics::counter!("smsgate_sender_delivery_errors_total", "error_code" => error_label(error_code.as_deref()))
+                .increment(1);
             tracing::warn!(
+                event = "message.status",
                 status = %update.status,
+                error_code = error_code.as_deref().unwrap_or(""),
                 twilio_code = error_code.as_deref().unwrap_or(""),
                 permanent,
                 outcome = "not_delivered",
                 "Twilio could not deliver a piece"
             );
         } else {
-            tracing::info!(status = %update.status, outcome = "recorded", "delivery status");
+            tracing::info!(event = "message.status", status = %update.status, outcome = "recorded", "delivery status");
         }
         let event = HistoryEvent::Status { sid: sid.to_owned(), status: update.status.clone(), error_code };
         let id = MsgId::HistoryStatus { sid: &update.message_sid, status: &update.status };
@@ -131,11 +139,32 @@ async fn process(ctx: &Ctx, msg: &Message) -> Disposition {
             Some(e) => ctx.bus.sent.update(&key, value, e.revision).await.map(|_| ()).map_err(|e| e.to_string()),
         };
         match stored {
-            Ok(()) => return Disposition::Ack,
+            Ok(()) => {
+                // The first final status: Twilio bills the piece now.
+                let was_final = current.as_deref().is_some_and(|c| MessageStatus::parse(c).rank() >= FINAL_RANK);
+                if rank >= FINAL_RANK && !was_final {
+                    crate::cost::fetch_price_later(ctx, &update.channel_id, &peer, sid);
+                }
+                return Disposition::Ack;
+            }
             Err(e) => tracing::debug!(error = %e, "delivery state changed meanwhile; checking again"),
         }
     }
     Disposition::Retry(ctx.tuning.redelivery_delay)
+}
+
+/// Twilio's error code as a metric label: the codes operators watch
+/// (docs/TWILIO.md §6), `other` for the rest, `none` without one, so the
+/// label's values stay few.
+fn error_label(code: Option<&str>) -> &'static str {
+    const WATCHED: [&str; 14] = [
+        "30001", "30002", "30003", "30004", "30005", "30006", "30007", "30008", "30024", "30032", "30034", "21610",
+        "21611", "21614",
+    ];
+    match code {
+        None => "none",
+        Some(c) => WATCHED.iter().find(|w| **w == c).copied().unwrap_or("other"),
+    }
 }
 
 async fn dead(ctx: &Ctx, msg: &Message, reason: String) -> Disposition {

@@ -111,6 +111,40 @@ pub struct CreatedMessage {
     pub num_segments: Option<String>,
 }
 
+/// A message or call as `GET …/Messages/{Sid}.json` (or `Calls/{Sid}.json`)
+/// answers it: what the cost figures read. `price` is null until Twilio has
+/// billed it, then a negative string (`"-0.00790"`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Fetched {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub price: Option<serde_json::Value>,
+    #[serde(default)]
+    pub price_unit: Option<String>,
+    /// A string in Twilio's JSON (messages).
+    #[serde(default)]
+    pub num_segments: Option<String>,
+    /// Seconds, a string in Twilio's JSON (calls).
+    #[serde(default)]
+    pub duration: Option<String>,
+}
+
+impl Fetched {
+    /// Twilio's price in USD, once billed.
+    pub fn price_usd(&self) -> Option<f64> {
+        smsgate_shared::cost::parse_twilio_price(self.price.as_ref())
+    }
+
+    pub fn segments(&self) -> Option<u64> {
+        self.num_segments.as_deref().and_then(|s| s.trim().parse().ok())
+    }
+
+    pub fn duration_secs(&self) -> Option<u64> {
+        self.duration.as_deref().and_then(|s| s.trim().parse().ok())
+    }
+}
+
 /// One message to create.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {
@@ -162,6 +196,30 @@ impl TwilioClient {
         self.create(channel, "Calls", &call_form_fields(channel, call)).await
     }
 
+    /// `GET {api_base}/2010-04-01/Accounts/{sid}/{Messages|Calls}/{Sid}.json`.
+    pub async fn fetch(&self, channel: &Channel, resource: &str, sid: &str) -> Result<Fetched, TwilioError> {
+        let url = format!("{}/2010-04-01/Accounts/{}/{resource}/{sid}.json", channel.api_base, channel.account_sid);
+        let response = self
+            .http
+            .get(url)
+            .basic_auth(channel.account_sid.as_str(), Some(channel.auth_token.expose_secret()))
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(classify)?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| TwilioError::Api {
+                status: status.as_u16(),
+                code: None,
+                message: format!("unreadable answer: {e}"),
+                more_info: None,
+                retry_after: None,
+            });
+        }
+        Err(api_error(status.as_u16(), &bytes, None))
+    }
+
     async fn create(
         &self,
         channel: &Channel,
@@ -191,17 +249,22 @@ impl TwilioClient {
                 num_segments: None,
             }));
         }
-        let doc = ErrorDocument::parse(&bytes);
-        // Twilio's texts quote the numbers (`The 'To' number +1415... is not
-        // valid`); this message reaches logs, history and dead letters.
-        let message = ErrorDocument::message_or(doc.as_ref(), &String::from_utf8_lossy(&bytes), 300);
-        Err(TwilioError::Api {
-            status: status.as_u16(),
-            code: doc.as_ref().and_then(|d| d.code),
-            message,
-            more_info: doc.and_then(|d| d.more_info),
-            retry_after,
-        })
+        Err(api_error(status.as_u16(), &bytes, retry_after))
+    }
+}
+
+/// Twilio's error document as an error. Its texts quote the numbers (`The
+/// 'To' number +1415... is not valid`); this message reaches logs, history
+/// and dead letters, which mask them.
+fn api_error(status: u16, bytes: &[u8], retry_after: Option<Duration>) -> TwilioError {
+    let doc = ErrorDocument::parse(bytes);
+    let message = ErrorDocument::message_or(doc.as_ref(), &String::from_utf8_lossy(bytes), 300);
+    TwilioError::Api {
+        status,
+        code: doc.as_ref().and_then(|d| d.code),
+        message,
+        more_info: doc.and_then(|d| d.more_info),
+        retry_after,
     }
 }
 

@@ -165,6 +165,10 @@ pub enum MsgId<'a> {
     /// History: one turn of a call, `turn.<CallSid>.<n>`: a redelivered
     /// turn is recorded once.
     HistoryCallTurn { call_sid: &'a CallSid, turn: u32 },
+    /// History: a cost figure, `cost.<item>.<basis>.<reference>`: the
+    /// estimate and Twilio's price of one piece, or one answer's tokens,
+    /// each recorded once however often it is computed again.
+    HistoryCost { item: crate::cost::Item, basis: crate::cost::Basis, reference: &'a str },
     /// A dead letter: `dead.<stage>.<original subject>.<seq>`. One per
     /// stored message however often it is redelivered; a replay is a new
     /// stored message and may be dead-lettered again.
@@ -191,6 +195,9 @@ impl fmt::Display for MsgId<'_> {
             Self::HistoryCall { call_sid, status } => write!(f, "call.{call_sid}.{status}"),
             Self::HistoryCallTurn { call_sid, turn } => write!(f, "turn.{call_sid}.{turn}"),
             Self::Dead { stage, subject, seq } => write!(f, "dead.{}.{subject}.{seq}", stage.as_str()),
+            Self::HistoryCost { item, basis, reference } => {
+                write!(f, "cost.{}.{}.{reference}", item.as_str(), basis.as_str())
+            }
         }
     }
 }
@@ -303,6 +310,14 @@ pub async fn dead_letter(
     };
     let id = MsgId::Dead { stage: failure.stage, subject: original.subject, seq: original.seq };
     metrics::counter!("smsgate_dead_letters_total", "stage" => failure.stage.as_str()).increment(1);
+    tracing::warn!(
+        event = "dead.letter",
+        stage = failure.stage.as_str(),
+        channel_id = letter.channel_id.as_str(),
+        reason = %crate::redact::mask_numbers(&letter.reason),
+        error_code = letter.code.unwrap_or_default(),
+        "dead letter written"
+    );
     publish(js, topology.dead_subject(failure.stage, &channel), id, envelope::encode(&letter)).await.map(|_| ())
 }
 

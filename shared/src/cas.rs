@@ -127,6 +127,11 @@ impl Cas {
         Err(CasError::Contended { key: key.to_owned() })
     }
 
+    /// The key's value as the bucket has it now (`None` when absent or deleted).
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CasError> {
+        Ok(self.read(key).await?.0)
+    }
+
     /// The key's value (`None` when absent or deleted) and the revision a
     /// write must name (`None` when the key never existed).
     async fn read(&self, key: &str) -> Result<(Option<Bytes>, Option<u64>), CasError> {

@@ -379,6 +379,8 @@ pub enum NoteReason {
     /// agent's `handoff_to_human`, or an operator's pause with a reason):
     /// paused, the detail says why.
     Handoff,
+    /// The channel spent its `limits.usd_per_day`: no model call today.
+    Budget,
 }
 
 impl NoteReason {
@@ -409,6 +411,7 @@ impl NoteReason {
             Self::Refused => "refused",
             Self::Consent => "consent",
             Self::Handoff => "handoff",
+            Self::Budget => "budget",
         }
     }
 
@@ -500,6 +503,23 @@ pub enum HistoryEvent {
     /// One turn of a call (event `call.turn`): what the caller said and
     /// what was said back (`origin` `chat`, `fallback` or `timeout`).
     CallTurn { call_sid: String, turn: u32, heard: String, said: String, origin: Origin },
+    /// A cost figure (event `cost.recorded`; `crate::cost`): an SMS piece's
+    /// estimate at send and Twilio's price later under the same `reference`
+    /// (the piece's SID), a call's price, a model answer's tokens. Readers
+    /// older than this entry skip it, as they skip any entry they cannot read.
+    Cost {
+        item: crate::cost::Item,
+        /// The piece's or call's Twilio SID, or the inbound MessageSid a
+        /// model answer was for.
+        reference: String,
+        /// Segments, seconds or tokens.
+        units: u64,
+        /// None: not known (a model server that gives no `usage`).
+        usd: Option<f64>,
+        basis: crate::cost::Basis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
 }
 
 /// A conversation's state in the `P_conversations` bucket

@@ -40,6 +40,8 @@
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
 //! - [`cas`]: state every replica shares (reply budgets, rate limits,
 //!   pacing) in a key-value bucket, changed with compare-and-set.
+//! - [`cost`]: what messages, calls and model answers cost: the rate table,
+//!   Twilio's price, token prices, the day's spend against `limits.usd_per_day`.
 //! - [`consume`]: the consumer runtime of the worker and the sender:
 //!   per-conversation order, concurrency up to a bound, nothing stranded.
 //! - [`nats`]: connecting to one NATS server or a cluster, with creds,
@@ -55,6 +57,7 @@ pub mod cas;
 pub mod channels;
 pub mod config;
 pub mod consume;
+pub mod cost;
 pub mod domain;
 pub mod envelope;
 pub mod guard;

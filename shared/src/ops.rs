@@ -17,7 +17,7 @@ pub async fn health() -> (StatusCode, &'static str) {
 }
 
 pub async fn metrics(State(handle): State<PrometheusHandle>) -> String {
-    handle.render()
+    crate::telemetry::render(&handle)
 }
 
 /// Liveness of a service with consumer runtimes: 503 naming the runtime

@@ -149,6 +149,15 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// `/metrics`: the recorder's metrics and the cost counter
+/// ([`crate::cost::render_metrics`]), which the recorder cannot hold (its
+/// counters are integers; dollars are not).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    text.push_str(&crate::cost::render_metrics());
+    text
+}
+
 /// Runs the recorder's upkeep (draining histogram samples into their
 /// buckets) every few seconds until `shutdown`, so samples never pile up
 /// between scrapes.

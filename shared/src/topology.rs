@@ -270,6 +270,12 @@ impl Topology {
     pub fn budget_key(channel: &ChannelId, window: &str) -> String {
         format!("{channel}.{window}")
     }
+    /// Key in the `budget` bucket: what `channel` spent in UTC day `day`,
+    /// in millionths of a USD (`usd.<day>`: `usd` is never a window, `rate`,
+    /// `agent` or a number, so never another counter's key).
+    pub fn spend_key(channel: &ChannelId, day: u64) -> String {
+        format!("{channel}.usd.{day}")
+    }
     /// Key in the `budget` bucket for the rate-limit state of a sender on
     /// a channel (three tokens, so never a window counter's key).
     pub fn rate_key(channel: &ChannelId, from: &E164) -> String {

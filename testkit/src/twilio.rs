@@ -193,6 +193,26 @@ struct Inner {
     number_updates: Vec<(String, Vec<(String, String)>)>,
     /// Every HTTP request the stub received, on any route, as `METHOD path`.
     requests: Vec<String>,
+    /// Messages created, by SID: their JSON and how often each was fetched.
+    messages: std::collections::HashMap<String, (Value, u32)>,
+    /// How Twilio prices messages on a fetch (see [`Pricing`]).
+    pricing: Pricing,
+}
+
+/// How the stub fills a message's `price` on `GET …/Messages/{Sid}.json`:
+/// null for the first `null_fetches` fetches (as Twilio's is until it has
+/// billed the message), then `-(usd_per_segment × num_segments)` as a string
+/// with five decimals and `price_unit` `USD`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pricing {
+    pub usd_per_segment: f64,
+    pub null_fetches: u32,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Self { usd_per_segment: 0.0079, null_fetches: 1 }
+    }
 }
 
 /// Records every request, whatever its route (see [`TwilioStub::requests`]).
@@ -250,6 +270,8 @@ impl TwilioStub {
                 "/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{media}",
                 get(get_media).delete(delete_media),
             )
+            .route("/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}", get(fetch_message))
+            .route("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}", get(fetch_message))
             .route("/2010-04-01/Accounts/{file}", get(fetch_account))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers.json", get(list_numbers))
             .route("/2010-04-01/Accounts/{account_sid}/IncomingPhoneNumbers/{file}", post(update_number))
@@ -264,6 +286,17 @@ impl TwilioStub {
             let _ = axum::serve(listener, app).with_graceful_shutdown(until).await;
         });
         Ok(Self { addr, state, stop })
+    }
+
+    /// How messages are priced when fetched (default: null on the first
+    /// fetch, 0.0079 USD per segment after).
+    pub fn set_pricing(&self, pricing: Pricing) {
+        self.state.lock().pricing = pricing;
+    }
+
+    /// How often the message `sid` was fetched (`GET …/Messages/{sid}.json`).
+    pub fn fetches(&self, sid: &str) -> u32 {
+        self.state.lock().messages.get(sid).map_or(0, |(_, n)| *n)
     }
 
     /// The base URL, for a channel's `twilio_api_base`.
@@ -614,6 +647,7 @@ async fn create(
             } else {
                 message_json(&account_sid, &sid, &form)
             };
+            state.lock().messages.insert(sid.clone(), (body.clone(), 0));
             (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err((code, message)) => {
@@ -648,6 +682,53 @@ async fn create(
             error(status, code, &message)
         }
     }
+}
+
+/// `GET …/Messages/{Sid}.json` (and `…/Calls/{Sid}.json`): the message as
+/// created, `status` `sent`, `price` null until [`Pricing::null_fetches`]
+/// fetches have passed; a call then reads `completed`, 42 s, -0.01400 USD.
+async fn fetch_message(
+    State(state): State<Arc<StubState>>,
+    Path((account_sid, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers, &state) {
+        state.lock().unauthorized += 1;
+        return error(401, 20003, "Authentication Error - invalid username");
+    }
+    let Some(sid) = file.strip_suffix(".json") else {
+        return error(404, 20404, "The requested resource was not found");
+    };
+    if account_sid != state.account_sid {
+        return error(404, 20404, "The requested resource was not found");
+    }
+    let mut inner = state.lock();
+    let pricing = inner.pricing;
+    let Some((body, fetches)) = inner.messages.get_mut(sid) else {
+        return error(
+            404,
+            20404,
+            &format!("The requested resource /2010-04-01/Accounts/{account_sid}/Messages/{sid}.json was not found"),
+        );
+    };
+    *fetches += 1;
+    let mut body = body.clone();
+    let call = sid.starts_with("CA");
+    if *fetches > pricing.null_fetches {
+        if call {
+            // A call that ended after 42 s, at 0.014 USD a minute.
+            body["status"] = json!("completed");
+            body["duration"] = json!("42");
+            body["price"] = json!("-0.01400");
+        } else {
+            let segments: f64 = body["num_segments"].as_str().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            body["price"] = json!(format!("{:.5}", -(segments * pricing.usd_per_segment)));
+        }
+    }
+    if !call {
+        body["status"] = json!("sent");
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 /// Records a media request; None when it may go on, else the answer.

@@ -62,11 +62,13 @@ pub struct ChatRequest<'a> {
 pub struct Answer {
     pub text: String,
     pub media: Vec<String>,
+    /// The model's token counts (`openai` only; None when the server gave none).
+    pub usage: Option<smsgate_shared::cost::Usage>,
 }
 
 impl Answer {
     pub fn text(text: impl Into<String>) -> Self {
-        Self { text: text.into(), media: vec![] }
+        Self { text: text.into(), media: vec![], usage: None }
     }
 }
 
@@ -237,7 +239,8 @@ impl ChatBackend {
                 let response = request.send().await.map_err(transport)?;
                 let response = check_status(response)?;
                 let answer = response.bytes().await.map_err(transport)?;
-                Ok(openai_reply(&answer)?.map(Answer::text))
+                let usage = openai_usage(&answer);
+                Ok(openai_reply(&answer)?.map(|text| Answer { usage, ..Answer::text(text) }))
             }
             Self::Webhook { http, url, secret, timeout, .. } => {
                 let payload = serde_json::to_vec(&webhook_body(req))
@@ -401,6 +404,15 @@ fn openai_body<'a>(
 }
 
 /// `choices[0].message.content`; an empty or missing content is "no reply".
+/// The answer's `usage` ({`prompt_tokens`, `completion_tokens`}), if any.
+fn openai_usage(answer: &[u8]) -> Option<smsgate_shared::cost::Usage> {
+    #[derive(Deserialize)]
+    struct WithUsage {
+        usage: Option<smsgate_shared::cost::Usage>,
+    }
+    serde_json::from_slice::<WithUsage>(answer).ok().and_then(|w| w.usage)
+}
+
 pub(crate) fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
     let completion: Completion =
         serde_json::from_slice(answer).map_err(|e| ChatError::BadAnswer(third_party(&e.to_string(), 200)))?;
@@ -485,7 +497,7 @@ fn webhook_reply(bytes: &[u8]) -> Result<Option<Answer>, ChatError> {
         Some(Value::Null) | None if answer.is_object() => String::new(),
         _ => return Err(bad(&answer)),
     };
-    Ok((!text.is_empty() || !media.is_empty()).then_some(Answer { text, media }))
+    Ok((!text.is_empty() || !media.is_empty()).then_some(Answer { text, media, usage: None }))
 }
 
 /// The Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key,
@@ -634,7 +646,10 @@ mod tests {
         assert!(webhook_reply(b"<html>").is_err());
         assert!(webhook_reply(br#"{"reply": 3}"#).is_err());
         let with_media = webhook_reply(br#"{"reply": "see", "media": ["https://x.example.com/a.png"]}"#).unwrap();
-        assert_eq!(with_media, Some(Answer { text: "see".into(), media: vec!["https://x.example.com/a.png".into()] }));
+        assert_eq!(
+            with_media,
+            Some(Answer { text: "see".into(), media: vec!["https://x.example.com/a.png".into()], usage: None })
+        );
         let media_only = webhook_reply(br#"{"reply": null, "media": ["https://x.example.com/a.png"]}"#).unwrap();
         assert_eq!(media_only.map(|a| a.text), Some(String::new()));
         assert!(webhook_reply(br#"{"reply": "x", "media": "https://x"}"#).is_err());

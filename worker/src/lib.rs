@@ -13,7 +13,7 @@
 //! (STOP/START/HELP), the opt-out bucket, allow/block lists, [`limiter`]
 //! (per-sender rate limit) → [`media`] fetches the message's MMS media
 //! (only this message's Twilio media, bounded, described when it cannot be
-//! loaded) → [`chat`] asks the channel's pipeline (openai,
+//! loaded) → [`cost`] checks the channel's day budget → [`chat`] asks the channel's pipeline (openai,
 //! webhook, static, echo) → the reply is stored in `P_seen`, published to
 //! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, marked done, and the inbound
 //! is acked. Failures go to `P_DEAD` with the fallback text sent.
@@ -37,6 +37,7 @@
 pub mod budget;
 pub mod call;
 pub mod chat;
+pub mod cost;
 pub mod history;
 pub mod keywords;
 pub mod limiter;
@@ -228,6 +229,11 @@ impl App {
         let guard = smsgate_shared::guard::GuardStore::new(&bus);
         let schedule = smsgate_shared::schedule::Schedule::new(bus.schedule.clone());
         let cells = Arc::new(smsgate_shared::cas::Cas::new(bus.budget));
+        let spend = cost::Spend {
+            spend: smsgate_shared::cost::DailySpend::new(cells.clone()),
+            js: bus.js.clone(),
+            topology: topology.clone(),
+        };
         let processor = Arc::new(Processor {
             guard,
             schedule,
@@ -242,6 +248,7 @@ impl App {
             conversations: bus.conversations,
             calls: bus.calls,
             limiter: limiter::Limiter::new(cells.clone()),
+            spend,
             budget: budget::Budget::new(cells),
             media: media::Fetcher::new().map_err(Error::Http)?,
             tuning,

@@ -132,6 +132,8 @@ pub struct Processor {
     pub history: History,
     pub limiter: Limiter,
     pub budget: Budget,
+    /// The day's spend and model cost entries.
+    pub spend: crate::cost::Spend,
     /// Fetches (and deletes) inbound media.
     pub media: Fetcher,
     pub tuning: Tuning,
@@ -244,7 +246,7 @@ impl Processor {
         );
         if let Some(result) = crate::call::handle(self, job, inbound, lane, &peer).instrument(span.clone()).await {
             if let Ok((_, outcome)) = &result {
-                span.in_scope(|| info!(outcome = outcome.as_str(), "call part processed"));
+                span.in_scope(|| info!(event = "call.processed", outcome = outcome.as_str(), "call part processed"));
             }
             return result;
         }
@@ -253,7 +255,9 @@ impl Processor {
         let result = step.run().instrument(span.clone()).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Ok((_, outcome)) = &result {
-            span.in_scope(|| info!(outcome = outcome.as_str(), latency_ms, "message processed"));
+            span.in_scope(|| {
+                info!(event = "message.processed", outcome = outcome.as_str(), latency_ms, "message processed")
+            });
         }
         result
     }
@@ -450,6 +454,17 @@ impl Step<'_> {
             let help = self.lane.channel.help_text.clone();
             return self.reply(help, Origin::Help, None).await;
         }
+        if p.spend.over_budget(&self.lane.channel).await? {
+            warn!(
+                event = "message.skipped",
+                reason = "budget",
+                outcome = "over_limit",
+                "the channel spent its limits.usd_per_day; no model call"
+            );
+            let detail = "the channel has spent its limits.usd_per_day for today (UTC); not given to the model";
+            self.note(NoteReason::Budget, detail).await?;
+            return self.done(Outcome::OverLimit).await;
+        }
         let turns = recent.map(|r| r.turns).unwrap_or_default();
         self.chat(&turns).await
     }
@@ -560,6 +575,10 @@ impl Step<'_> {
         let elapsed = started.elapsed();
         metrics::histogram!("smsgate_worker_chat_seconds", "kind" => backend.kind()).record(elapsed.as_secs_f64());
         let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        if let Ok(Some(a)) = &answer {
+            let (channel, sid) = (&self.lane.channel, self.sid());
+            self.p.spend.model_answer(channel, &self.peer, sid, backend.kind(), a.usage).await;
+        }
         if answer.is_ok() {
             // The backend has the media now.
             self.delete_media(&attachments).await?;
@@ -584,8 +603,14 @@ impl Step<'_> {
                 let (d, _) = self.reply(cut, Origin::Chat, Some(reason)).await?;
                 Ok((d, Outcome::Oversized))
             }
-            Ok(Some(Answer { text, media })) => {
-                info!(latency_ms, chat = backend.kind(), media = media.len(), "chat answered");
+            Ok(Some(Answer { text, media, .. })) => {
+                info!(
+                    event = "model.answered",
+                    latency_ms,
+                    chat = backend.kind(),
+                    media = media.len(),
+                    "chat answered"
+                );
                 debug!(reply = %text, "chat reply");
                 let media = self.checked_media(media).await?;
                 if text.is_empty() && media.is_empty() {
@@ -624,6 +649,7 @@ impl Step<'_> {
                         let reason =
                             format!("chat backend failed ({why}, attempt {}): {}", self.delivered, error_chain(&e));
                         warn!(
+                            event = "model.failed",
                             latency_ms,
                             error = &e as &dyn std::error::Error,
                             outcome = "fallback",

@@ -166,6 +166,8 @@ fn is_skip(reason: NoteReason) -> bool {
             | NoteReason::HelpKeyword
             | NoteReason::Blocked
             | NoteReason::NoReply
+            // The channel's day budget was spent: recorded, not answered.
+            | NoteReason::Budget
     )
 }
 

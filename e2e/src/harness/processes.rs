@@ -290,6 +290,24 @@ impl Stack {
         out
     }
 
+    /// Every service's whole log (all its runs), by label (`ingress`, `worker-0`, …).
+    pub fn logs(&self) -> Vec<(String, String)> {
+        self.procs
+            .iter()
+            .map(|(service, p)| (service.label(), std::fs::read_to_string(&p.log).unwrap_or_default()))
+            .collect()
+    }
+
+    /// The `/metrics` URL of each worker and sender (ingress serves its
+    /// metrics on the admin listener: [`Stack::admin_url`]).
+    pub fn metrics_urls(&self) -> Vec<(String, String)> {
+        self.procs
+            .iter()
+            .filter(|(s, _)| !matches!(s, Service::Ingress))
+            .map(|(s, p)| (s.label(), p.ready_url.replace("/api/health", "/metrics")))
+            .collect()
+    }
+
     /// Counts log lines of `service` (all its runs) containing `needle`.
     pub fn log_count(&self, service: Service, needle: &str) -> usize {
         self.procs

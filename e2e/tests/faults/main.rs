@@ -16,6 +16,7 @@ mod chat_down;
 mod cluster;
 mod common;
 mod duplicates;
+mod names;
 mod nats_restart;
 mod replicas;
 mod sender_kill;

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use smsgate_ingress::App;
 use smsgate_shared::config::{Channel, Config, Settings};
+use smsgate_shared::cost::{Basis, Item};
 use smsgate_shared::domain::{ChannelId, E164, MessageSid};
 use smsgate_shared::envelope::{
     self, DeadLetter, HistoryEntry, HistoryEvent, NoteReason, Origin, Outbound, Piece, VERSION,
@@ -46,10 +47,14 @@ fn channels() -> Vec<Channel> {
 
 impl Admin {
     pub(crate) async fn start(nats: &NatsServer) -> Self {
+        Self::start_with(nats, channels()).await
+    }
+
+    pub(crate) async fn start_with(nats: &NatsServer, channels: Vec<Channel>) -> Self {
         let prefix = unique_prefix();
         let mut settings = Settings::for_tests(&nats.url(), &prefix);
         settings.admin_token = Some(TOKEN.into());
-        let app = App::build(Config { settings, channels: channels() }).await.expect("ingress builds");
+        let app = App::build(Config { settings, channels }).await.expect("ingress builds");
         let (public, admin) = (app.local_addr(), app.admin_addr());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -62,6 +67,13 @@ impl Admin {
         })
         .await;
         Self { base: format!("http://{admin}"), http, js, topology: Topology::new(&prefix), shutdown }
+    }
+
+    /// Adds `usd` to channel `test`'s spend today (`P_budget`).
+    pub(crate) async fn spend(&self, usd: f64) {
+        let bucket = self.js.get_key_value(self.topology.budget_bucket()).await.unwrap();
+        let spend = smsgate_shared::cost::DailySpend::new(std::sync::Arc::new(smsgate_shared::cas::Cas::new(bucket)));
+        spend.add(&channel_id(), usd, std::time::SystemTime::now()).await.unwrap();
     }
 
     /// Records `peer`'s express consent on channel `test`, so that the guard
@@ -936,4 +948,48 @@ fn with_nowhere_to_keep_the_admin_token_ingress_exits_64_like_any_bad_configurat
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("SMSGATE_ADMIN_TOKEN is not set and there is no place for a generated one"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_spent_day_budget_refuses_texts_with_403_budget_and_the_conversation_shows_its_cost() {
+    let nats = NatsServer::start();
+    let limits = r#""limits": {"replies_per_minute": 100, "replies_per_day": 100, "usd_per_day": 0.5}"#;
+    let admin = Admin::start_with(&nats, vec![testkit::channel(limits)]).await;
+    admin.consent(PEER).await;
+    let request = json!({"channel_id": "test", "to": PEER, "body": "Your order shipped"});
+    let (status, body) = admin.post("/api/v1/messages", &request).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    admin.spend(0.6).await;
+    let (status, body) = admin.post("/api/v1/messages", &request).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("budget")), "{body}");
+    // For later: it meets the budget of its own day when it goes out.
+    let tomorrow = (OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let later = json!({"channel_id": "test", "to": PEER, "body": "Reminder", "send_at": tomorrow});
+    let (status, body) = admin.post("/api/v1/messages", &later).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+
+    // Cost entries: an estimate replaced by Twilio's price, another estimate, a model answer.
+    let now = OffsetDateTime::now_utc();
+    let cost = |reference: &str, usd: f64, basis: Basis, item: Item| HistoryEvent::Cost {
+        item,
+        reference: reference.to_owned(),
+        units: 1,
+        usd: Some(usd),
+        basis,
+        detail: None,
+    };
+    admin.history(PEER, now, cost("SMa", 0.0166, Basis::Estimate, Item::Sms)).await;
+    admin.history(PEER, now, cost("SMb", 0.0083, Basis::Estimate, Item::Sms)).await;
+    admin.history(PEER, now, cost("SMin", 0.0004, Basis::Usage, Item::Model)).await;
+    admin.history(PEER, now, cost("SMa", 0.0158, Basis::Twilio, Item::Sms)).await;
+    let (status, view) = admin.get(&format!("/api/v1/conversations/test/{PEER}?limit=2")).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let total = view["cost"]["total_usd"].as_f64().unwrap();
+    assert!((total - (0.0158 + 0.0083 + 0.0004)).abs() < 1e-9, "{view}");
+    assert_eq!(view["cost"]["estimated"], 1, "{view}");
+    assert_eq!(view["entries"].as_array().unwrap().len(), 2, "the sum covers entries beyond the page: {view}");
+    assert_eq!(view["entries"][1]["kind"], "cost", "{view}");
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod calls;
+mod cost;
 mod crash;
 mod delivery;
 mod errors;

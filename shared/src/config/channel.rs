@@ -30,13 +30,18 @@ impl Default for RateLimit {
 
 /// Per-channel abuse and cost limits (docs/ARCHITECTURE.md §6, "Channel config JSON"):
 /// replies of all senders together, counted across every worker process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "default_replies_per_minute")]
     pub replies_per_minute: u32,
     #[serde(default = "default_replies_per_day")]
     pub replies_per_day: u32,
+    /// The most the channel may spend in a UTC day (estimates and Twilio's
+    /// prices, `crate::cost`): past it, no model call and no guarded text
+    /// that day. None: no limit.
+    #[serde(default)]
+    pub usd_per_day: Option<f64>,
 }
 
 fn default_replies_per_minute() -> u32 {
@@ -48,7 +53,11 @@ fn default_replies_per_day() -> u32 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { replies_per_minute: default_replies_per_minute(), replies_per_day: default_replies_per_day() }
+        Self {
+            replies_per_minute: default_replies_per_minute(),
+            replies_per_day: default_replies_per_day(),
+            usd_per_day: None,
+        }
     }
 }
 
@@ -373,6 +382,8 @@ pub struct Channel {
     pub chat_ack: Option<ChatAck>,
     /// How agent-initiated texts and calls are guarded (`compliance`).
     pub compliance: crate::guard::Compliance,
+    /// Prices for cost figures (`pricing`).
+    pub pricing: crate::cost::Pricing,
     /// Keys of the channel's JSON that smsgate does not know, with a "did
     /// you mean" when one is close: logged as a warning at start and shown by
     /// `check-config`.

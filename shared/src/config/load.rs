@@ -29,8 +29,9 @@ struct RawChannel {
 /// The keys of a channel object, for "did you mean".
 const CHANNEL_KEYS: [&str; 4] = ["channel_id", "manifest_id", "enabled", "config"];
 /// The keys of a channel's `config`, for "did you mean".
-const CONFIG_KEYS: [&str; 27] = [
+const CONFIG_KEYS: [&str; 28] = [
     "compliance",
+    "pricing",
     "twilio_account_sid",
     "twilio_auth_token",
     "twilio_from_number",
@@ -127,6 +128,9 @@ struct RawChannelConfig {
     /// Parsed separately so that its errors name `config.compliance.<key>`.
     #[serde(default)]
     compliance: Option<Value>,
+    /// Parsed separately so that its errors name `config.pricing.<key>`.
+    #[serde(default)]
+    pricing: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -515,6 +519,8 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         fail("config.limits", "replies_per_minute and replies_per_day must be at least 1".to_owned());
     } else if limits.replies_per_minute > limits.replies_per_day {
         fail("config.limits", "replies_per_minute must not be more than replies_per_day".to_owned());
+    } else if limits.usd_per_day.is_some_and(|usd| !(usd.is_finite() && usd > 0.0)) {
+        fail("config.limits", "usd_per_day must be a positive amount in USD".to_owned());
     }
     let reply_countries = match c.reply_countries {
         Some(list) => parse_reply_countries(&list).map_err(|m| fail("config.reply_countries", m)).ok(),
@@ -594,6 +600,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
     }
     let voice = crate::voice::parse(c.voice, &mut fail);
     let compliance = crate::guard::config::parse(c.compliance, &mut fail);
+    let pricing = crate::cost::parse_pricing(c.pricing, &mut fail);
     if !ok {
         return None;
     }
@@ -628,6 +635,7 @@ fn validate_one(raw: RawChannel, default_base: Option<&str>, report: &mut dyn Fn
         voice,
         compliance,
         chat_ack,
+        pricing,
         unknown_keys,
     })
 }

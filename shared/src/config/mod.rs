@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn limits_and_reply_countries_have_safe_defaults() {
         let c = parse(&channel_json("a", TOKEN)).unwrap().remove(0);
-        assert_eq!(c.limits, Limits { replies_per_minute: 30, replies_per_day: 1000 });
+        assert_eq!(c.limits, Limits { replies_per_minute: 30, replies_per_day: 1000, usd_per_day: None });
         // The from number's country only.
         assert_eq!(c.reply_countries, ReplyCountries::Codes(vec!["1".to_owned()]));
         assert!(c.reply_countries.admits(&E164::parse("+14155550100").unwrap()));
@@ -343,6 +343,17 @@ mod tests {
         assert_eq!(keys(r#""limits": {"replies_per_minute": 0},"#), ["config.limits"]);
         assert_eq!(keys(r#""limits": {"replies_per_minute": 50, "replies_per_day": 10},"#), ["config.limits"]);
         assert!(!keys(r#""limits": {"per_hour": 5},"#).is_empty());
+        assert_eq!(keys(r#""limits": {"usd_per_day": 0},"#), ["config.limits"]);
+        assert!(keys(r#""limits": {"usd_per_day": 2.5},"#).is_empty());
+        assert_eq!(
+            keys(r#""pricing": {"sms_usd_per_segment": {"default": "cheap"}},"#),
+            ["config.pricing.sms_usd_per_segment.default"]
+        );
+        assert_eq!(keys(r#""pricing": {"model": {"input_usd_per_mtok": 1}},"#), ["config.pricing.model"]);
+        let priced =
+            parse(&with(r#""pricing": {"sms_usd_per_segment": {"44": 0.04}}, "limits": {"usd_per_day": 2.5},"#));
+        let priced = priced.unwrap().remove(0);
+        assert_eq!((priced.pricing.sms_by_code.get("44"), priced.limits.usd_per_day), (Some(&0.04), Some(2.5)));
         assert_eq!(keys(r#""reply_countries": [],"#), ["config.reply_countries"]);
         assert_eq!(keys(r#""reply_countries": ["+44", "abc"],"#), ["config.reply_countries"]);
         assert_eq!(keys(r#""reply_countries": ["*", "1"],"#), ["config.reply_countries"]);

@@ -75,6 +75,9 @@ pub async fn submit(
     if sub.send_at.is_some() {
         // The cap is counted when it goes out, not against today's texts.
         facts.sent_last_24h = 0;
+    } else {
+        // A text for later meets the budget of its own day, when it goes out.
+        facts.budget_exceeded = door.store.budget_exceeded(channel).await?;
     }
     let purpose = sub.purpose.unwrap_or_else(|| super::default_purpose(&channel.compliance, &facts, now));
     out.guard = Some(Guarded { purpose, initiator: sub.initiator });

@@ -166,7 +166,16 @@ impl GuardStore {
         let sent_last_24h = self.sent_last_24h(channel, to, at, own_id).await?;
         let since = at.min(OffsetDateTime::now_utc()) - Duration::hours(i64::from(window_hours));
         let (last_inbound, ever_inbound) = self.inbound(channel, to, since, consent.is_none()).await?;
-        Ok(Facts { opted_out, consent, last_inbound, ever_inbound, paused_until, sent_last_24h })
+        // The budget is the channel's, not the recipient's: `GuardStore::budget_exceeded`.
+        Ok(Facts {
+            opted_out,
+            consent,
+            last_inbound,
+            ever_inbound,
+            paused_until,
+            sent_last_24h,
+            budget_exceeded: false,
+        })
     }
 
     async fn sent_last_24h(
@@ -180,6 +189,12 @@ impl GuardStore {
         let value = bounded("read the recipient's agent texts", self.budget.get(&key)).await?;
         let list: Vec<Counted> = value.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
         Ok(list.iter().filter(|c| c.at > at - Duration::hours(24) && Some(c.id.as_str()) != own_id).count() as u32)
+    }
+
+    /// Whether `channel` has spent its `limits.usd_per_day` today.
+    pub async fn budget_exceeded(&self, channel: &crate::config::Channel) -> Result<bool, FactsError> {
+        let spend = crate::cost::DailySpend::new(self.cas.clone());
+        Ok(spend.exceeded(channel, std::time::SystemTime::now()).await?)
     }
 
     /// Counts text `id` against `to`'s cap of `cap` per 24 h, atomically

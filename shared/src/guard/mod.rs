@@ -19,8 +19,8 @@
 //!   recipient's recent agent texts, their last inbound).
 //!
 //! The checks run in this order: opt-out, block list, `reply_countries`,
-//! consent for the purpose, the pause for a human (agent texts only), quiet
-//! hours, the per-recipient cap. The API runs the guard to answer at once;
+//! the channel's daily budget, consent for the purpose, the pause for a
+//! human (agent texts only), quiet hours, the per-recipient cap. The API runs the guard to answer at once;
 //! the sender runs it again just before the text goes out, so a STOP that
 //! arrives in between wins.
 
@@ -110,6 +110,8 @@ pub struct Facts {
     /// Agent-initiated texts to them in the 24 h before the send, not
     /// counting this one.
     pub sent_last_24h: u32,
+    /// The channel has spent its `limits.usd_per_day` today (`crate::cost`).
+    pub budget_exceeded: bool,
 }
 
 /// The text the guard is asked about.
@@ -139,6 +141,8 @@ pub enum Denial {
     RecipientCap,
     /// No allowed minute within a week (windows that never overlap).
     QuietHours,
+    /// The channel spent its `limits.usd_per_day` today.
+    Budget,
 }
 
 impl Denial {
@@ -152,6 +156,7 @@ impl Denial {
             Self::Paused => "paused",
             Self::RecipientCap => "recipient_cap",
             Self::QuietHours => "quiet_hours",
+            Self::Budget => "budget",
         }
     }
 
@@ -165,6 +170,7 @@ impl Denial {
             Self::Paused => "the conversation is paused for a person; agent texts are held back",
             Self::RecipientCap => "the recipient already got the most agent texts allowed in 24 hours",
             Self::QuietHours => "no allowed sending time in the recipient's time zones",
+            Self::Budget => "the channel has spent its limits.usd_per_day for today (UTC)",
         }
     }
 }
@@ -227,7 +233,8 @@ pub async fn check(
     at: OffsetDateTime,
 ) -> Result<Checked, FactsError> {
     let window = channel.compliance.conversation_window_hours;
-    let facts = store.facts(&channel.id, &out.to, window, at, Some(out.id.as_str())).await?;
+    let mut facts = store.facts(&channel.id, &out.to, window, at, Some(out.id.as_str())).await?;
+    facts.budget_exceeded = store.budget_exceeded(channel).await?;
     let ask = Ask {
         channel,
         to: &out.to,
@@ -272,6 +279,11 @@ pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Verdict {
     }
     if !channel.reply_countries.admits(ask.to) {
         return Verdict::Deny(Denial::CountryNotAllowed);
+    }
+    // The day's budget stops what the agent starts, and what an operator
+    // starts on their own; an operator answering a live conversation goes.
+    if facts.budget_exceeded && (ask.initiator == Initiator::Agent || counts(ask, facts)) {
+        return Verdict::Deny(Denial::Budget);
     }
     if !consented(ask, compliance, facts) {
         return Verdict::Deny(Denial::NoConsent);

@@ -300,3 +300,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_spent_budget_stops_agent_texts_and_operator_texts_that_count_but_not_live_answers() {
+    let c = channel(serde_json::json!({}));
+    let to = n("+12125550100");
+    let at = datetime!(2026-12-08 18:00 UTC);
+    let spent = Facts { budget_exceeded: true, ..consented() };
+    let agent = Ask { initiator: Initiator::Agent, ..ask(&c, &to, at) };
+    assert_eq!(decide(&agent, &spent), Verdict::Deny(Denial::Budget));
+    let operator = Ask { initiator: Initiator::Operator, purpose: Purpose::Informational, ..ask(&c, &to, at) };
+    assert_eq!(decide(&operator, &spent), Verdict::Deny(Denial::Budget));
+    let live = Facts { last_inbound: Some(at - Duration::hours(1)), ever_inbound: true, ..spent.clone() };
+    let answer = Ask { initiator: Initiator::Operator, purpose: Purpose::Conversational, ..ask(&c, &to, at) };
+    assert_eq!(decide(&answer, &live), Verdict::Send);
+    // An opt-out still comes first.
+    assert_eq!(decide(&agent, &Facts { opted_out: true, ..spent }), Verdict::Deny(Denial::OptedOut));
+    assert_eq!(Denial::Budget.as_str(), "budget");
+}

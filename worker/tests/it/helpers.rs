@@ -240,6 +240,7 @@ pub fn kinds(entries: &[HistoryEntry]) -> Vec<String> {
             }
             HistoryEvent::Call { status, .. } => format!("call:{status}"),
             HistoryEvent::CallTurn { .. } => "call_turn".to_owned(),
+            HistoryEvent::Cost { item, .. } => format!("cost:{}", item.as_str()),
         })
         .collect()
 }

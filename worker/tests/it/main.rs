@@ -6,6 +6,7 @@
 
 mod agent;
 mod concurrency;
+mod cost;
 mod crash;
 mod failures;
 mod helpers;
