@@ -146,6 +146,12 @@ impl App {
             if c.insecure_skip_signature {
                 tracing::warn!(channel_id = %c.id, "insecure_skip_signature is on: this channel accepts unsigned webhooks");
             }
+            if c.compliance.quiet_hours.is_none() {
+                tracing::warn!(
+                    channel_id = %c.id,
+                    "compliance.quiet_hours is null: texts the agent starts go out at any hour of the recipient's day (the operator's responsibility)"
+                );
+            }
             if c.public_base_url.is_none() {
                 tracing::warn!(
                     channel_id = %c.id,

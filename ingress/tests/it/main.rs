@@ -10,6 +10,7 @@ mod bad_input;
 mod calls_api;
 mod channels;
 mod console;
+mod guard_api;
 mod hardening;
 mod helpers;
 mod mcp;
