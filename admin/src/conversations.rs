@@ -187,6 +187,8 @@ pub enum EventView {
         heard: String,
         said: String,
         origin: Origin,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
     },
 }
 
@@ -267,8 +269,8 @@ impl DeliveryIndex {
             HistoryEvent::Call { call_sid, status, direction, duration_secs, detail } => {
                 EventView::Call { call_sid, status, direction, duration_secs, detail }
             }
-            HistoryEvent::CallTurn { call_sid, turn, heard, said, origin } => {
-                EventView::CallTurn { call_sid, turn, heard, said, origin }
+            HistoryEvent::CallTurn { call_sid, turn, heard, said, origin, interrupted } => {
+                EventView::CallTurn { call_sid, turn, heard, said, origin, interrupted }
             }
         };
         EntryView { seq, at: entry.at, event }

@@ -130,6 +130,8 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
             NoteReason::MediaSkipped | NoteReason::MediaDeleted | NoteReason::MediaRefused => "message.media",
         },
         HistoryEvent::Call { status, .. } if envelope::call_ended(status) => "call.ended",
+        HistoryEvent::Call { status, .. } if status == envelope::STREAM_STARTED => "call.stream.started",
+        HistoryEvent::Call { status, .. } if status == envelope::STREAM_ENDED => "call.stream.ended",
         HistoryEvent::Call { .. } => "call.started",
         HistoryEvent::CallTurn { .. } => "call.turn",
     }

@@ -43,6 +43,7 @@ pub mod limiter;
 pub mod media;
 pub mod process;
 pub mod seen;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,5 +13,6 @@ mod console;
 mod hardening;
 mod helpers;
 mod outage;
+mod relay;
 mod voice;
 mod webhook;
