@@ -360,6 +360,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn relay_sockets_and_interrupted_turns_have_their_events() {
+        let call = |status: &str| HistoryEvent::Call {
+            call_sid: "CA0123456789abcdef0123456789abcdef".to_owned(),
+            status: status.to_owned(),
+            direction: "inbound".to_owned(),
+            duration_secs: None,
+            detail: None,
+        };
+        assert_eq!(event_name(&call(envelope::STREAM_STARTED)), "call.stream.started");
+        assert_eq!(event_name(&call(envelope::STREAM_ENDED)), "call.stream.ended");
+        assert_eq!(event_name(&call("answered")), "call.started");
+        assert_eq!(event_name(&call("completed")), "call.ended");
+        let turn = HistoryEvent::CallTurn {
+            call_sid: "CA0123456789abcdef0123456789abcdef".to_owned(),
+            turn: 1,
+            heard: "tell me".to_owned(),
+            said: "Sure,".to_owned(),
+            origin: envelope::Origin::Chat,
+            interrupted: true,
+        };
+        assert_eq!(event_name(&turn), "call.turn");
+        let json = serde_json::to_value(&turn).unwrap();
+        assert_eq!(json["interrupted"], true);
+        let plain = HistoryEvent::CallTurn {
+            call_sid: String::new(),
+            turn: 1,
+            heard: String::new(),
+            said: String::new(),
+            origin: envelope::Origin::Chat,
+            interrupted: false,
+        };
+        assert!(serde_json::to_value(&plain).unwrap().get("interrupted").is_none(), "absent when false");
+    }
+
+    #[test]
     fn positions_round_trip_and_junk_is_refused() {
         let p = Position { history: 42, dead: 7 };
         assert_eq!(Position::parse(&p.encode()), Some(p));

@@ -447,3 +447,42 @@ async fn fifty_concurrent_relay_calls_each_with_a_300ms_model() {
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
     assert!(added[49] < Duration::from_secs(3), "{added:?}");
 }
+
+#[tokio::test]
+async fn a_webhook_agent_may_stream_server_sent_events_or_answer_whole() {
+    use axum::response::IntoResponse;
+    let nats = NatsServer::start();
+    // An agent streaming `data: {"token": …}` events.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/agent",
+        axum::routing::post(|| async {
+            let events =
+                ["data: {\"token\": \"Hel\"}\n\n", "data: {\"token\": \"lo **there**\"}\n\n", "data: [DONE]\n\n"];
+            let body = futures::stream::iter(events.map(|e| Ok::<_, std::io::Error>(axum::body::Bytes::from(e))));
+            ([("content-type", "text/event-stream")], axum::body::Body::from_stream(body)).into_response()
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let chat = format!(r#""chat": {{"kind": "webhook", "url": "http://{addr}/agent", "timeout_ms": 5000}}"#);
+    let (app, _worker) = start(&nats, relay_channel(&chat, "")).await;
+    let sim = connect(&app, &call_sid(10)).await;
+    sim.prompt("hi agent").await;
+    let cycle = sim.wait_cycle(WAIT, 0).await;
+    assert_eq!(spoken(&cycle), "Hello there");
+    drop(sim);
+
+    // An agent answering JSON as for a text: one piece.
+    let nats2 = NatsServer::start();
+    let agent = testkit::chat::AgentStub::start("agent-secret").await;
+    let (app2, _worker2) = start(&nats2, relay_channel(&agent.chat_config("agent-secret"), "")).await;
+    let sim = connect(&app2, &call_sid(11)).await;
+    sim.prompt("whole please").await;
+    let cycle = sim.wait_cycle(WAIT, 0).await;
+    assert_eq!(spoken(&cycle), "reply to: whole please");
+    let turns = wait_turns(&app2, 1).await;
+    assert_eq!(turns[0].2, "reply to: whole please");
+}
