@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use smsgate_shared::config::{Channel, Config, Settings};
-use smsgate_shared::envelope::{HistoryEvent, Origin};
-use smsgate_shared::voice::{DEFAULT_FILLER, RELAY_FALLBACK};
+use smsgate_shared::envelope::{self, HistoryEvent, Origin};
+use smsgate_shared::voice::{DEFAULT_FILLER, OPERATOR_WILL_ANSWER, RELAY_FALLBACK};
 use smsgate_testkit::relay::{ConnectError, RelaySim, spoken};
 use smsgate_testkit::stream_chat::StreamingStub;
 use smsgate_testkit::{self as testkit, nats::NatsServer};
@@ -485,4 +485,31 @@ async fn a_webhook_agent_may_stream_server_sent_events_or_answer_whole() {
     assert_eq!(spoken(&cycle), "reply to: whole please");
     let turns = wait_turns(&app2, 1).await;
     assert_eq!(turns[0].2, "reply to: whole please");
+}
+
+#[tokio::test]
+async fn an_operator_takeover_hands_the_relay_call_to_a_person() {
+    let nats = NatsServer::start();
+    let stub = StreamingStub::start(Duration::from_millis(10), Duration::from_millis(5)).await;
+    let (app, _worker) = start(&nats, relay_channel(&stub.chat_config(""), r#", "forward_to": "+14155550199""#)).await;
+    let sim = connect(&app, &call_sid(12)).await;
+    sim.prompt("first question").await;
+    sim.wait_cycle(WAIT, 0).await;
+
+    // The operator takes the conversation over: the next turn is handed off.
+    let conversations = app.js.get_key_value(app.topology.conversations_bucket()).await.unwrap();
+    let state = envelope::ConversationState::pause(time::OffsetDateTime::now_utc(), 60.0);
+    let key = smsgate_shared::topology::Topology::conversation_key(
+        &smsgate_shared::domain::ChannelId::parse("test").unwrap(),
+        &smsgate_shared::domain::E164::parse(CALLER).unwrap(),
+    );
+    conversations.put(key, envelope::encode(&state)).await.unwrap();
+    let seen = sim.received().len();
+    sim.prompt("second question").await;
+    let end =
+        sim.wait_for(WAIT, "the end message", |r| r.get(seen..)?.iter().find(|m| m.kind() == "end").cloned()).await;
+    assert!(end.value["handoffData"].as_str().unwrap().contains("human takeover"), "{end:?}");
+    let said = spoken(&sim.received()[seen..]);
+    assert_eq!(said, OPERATOR_WILL_ANSWER);
+    assert_eq!(stub.calls().len(), 1, "the model is not asked while an operator has the conversation");
 }
