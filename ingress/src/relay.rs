@@ -18,7 +18,9 @@
 //!   first (`create`, as in Gather mode: the worker's late answer is
 //!   dropped, history records the fallback) and is spoken; the call goes on.
 //! - `interrupt`, a newer prompt and the socket's end cancel the turn on
-//!   `P.voice.cancel.<CallSid>.<n>` with what the caller heard.
+//!   `P.voice.cancel.<CallSid>.<n>` with what the caller heard; after the
+//!   turn's last token (Twilio may still be speaking) an interrupt goes to
+//!   that turn, and the next prompt tells it `done`.
 //! - `dtmf` `0` (with `voice.dtmf` and a `forward_to`) and a worker's
 //!   handoff chunk (the operator's takeover) end the session with
 //!   `{"type":"end","handoffData":…}`; the `<Connect action>` route then
@@ -197,6 +199,9 @@ struct Session {
     tx: futures::stream::SplitSink<WebSocket, Message>,
     setup: Setup,
     turn: Option<Live>,
+    /// The last turn whose stream ended while Twilio may still be saying
+    /// it: an interrupt now is for it; the next prompt marks it `done`.
+    spoken: Option<u32>,
     n: u32,
     malformed: u32,
 }
@@ -221,13 +226,16 @@ impl Session {
             let _ = tx.send(close(1008, "a session for this call is live already")).await;
             return;
         };
-        let mut session = Session { shared, entry, tx, setup, turn: None, n: 0, malformed: 0 };
+        let mut session = Session { shared, entry, tx, setup, turn: None, spoken: None, n: 0, malformed: 0 };
         session.status(envelope::STREAM_STARTED, None).await;
         tracing::info!(channel_id = %session.entry.channel.id, call_sid = %session.setup.call_sid, "relay session started");
         let started = Instant::now();
         let end = session.serve(&mut rx).await;
         if let Some(turn) = session.turn.take() {
-            session.cancel(&turn, None, "hangup").await;
+            session.cancel(turn.n, None, "hangup").await;
+        }
+        if let Some(n) = session.spoken.take() {
+            session.cancel(n, None, "hangup").await;
         }
         if matches!(end, End::Closed) {
             let _ = session.tx.close().await;
@@ -306,15 +314,12 @@ impl Session {
                 self.malformed = 0;
                 let heard = value.get("utteranceUntilInterrupt").and_then(Value::as_str).unwrap_or("").to_owned();
                 metrics::counter!("smsgate_ingress_relay_interrupts_total").increment(1);
-                match self.turn.take() {
-                    Some(turn) => {
-                        tracing::info!(call_sid = %self.setup.call_sid, turn = turn.n, "the caller interrupted the turn");
-                        self.cancel(&turn, Some(heard), "interrupt").await;
+                match self.turn.take().map(|t| t.n).or_else(|| self.spoken.take()) {
+                    Some(n) => {
+                        tracing::info!(call_sid = %self.setup.call_sid, turn = n, "the caller interrupted the turn");
+                        self.cancel(n, Some(heard), "interrupt").await;
                     }
-                    None => tracing::debug!(
-                        call_sid = %self.setup.call_sid,
-                        "interrupt after the turn's stream ended; history keeps the whole answer"
-                    ),
+                    None => tracing::debug!(call_sid = %self.setup.call_sid, "interrupt with no turn to stop"),
                 }
                 None
             }
@@ -326,7 +331,7 @@ impl Session {
                 let v = &self.entry.channel.voice;
                 if digit == "0" && v.relay.dtmf && v.forward_to.is_some() {
                     if let Some(turn) = self.turn.take() {
-                        self.cancel(&turn, None, "superseded").await;
+                        self.cancel(turn.n, None, "superseded").await;
                     }
                     return Some(self.handoff(voice::HANDOFF_DTMF).await);
                 }
@@ -366,7 +371,11 @@ impl Session {
     /// A final prompt: turn `n + 1`, subscribed before it is published.
     async fn prompt(&mut self, words: &str) -> Option<End> {
         if let Some(turn) = self.turn.take() {
-            self.cancel(&turn, None, "superseded").await;
+            self.cancel(turn.n, None, "superseded").await;
+        }
+        // The previous answer was heard whole (no interrupt came).
+        if let Some(n) = self.spoken.take() {
+            self.cancel(n, None, "done").await;
         }
         if self.n >= voice::MAX_RELAY_TURNS {
             let _ = self.text(voice::GOODBYE, true).await;
@@ -433,8 +442,11 @@ impl Session {
         }
         turn.streamed.push_str(&chunk.token);
         let last = chunk.last || chunk.handoff.is_some();
-        if last {
-            self.turn = None;
+        if last
+            && let Some(turn) = self.turn.take()
+            && chunk.handoff.is_none()
+        {
+            self.spoken = Some(turn.n);
         }
         if (!chunk.token.is_empty() || last)
             && let Err(end) = self.text(&chunk.token, last).await
@@ -486,13 +498,13 @@ impl Session {
             None => tracing::warn!("no calls bucket: the turn's fallback is spoken but not recorded"),
         }
         tracing::warn!(call_sid = %self.setup.call_sid, turn = turn.n, outcome = "timeout", "relay turn not answered in time; fallback spoken");
-        self.cancel(&turn, None, "timeout").await;
+        self.cancel(turn.n, None, "timeout").await;
         let _ = self.text(&format!(" {line}"), true).await;
     }
 
     /// Tells the worker to stop the turn.
-    async fn cancel(&self, turn: &Live, heard: Option<String>, reason: &str) {
-        let subject = self.shared.topology.voice_cancel_subject(&self.setup.call_sid, turn.n);
+    async fn cancel(&self, n: u32, heard: Option<String>, reason: &str) {
+        let subject = self.shared.topology.voice_cancel_subject(&self.setup.call_sid, n);
         let body = RelayCancel { heard, reason: reason.to_owned() };
         let Ok(bytes) = serde_json::to_vec(&body) else { return };
         if let Err(e) = self.shared.client.publish(subject, bytes.into()).await {

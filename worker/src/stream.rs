@@ -14,7 +14,10 @@
 //! - `P.voice.cancel.<CallSid>.<n>` (an interrupt, a newer prompt, the socket
 //!   gone) stops reading the model's stream at once (the HTTP response is
 //!   dropped, so the model stops generating and we stop paying); history
-//!   keeps what the caller heard, marked `interrupted`.
+//!   keeps what the caller heard, marked `interrupted`. After the last token
+//!   the turn waits, at most about as long as Twilio takes to say it, for an
+//!   interrupt (the caller talking over the rest) or ingress's `done` (the
+//!   next prompt) before it is recorded.
 //! - The operator's pause (human takeover) answers the turn with a handoff
 //!   chunk: ingress ends the session with `handoffData` and the action
 //!   route dials `voice.forward_to`. `Turn::handoff` is the seam for the
@@ -126,7 +129,12 @@ impl Turn<'_> {
                 if said.is_empty() {
                     self.note(NoteReason::NoReply, "the chat pipeline gave no reply to a call turn").await?;
                 }
-                self.write_relay(key, Self::reply(said, Origin::Chat, false), false).await
+                let reply = Self::reply(said, Origin::Chat, false);
+                let (there, _) = self.write_relay(key, reply.clone(), false).await?;
+                if there != reply || reply.say.is_empty() {
+                    return Ok((there, false));
+                }
+                Ok(heard_after_last(&mut cancel, reply).await)
             }
             Ok(Some(cancel)) => {
                 metrics::counter!("smsgate_worker_relay_cancelled_total", "reason" => reason_label(&cancel.reason))
@@ -171,6 +179,36 @@ impl Turn<'_> {
         let there = self.write(key, reply.clone()).await?;
         let ours = there == reply;
         Ok((there, interrupted && ours))
+    }
+}
+
+/// The longest a turn waits after its last token for an interrupt: Twilio
+/// is still speaking what the model wrote faster than it can be said.
+pub const MAX_SPEAKING: Duration = Duration::from_secs(30);
+
+/// About how long Twilio takes to say `text` (14 characters a second, plus
+/// two seconds), at most [`MAX_SPEAKING`].
+fn speaking_time(text: &str) -> Duration {
+    let chars = u64::try_from(text.chars().count()).unwrap_or(u64::MAX);
+    (Duration::from_secs(2) + Duration::from_millis(chars.saturating_mul(70))).min(MAX_SPEAKING)
+}
+
+/// After the last token: an `interrupt` while Twilio is still speaking
+/// (before the caller's next prompt, which ingress announces as `done`, or
+/// the socket's end) means the caller heard only part of the answer, and
+/// that part is what history keeps. `P_calls` holds the whole answer
+/// already, so a redelivery records it whole.
+async fn heard_after_last(cancel: &mut async_nats::Subscriber, reply: CallReply) -> Ended {
+    let Ok(message) = tokio::time::timeout(speaking_time(&reply.say), cancel.next()).await else {
+        return (reply, false);
+    };
+    let cancel = cancelled(message);
+    match cancel.heard.filter(|_| cancel.reason == "interrupt") {
+        Some(heard) => {
+            metrics::counter!("smsgate_worker_relay_cancelled_total", "reason" => "interrupt").increment(1);
+            (CallReply { say: heard.trim().to_owned(), ..reply }, true)
+        }
+        None => (reply, false),
     }
 }
 

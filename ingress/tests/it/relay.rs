@@ -228,6 +228,18 @@ async fn an_interrupt_stops_the_model_stream_and_history_keeps_what_was_heard() 
     let turns = wait_turns(&app, 1).await;
     assert_eq!(turns[0], (1, "tell me everything".to_owned(), "Sure, word0".to_owned(), Origin::Chat, true));
 
+    // A model faster than speech: the stream has ended, Twilio is still
+    // speaking, and the caller talks over the rest.
+    stub.set_tokens(&["Our", " hours", " are", " nine", " to", " five", " on", " weekdays."]);
+    stub.set_interval(Duration::from_millis(5));
+    let seen = sim.received().len();
+    sim.prompt("when are you open").await;
+    sim.wait_cycle(WAIT, seen).await;
+    sim.interrupt("Our hours are", 900).await;
+    let turns = wait_turns(&app, 2).await;
+    assert_eq!(turns[1], (2, "when are you open".to_owned(), "Our hours are".to_owned(), Origin::Chat, true));
+    assert_eq!(stub.calls()[1].tokens.len(), 8, "that stream had ended");
+
     // A new prompt goes on normally.
     stub.set_tokens(&["Fine."]);
     let seen = sim.received().len();
