@@ -122,8 +122,9 @@ impl Turn<'_> {
                 let rest = speaker.finish();
                 said.push_str(&rest);
                 out.send(&RelayChunk { token: rest, last: true, handoff: None }).await;
-                metrics::histogram!("smsgate_worker_relay_first_token_seconds")
-                    .record(first_token.unwrap_or_default().as_secs_f64());
+                if let Some(first) = first_token {
+                    metrics::histogram!("smsgate_worker_relay_first_token_seconds").record(first.as_secs_f64());
+                }
                 info!(latency_ms, turn = self.n, chat = backend.kind(), "relay turn answered");
                 let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
                 if said.is_empty() {
