@@ -21,8 +21,10 @@
 //!   `P.voice.cancel.<CallSid>.<n>` with what the caller heard; after the
 //!   turn's last token (Twilio may still be speaking) an interrupt goes to
 //!   that turn, and the next prompt tells it `done`.
-//! - `dtmf` `0` (with `voice.dtmf` and a `forward_to`) and a worker's
-//!   handoff chunk (the operator's takeover) end the session with
+//! - `dtmf` `0` (with `voice.dtmf` and a `forward_to`), an operator's
+//!   takeover (the conversation's `P_conversations` entry is watched during
+//!   the call; one made before the call reaches the worker, which answers
+//!   the turn with a handoff chunk) end the session with
 //!   `{"type":"end","handoffData":…}`; the `<Connect action>` route then
 //!   dials `forward_to` ([`crate::voice`]). Other digits reach the model as
 //!   text.
@@ -230,7 +232,8 @@ impl Session {
         session.status(envelope::STREAM_STARTED, None).await;
         tracing::info!(channel_id = %session.entry.channel.id, call_sid = %session.setup.call_sid, "relay session started");
         let started = Instant::now();
-        let end = session.serve(&mut rx).await;
+        let mut pauses = session.watch_pauses().await;
+        let end = session.serve(&mut rx, &mut pauses).await;
         if let Some(turn) = session.turn.take() {
             session.cancel(turn.n, None, "hangup").await;
         }
@@ -245,7 +248,19 @@ impl Session {
         tracing::info!(call_sid = %session.setup.call_sid, duration_secs = secs, "relay session ended");
     }
 
-    async fn serve(&mut self, rx: &mut futures::stream::SplitStream<WebSocket>) -> End {
+    /// The conversation's entry in `P_conversations`, watched: an operator
+    /// taking it over during the call hands the call over at once.
+    async fn watch_pauses(&self) -> Option<kv::Watch> {
+        let store = self.shared.js.get_key_value(self.shared.topology.conversations_bucket()).await.ok()?;
+        let key = Topology::conversation_key(&self.entry.channel.id, &self.setup.peer);
+        store
+            .watch(key)
+            .await
+            .inspect_err(|e| tracing::warn!(error = e as &dyn std::error::Error, "cannot watch for a takeover"))
+            .ok()
+    }
+
+    async fn serve(&mut self, rx: &mut futures::stream::SplitStream<WebSocket>, pauses: &mut Option<kv::Watch>) -> End {
         let mut messages = 0u32;
         let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
         loop {
@@ -278,6 +293,18 @@ impl Session {
                 chunk = next_chunk(&mut self.turn) => {
                     if let Some(end) = self.chunk(chunk).await {
                         return end;
+                    }
+                }
+                entry = next_pause(pauses) => {
+                    let paused = entry.is_some_and(|e| {
+                        e.operation == kv::Operation::Put
+                            && envelope::ConversationState::paused_until(&e.value, OffsetDateTime::now_utc())
+                                .ok()
+                                .flatten()
+                                .is_some()
+                    });
+                    if paused {
+                        return self.taken_over().await;
                     }
                 }
                 () = tokio::time::sleep_until(filler_at) => self.filler().await,
@@ -410,6 +437,18 @@ impl Session {
             deadline: at + Duration::from_millis(relay.turn_timeout_ms),
         });
         None
+    }
+
+    /// An operator took the conversation over during the call: the turn
+    /// stops, the caller is told, and the call is handed to a person.
+    async fn taken_over(&mut self) -> End {
+        if let Some(turn) = self.turn.take() {
+            self.cancel(turn.n, None, "superseded").await;
+        }
+        if let Err(end) = self.text(voice::OPERATOR_WILL_ANSWER, true).await {
+            return end;
+        }
+        self.handoff(voice::HANDOFF_TAKEOVER).await
     }
 
     /// A turn that could not even be published: the fallback line at once.
@@ -573,6 +612,20 @@ impl Session {
         let sid = inbound.message_sid.clone();
         let subject = self.entry.local.inbound.clone();
         webhook::publish(&self.shared, subject, MsgId::Inbound(&sid), envelope::encode(&inbound)).await
+    }
+}
+
+/// The next change of the conversation's pause; never, without a watch
+/// (or once it ended).
+async fn next_pause(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+    let Some(w) = watch.as_mut() else { return std::future::pending().await };
+    match w.next().await {
+        Some(Ok(entry)) => Some(entry),
+        Some(Err(_)) => None,
+        None => {
+            *watch = None;
+            None
+        }
     }
 }
 

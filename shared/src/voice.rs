@@ -151,6 +151,8 @@ pub const RELAY_FALLBACK: &str = "Sorry, that is taking too long. Could you say 
 pub const RELAY_FAILED: &str = "Sorry, we had a problem. Please go on.";
 /// `handoffData` reason when the caller pressed 0.
 pub const HANDOFF_DTMF: &str = "the caller pressed 0";
+/// `handoffData` reason when an operator took the conversation over.
+pub const HANDOFF_TAKEOVER: &str = "human takeover";
 
 pub const DEFAULT_GREETING: &str = "Hello, you have reached the assistant. How can I help?";
 pub const DEFAULT_LANGUAGE: &str = "en-US";

@@ -74,7 +74,7 @@ impl Turn<'_> {
         if self.p.paused_until(&self.inbound.channel_id, self.peer).await?.is_some() {
             self.note(NoteReason::Paused, "the bot is paused (human takeover); the relay call is handed to a person")
                 .await?;
-            return self.handoff(&out, key, "human takeover", voice::OPERATOR_WILL_ANSWER).await;
+            return self.handoff(&out, key, voice::HANDOFF_TAKEOVER, voice::OPERATOR_WILL_ANSWER).await;
         }
         let backend = &self.lane.local;
         let recent = self

@@ -521,20 +521,26 @@ async fn an_operator_takeover_hands_the_relay_call_to_a_person() {
     sim.prompt("first question").await;
     sim.wait_cycle(WAIT, 0).await;
 
-    // The operator takes the conversation over: the next turn is handed off.
+    // The operator takes the conversation over during the call: handed off at once.
     let conversations = app.js.get_key_value(app.topology.conversations_bucket()).await.unwrap();
     let state = envelope::ConversationState::pause(time::OffsetDateTime::now_utc(), 60.0);
     let key = smsgate_shared::topology::Topology::conversation_key(
         &smsgate_shared::domain::ChannelId::parse("test").unwrap(),
         &smsgate_shared::domain::E164::parse(CALLER).unwrap(),
     );
-    conversations.put(key, envelope::encode(&state)).await.unwrap();
     let seen = sim.received().len();
-    sim.prompt("second question").await;
+    conversations.put(key, envelope::encode(&state)).await.unwrap();
     let end =
         sim.wait_for(WAIT, "the end message", |r| r.get(seen..)?.iter().find(|m| m.kind() == "end").cloned()).await;
     assert!(end.value["handoffData"].as_str().unwrap().contains("human takeover"), "{end:?}");
-    let said = spoken(&sim.received()[seen..]);
-    assert_eq!(said, OPERATOR_WILL_ANSWER);
+    assert_eq!(spoken(&sim.received()[seen..]), OPERATOR_WILL_ANSWER);
+
+    // A call while the conversation is paused: its first turn is handed off
+    // by the worker, the model not asked.
+    let sim = connect(&app, &call_sid(13)).await;
+    sim.prompt("second question").await;
+    let end = sim.wait_for(WAIT, "the end message", |r| r.iter().find(|m| m.kind() == "end").cloned()).await;
+    assert!(end.value["handoffData"].as_str().unwrap().contains("human takeover"), "{end:?}");
+    assert_eq!(spoken(&sim.received()), OPERATOR_WILL_ANSWER);
     assert_eq!(stub.calls().len(), 1, "the model is not asked while an operator has the conversation");
 }
