@@ -442,32 +442,39 @@ async fn fifty_concurrent_relay_calls_each_with_a_300ms_model() {
             for r in 0..rounds {
                 let seen = sim.received().len();
                 let words = format!("caller {i} round {r}");
-                sim.prompt(&words).await;
+                let asked = sim.prompt(&words).await;
                 let cycle = sim.wait_cycle(WAIT, seen).await;
                 assert_eq!(spoken(&cycle), format!("reply to: {words}"));
-                heard.push((words, cycle.iter().find(|m| !m.token().is_empty()).unwrap().at));
+                heard.push((words, asked, cycle.iter().find(|m| !m.token().is_empty()).unwrap().at));
             }
             heard
         }
     });
-    let heard: Vec<(String, Instant)> = futures::future::join_all(calls).await.into_iter().flatten().collect();
+    let heard: Vec<(String, Instant, Instant)> = futures::future::join_all(calls).await.into_iter().flatten().collect();
     let elapsed = started.elapsed();
     let stub_calls = stub.calls();
-    let mut added: Vec<Duration> = heard
+    let (mut added, mut to_model): (Vec<Duration>, Vec<Duration>) = heard
         .iter()
-        .map(|(words, first)| {
+        .map(|(words, asked, first)| {
             let call = stub_calls.iter().find(|c| &c.last_user_text() == words).unwrap();
-            first.saturating_duration_since(call.first_token_at().unwrap())
+            (
+                first.saturating_duration_since(call.first_token_at().unwrap()),
+                call.received.saturating_duration_since(*asked),
+            )
         })
-        .collect();
+        .unzip();
     added.sort();
-    let at = |q: f64| added[((added.len() as f64 * q).ceil() as usize).clamp(1, added.len()) - 1];
+    to_model.sort();
+    let at = |v: &[Duration], q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
     println!(
         "{n} concurrent relay calls x {rounds} turns in {elapsed:?}; first-token latency added by smsgate \
-         (caller's first token - stub's first token): p50 {:?} p99 {:?} max {:?}",
-        at(0.50),
-        at(0.99),
-        added[added.len() - 1]
+         (caller's first token - stub's first token): p50 {:?} p99 {:?} max {:?}; prompt sent -> model request: \
+         p50 {:?} p99 {:?}",
+        at(&added, 0.50),
+        at(&added, 0.99),
+        added[added.len() - 1],
+        at(&to_model, 0.50),
+        at(&to_model, 0.99)
     );
     assert!(elapsed < Duration::from_secs(20) * rounds, "{elapsed:?}");
     assert!(added[added.len() - 1] < Duration::from_secs(3), "{added:?}");
