@@ -143,6 +143,9 @@ pub struct CallTurnView {
     pub said: String,
     /// `chat` (the model), `fallback` or `timeout`.
     pub origin: String,
+    /// The caller barged in (relay mode): `said` is what they heard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub at: String,
 }
 
@@ -203,13 +206,14 @@ pub(crate) async fn call_state(
                 }
                 call.statuses.push(CallStatusView { status, at: rfc3339(stored), detail });
             }
-            HistoryEvent::CallTurn { call_sid: sid, turn, heard, said, origin } if sid == call_sid => {
+            HistoryEvent::CallTurn { call_sid: sid, turn, heard, said, origin, interrupted } if sid == call_sid => {
                 let origin = serde_json::to_value(origin).ok().and_then(|v| v.as_str().map(str::to_owned));
                 call.turns.push(CallTurnView {
                     turn,
                     heard,
                     said,
                     origin: origin.unwrap_or_default(),
+                    interrupted,
                     at: rfc3339(stored),
                 });
             }

@@ -201,6 +201,8 @@ pub enum EventView {
         heard: String,
         said: String,
         origin: Origin,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
     },
     Cost {
         item: Item,
@@ -290,8 +292,8 @@ impl DeliveryIndex {
             HistoryEvent::Call { call_sid, status, direction, duration_secs, detail } => {
                 EventView::Call { call_sid, status, direction, duration_secs, detail }
             }
-            HistoryEvent::CallTurn { call_sid, turn, heard, said, origin } => {
-                EventView::CallTurn { call_sid, turn, heard, said, origin }
+            HistoryEvent::CallTurn { call_sid, turn, heard, said, origin, interrupted } => {
+                EventView::CallTurn { call_sid, turn, heard, said, origin, interrupted }
             }
             HistoryEvent::Cost { item, reference, units, usd, basis, detail } => {
                 EventView::Cost { item, reference, units, usd, basis, detail }

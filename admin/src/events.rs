@@ -131,6 +131,8 @@ pub fn event_name(event: &HistoryEvent) -> &'static str {
             NoteReason::MediaSkipped | NoteReason::MediaDeleted | NoteReason::MediaRefused => "message.media",
         },
         HistoryEvent::Call { status, .. } if envelope::call_ended(status) => "call.ended",
+        HistoryEvent::Call { status, .. } if status == envelope::STREAM_STARTED => "call.stream.started",
+        HistoryEvent::Call { status, .. } if status == envelope::STREAM_ENDED => "call.stream.ended",
         HistoryEvent::Call { .. } => "call.started",
         HistoryEvent::CallTurn { .. } => "call.turn",
         HistoryEvent::Cost { .. } => "cost.recorded",
@@ -358,6 +360,41 @@ fn dead_event(seq: u64, payload: &[u8]) -> Option<(&'static str, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_sockets_and_interrupted_turns_have_their_events() {
+        let call = |status: &str| HistoryEvent::Call {
+            call_sid: "CA0123456789abcdef0123456789abcdef".to_owned(),
+            status: status.to_owned(),
+            direction: "inbound".to_owned(),
+            duration_secs: None,
+            detail: None,
+        };
+        assert_eq!(event_name(&call(envelope::STREAM_STARTED)), "call.stream.started");
+        assert_eq!(event_name(&call(envelope::STREAM_ENDED)), "call.stream.ended");
+        assert_eq!(event_name(&call("answered")), "call.started");
+        assert_eq!(event_name(&call("completed")), "call.ended");
+        let turn = HistoryEvent::CallTurn {
+            call_sid: "CA0123456789abcdef0123456789abcdef".to_owned(),
+            turn: 1,
+            heard: "tell me".to_owned(),
+            said: "Sure,".to_owned(),
+            origin: envelope::Origin::Chat,
+            interrupted: true,
+        };
+        assert_eq!(event_name(&turn), "call.turn");
+        let json = serde_json::to_value(&turn).unwrap();
+        assert_eq!(json["interrupted"], true);
+        let plain = HistoryEvent::CallTurn {
+            call_sid: String::new(),
+            turn: 1,
+            heard: String::new(),
+            said: String::new(),
+            origin: envelope::Origin::Chat,
+            interrupted: false,
+        };
+        assert!(serde_json::to_value(&plain).unwrap().get("interrupted").is_none(), "absent when false");
+    }
 
     #[test]
     fn positions_round_trip_and_junk_is_refused() {

@@ -26,6 +26,7 @@
 //! The handler does nothing else on the hot path: no chat call, no history
 //! read. Everything after the ack is the worker's and the sender's.
 
+pub mod relay;
 pub mod serve;
 pub mod voice;
 pub mod webhook;
@@ -107,6 +108,8 @@ pub struct Shared {
     pub voice_timing: voice::VoiceTiming,
     /// `P_calls`, opened on first use (the topology may not exist at start).
     calls: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// The live ConversationRelay sockets, one per CallSid.
+    pub relay: Arc<relay::Sessions>,
 }
 
 impl Shared {
@@ -180,6 +183,7 @@ impl App {
             ready_cache: tokio::sync::Mutex::new(None),
             voice_timing: voice::VoiceTiming::default(),
             calls: tokio::sync::OnceCell::new(),
+            relay: Arc::default(),
         });
         let admin_at =
             admin_listener.local_addr().map_err(|source| Error::Bind { addr: settings.admin_addr, source })?;
@@ -251,6 +255,7 @@ pub fn public_router(shared: Arc<Shared>) -> Router {
     for (path, handler) in voice::routes() {
         router = router.route(&format!("{path}{{path_token}}"), handler);
     }
+    router = router.route(&format!("{}{{path_token}}", smsgate_shared::voice::path::RELAY), get(relay::socket));
     router.with_state(shared)
 }
 

@@ -136,7 +136,9 @@ async fn serve_connection(
         request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         tower_service::Service::call(&mut router.clone(), request)
     });
-    let conn = builder.serve_connection(io, service);
+    // With upgrades: the ConversationRelay WebSocket (relay.rs) is an
+    // upgraded connection; the future ends when the socket is handed over.
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let tick = (limits.idle_timeout / 4).max(Duration::from_millis(10));
     let mut ticks = tokio::time::interval(tick);

@@ -82,6 +82,7 @@ enum Route {
     Recorded,
     Transcription,
     Dialed,
+    Relayed,
 }
 
 impl Route {
@@ -94,6 +95,7 @@ impl Route {
             Self::Recorded => "voice_recorded",
             Self::Transcription => "voice_transcription",
             Self::Dialed => "voice_dialed",
+            Self::Relayed => "voice_relayed",
         }
     }
 }
@@ -119,9 +121,10 @@ route!(status, Route::Status);
 route!(recorded, Route::Recorded);
 route!(transcription, Route::Transcription);
 route!(dialed, Route::Dialed);
+route!(relayed, Route::Relayed);
 
 /// The voice routes and their handlers, for the router.
-pub fn routes() -> [(&'static str, axum::routing::MethodRouter<Arc<Shared>>); 7] {
+pub fn routes() -> [(&'static str, axum::routing::MethodRouter<Arc<Shared>>); 8] {
     use axum::routing::post;
     [
         (path::CALL, post(call)),
@@ -131,6 +134,7 @@ pub fn routes() -> [(&'static str, axum::routing::MethodRouter<Arc<Shared>>); 7]
         (path::RECORDED, post(recorded)),
         (path::TRANSCRIPTION, post(transcription)),
         (path::DIALED, post(dialed)),
+        (path::RELAYED, post(relayed)),
     ]
 }
 
@@ -277,7 +281,78 @@ async fn answer(
             publish(shared, entry, call.status(checked_status(status)?, duration, detail)).await?;
             Ok(twiml_response(Twiml::new().hangup().finish()))
         }
+        Route::Relayed => relay_over(shared, entry, &call, &fields).await,
     }
+}
+
+/// `<Connect>`'s action: the relay session ended. A handoff dials
+/// `forward_to` (voicemail without one); a failed session with the caller
+/// still there goes on in Gather mode (from turn `MAX_RELAY_TURNS + 1`, so
+/// no turn id is reused); an ended one says goodbye; a hung-up call gets
+/// nothing more.
+async fn relay_over(
+    shared: &Shared,
+    entry: &Entry,
+    call: &Call<'_>,
+    fields: &Fields<'_>,
+) -> Result<Response, Rejection> {
+    let v = &call.channel.voice;
+    let speech = v.speech();
+    let session = fields.get("SessionStatus").unwrap_or("ended");
+    let in_progress = fields.get("CallStatus") == Some("in-progress");
+    let handoff = fields.get("HandoffData").map(str::trim).filter(|h| !h.is_empty());
+    tracing::info!(
+        channel_id = %call.channel.id,
+        session_status = %smsgate_shared::redact::third_party(session, 24),
+        handoff = handoff.is_some(),
+        "relay session over"
+    );
+    if !in_progress {
+        return Ok(twiml_response(Twiml::new().finish()));
+    }
+    if handoff.is_some() {
+        return Ok(match &v.forward_to {
+            Some(to) => {
+                let detail = format!("handed off to {}", to.masked());
+                publish(shared, entry, call.status("handoff", None, Some(detail))).await?;
+                twiml_response(Twiml::new().dial(to, &call.url(path::DIALED, "")).finish())
+            }
+            None => twiml_response(voicemail(call, Twiml::new().say(voice::OPERATOR_WILL_ANSWER, &speech))),
+        });
+    }
+    if session == "failed" {
+        let n = voice::MAX_RELAY_TURNS + 1;
+        let xml = Twiml::new()
+            .gather(&call.url(path::TURN, &format!("n={n}")), &speech, Some(voice::RELAY_FAILED))
+            .say(voice::GOODBYE, &speech)
+            .hangup()
+            .finish();
+        return Ok(twiml_response(xml));
+    }
+    Ok(twiml_response(Twiml::new().say(voice::GOODBYE, &speech).hangup().finish()))
+}
+
+/// The relay answer: `<Connect action=relayed><ConversationRelay url=wss://…/relay/{token}>`.
+fn relay_twiml(call: &Call<'_>) -> String {
+    use secrecy::ExposeSecret;
+    let v = &call.channel.voice;
+    let r = &v.relay;
+    let url =
+        format!("{}{}{}", crate::relay::socket_base(&call.base), path::RELAY, call.channel.path_token.expose_secret());
+    let relay = smsgate_shared::twiml::Relay {
+        url: &url,
+        welcome_greeting: Some(&v.greeting),
+        language: &v.language,
+        voice: v.voice.as_deref(),
+        tts_provider: r.tts_provider.as_deref(),
+        transcription_provider: r.transcription_provider.as_deref(),
+        speech_model: r.speech_model.as_deref(),
+        hints: &r.hints,
+        interruptible: r.interruptible.as_str(),
+        dtmf: r.dtmf,
+    };
+    let params = [("channel_id", call.channel.id.as_str())];
+    Twiml::new().connect_relay(&call.url(path::RELAYED, ""), &relay, &params).finish()
 }
 
 /// A call status as a token of an id: lowercase letters and `-`.
@@ -320,6 +395,7 @@ async fn incoming(shared: &Shared, entry: &Entry, call: &Call<'_>) -> Result<Res
         (VoiceMode::Forward, Some(to)) => {
             (format!("forwarded to {}", to.masked()), Twiml::new().dial(to, &call.url(path::DIALED, "")).finish())
         }
+        (VoiceMode::Relay, _) => ("answered by the agent (ConversationRelay)".to_owned(), relay_twiml(call)),
         (VoiceMode::Agent, _) => (
             "answered by the agent".to_owned(),
             Twiml::new()

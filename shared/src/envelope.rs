@@ -85,6 +85,11 @@ pub enum CallPart {
     /// The caller's words (`body`) of turn `turn`: the reply is spoken,
     /// through `P_calls`, not sent by SMS.
     Turn { call_sid: CallSid, turn: u32 },
+    /// The caller's words (`body`) of a ConversationRelay turn: the reply is
+    /// streamed as tokens on `P.voice.tokens.<CallSid>.<turn>` and written
+    /// to `P_calls` when whole. Same id as a Gather turn (`<CallSid>-t<n>`;
+    /// relay turns stop at `voice::MAX_RELAY_TURNS`).
+    RelayTurn { call_sid: CallSid, turn: u32 },
     /// A voicemail's transcription (`body`): answered by SMS like a text.
     Voicemail { call_sid: CallSid },
     /// A call's progress: a status callback, an incoming call answered, a
@@ -104,7 +109,10 @@ pub enum CallPart {
 impl CallPart {
     pub fn call_sid(&self) -> &CallSid {
         match self {
-            Self::Turn { call_sid, .. } | Self::Voicemail { call_sid } | Self::Status { call_sid, .. } => call_sid,
+            Self::Turn { call_sid, .. }
+            | Self::RelayTurn { call_sid, .. }
+            | Self::Voicemail { call_sid }
+            | Self::Status { call_sid, .. } => call_sid,
         }
     }
 
@@ -112,13 +120,19 @@ impl CallPart {
     /// `<CallSid>-<status>` (a status seen twice is stored once).
     pub fn message_sid(&self) -> MessageSid {
         let id = match self {
-            Self::Turn { call_sid, turn } => format!("{call_sid}-t{turn}"),
+            Self::Turn { call_sid, turn } | Self::RelayTurn { call_sid, turn } => format!("{call_sid}-t{turn}"),
             Self::Voicemail { call_sid } => format!("{call_sid}-vm"),
             Self::Status { call_sid, status, .. } => format!("{call_sid}-{status}"),
         };
         MessageSid::parse(&id).unwrap_or_else(|e| unreachable!("a CallSid and a status token make a MessageSid: {e}"))
     }
 }
+
+/// The call status ingress records when a ConversationRelay socket opens
+/// (event `call.stream.started`).
+pub const STREAM_STARTED: &str = "stream-started";
+/// … and when it closes (event `call.stream.ended`).
+pub const STREAM_ENDED: &str = "stream-ended";
 
 /// Twilio's call statuses that end a call.
 pub fn call_ended(status: &str) -> bool {
@@ -502,7 +516,17 @@ pub enum HistoryEvent {
     },
     /// One turn of a call (event `call.turn`): what the caller said and
     /// what was said back (`origin` `chat`, `fallback` or `timeout`).
-    CallTurn { call_sid: String, turn: u32, heard: String, said: String, origin: Origin },
+    /// `interrupted`: the caller barged in (relay mode) and `said` is what
+    /// they heard of the answer.
+    CallTurn {
+        call_sid: String,
+        turn: u32,
+        heard: String,
+        said: String,
+        origin: Origin,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
+    },
     /// A cost figure (event `cost.recorded`; `crate::cost`): an SMS piece's
     /// estimate at send and Twilio's price later under the same `reference`
     /// (the piece's SID), a call's price, a model answer's tokens. Readers

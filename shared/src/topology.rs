@@ -245,6 +245,16 @@ impl Topology {
     pub fn call_key(call_sid: &crate::domain::CallSid, turn: u32) -> String {
         format!("{call_sid}.{turn}")
     }
+    /// `P.voice.tokens.<CallSid>.<n>`: a relay turn's answer, token by token
+    /// (core NATS, not stored; worker → ingress).
+    pub fn voice_tokens_subject(&self, call_sid: &crate::domain::CallSid, turn: u32) -> String {
+        format!("{}.voice.tokens.{call_sid}.{turn}", self.prefix)
+    }
+    /// `P.voice.cancel.<CallSid>.<n>`: a relay turn cancelled (core NATS;
+    /// ingress → worker).
+    pub fn voice_cancel_subject(&self, call_sid: &crate::domain::CallSid, turn: u32) -> String {
+        format!("{}.voice.cancel.{call_sid}.{turn}", self.prefix)
+    }
     /// Key in the `conversations` bucket for a conversation (the same shape
     /// as an opt-out key: `<channel>.<digits>`).
     pub fn conversation_key(channel: &ChannelId, peer: &E164) -> String {

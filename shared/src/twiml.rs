@@ -21,6 +21,22 @@ pub struct Speech<'a> {
     pub language: &'a str,
 }
 
+/// The `<ConversationRelay>` attributes [`Twiml::connect_relay`] writes.
+#[derive(Debug, Clone)]
+pub struct Relay<'a> {
+    /// `wss://…`: the socket Twilio opens.
+    pub url: &'a str,
+    pub welcome_greeting: Option<&'a str>,
+    pub language: &'a str,
+    pub voice: Option<&'a str>,
+    pub tts_provider: Option<&'a str>,
+    pub transcription_provider: Option<&'a str>,
+    pub speech_model: Option<&'a str>,
+    pub hints: &'a [String],
+    pub interruptible: &'a str,
+    pub dtmf: bool,
+}
+
 /// A TwiML `<Response>` being written. Each verb method appends one verb;
 /// [`Twiml::finish`] closes the document.
 #[derive(Debug)]
@@ -104,6 +120,47 @@ impl Twiml {
         self.out.push('>');
         escape_into(&mut self.out, number.as_str());
         self.out.push_str("</Dial>");
+        self
+    }
+
+    /// `<Connect action=…><ConversationRelay url=… …><Parameter …/>…</ConversationRelay></Connect>`:
+    /// the call is handed to a ConversationRelay session on `relay.url`
+    /// (TWILIO.md §11); when it ends Twilio posts to `action`. Per-call
+    /// data goes in `params` (`setup.customParameters`), never in the URL.
+    pub fn connect_relay(mut self, action: &str, relay: &Relay<'_>, params: &[(&str, &str)]) -> Self {
+        self.out.push_str("<Connect");
+        attr(&mut self.out, "action", action);
+        attr(&mut self.out, "method", "POST");
+        self.out.push_str("><ConversationRelay");
+        attr(&mut self.out, "url", relay.url);
+        if let Some(g) = relay.welcome_greeting.filter(|g| !g.trim().is_empty()) {
+            attr(&mut self.out, "welcomeGreeting", g);
+        }
+        attr(&mut self.out, "language", relay.language);
+        let optional = [
+            ("voice", relay.voice),
+            ("ttsProvider", relay.tts_provider),
+            ("transcriptionProvider", relay.transcription_provider),
+            ("speechModel", relay.speech_model),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                attr(&mut self.out, name, v);
+            }
+        }
+        if !relay.hints.is_empty() {
+            attr(&mut self.out, "hints", &relay.hints.join(","));
+        }
+        attr(&mut self.out, "interruptible", relay.interruptible);
+        attr(&mut self.out, "dtmfDetection", if relay.dtmf { "true" } else { "false" });
+        self.out.push('>');
+        for (name, value) in params {
+            self.out.push_str("<Parameter");
+            attr(&mut self.out, "name", name);
+            attr(&mut self.out, "value", value);
+            self.out.push_str("/>");
+        }
+        self.out.push_str("</ConversationRelay></Connect>");
         self
     }
 
@@ -207,7 +264,7 @@ pub fn speakable(text: &str) -> String {
 }
 
 /// One word: a URL becomes its host without `www.`; anything else stays.
-fn speak_word(word: &str) -> String {
+pub fn speak_word(word: &str) -> String {
     let lower = word.to_ascii_lowercase();
     let Some(rest) = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")) else {
         return word.to_owned();
@@ -226,6 +283,40 @@ mod tests {
     use super::*;
 
     const EN: Speech<'static> = Speech { voice: Some("Polly.Joanna"), language: "en-US" };
+
+    #[test]
+    fn a_relay_connect_escapes_every_value_and_keeps_the_url_free_of_query() {
+        let hints = vec!["Ada".to_owned(), "a\"b".to_owned()];
+        let relay = Relay {
+            url: "wss://example.com/api/channels/voice/twilio/relay/tok",
+            welcome_greeting: Some("Hi <there> & \"you\"]]>"),
+            language: "en-US",
+            voice: Some("Polly.Joanna"),
+            tts_provider: Some("Google"),
+            transcription_provider: None,
+            speech_model: None,
+            hints: &hints,
+            interruptible: "any",
+            dtmf: true,
+        };
+        let xml = Twiml::new()
+            .connect_relay("https://example.com/relayed/tok", &relay, &[("channel", "x\"/><Hangup/>")])
+            .finish();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let connect = doc.root_element().first_element_child().unwrap();
+        assert_eq!(connect.tag_name().name(), "Connect");
+        assert_eq!(connect.attribute("action"), Some("https://example.com/relayed/tok"));
+        let cr = connect.first_element_child().unwrap();
+        assert_eq!(cr.tag_name().name(), "ConversationRelay");
+        assert_eq!(cr.attribute("welcomeGreeting"), Some("Hi <there> & \"you\"]]>"));
+        assert_eq!(cr.attribute("hints"), Some("Ada,a\"b"));
+        assert_eq!(cr.attribute("dtmfDetection"), Some("true"));
+        assert_eq!(cr.attribute("transcriptionProvider"), None);
+        assert!(!cr.attribute("url").unwrap().contains('?'));
+        let p = cr.first_element_child().unwrap();
+        assert_eq!((p.attribute("name"), p.attribute("value")), (Some("channel"), Some("x\"/><Hangup/>")));
+        assert_eq!(doc.descendants().filter(|n| n.has_tag_name("Hangup")).count(), 0);
+    }
 
     #[test]
     fn hostile_text_stays_text() {

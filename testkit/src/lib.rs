@@ -27,6 +27,8 @@ pub mod browser;
 pub mod chat;
 pub mod media;
 pub mod nats;
+pub mod relay;
+pub mod stream_chat;
 pub mod twilio;
 pub mod twilio_spec;
 

@@ -58,18 +58,26 @@ pub async fn handle(
                     .map(|()| (Disposition::Ack, Outcome::CallStatus)),
             )
         }
-        CallPart::Turn { call_sid, turn } => Some(Turn { p, job, inbound, lane, peer, call_sid, n: *turn }.run().await),
+        CallPart::Turn { call_sid, turn } => {
+            Some(Turn { p, job, inbound, lane, peer, call_sid, n: *turn, relay: false }.run().await)
+        }
+        // ConversationRelay: the answer streamed ([`crate::stream`]).
+        CallPart::RelayTurn { call_sid, turn } => {
+            Some(Turn { p, job, inbound, lane, peer, call_sid, n: *turn, relay: true }.run().await)
+        }
     }
 }
 
-struct Turn<'a> {
-    p: &'a Processor,
-    job: &'a Job,
-    inbound: &'a Inbound,
-    lane: &'a Lane,
-    peer: &'a E164,
-    call_sid: &'a CallSid,
-    n: u32,
+pub(crate) struct Turn<'a> {
+    pub(crate) p: &'a Processor,
+    pub(crate) job: &'a Job,
+    pub(crate) inbound: &'a Inbound,
+    pub(crate) lane: &'a Lane,
+    pub(crate) peer: &'a E164,
+    pub(crate) call_sid: &'a CallSid,
+    pub(crate) n: u32,
+    /// A ConversationRelay turn: streamed, not written whole for polling.
+    pub(crate) relay: bool,
 }
 
 impl Turn<'_> {
@@ -84,11 +92,12 @@ impl Turn<'_> {
         }
         let key = Topology::call_key(self.call_sid, self.n);
         // A redelivery whose reply is decided already: record it, no chat call.
-        let reply = match self.read(&key).await? {
-            Some(reply) => reply,
+        let (reply, interrupted) = match self.read(&key).await? {
+            Some(reply) => (reply, false),
+            None if self.relay => self.stream(&key).await?,
             None => {
                 let decided = self.decide().await?;
-                self.write(&key, decided).await?
+                (self.write(&key, decided).await?, false)
             }
         };
         let event = HistoryEvent::CallTurn {
@@ -97,6 +106,7 @@ impl Turn<'_> {
             heard: self.inbound.body.clone(),
             said: reply.say.clone(),
             origin: reply.origin,
+            interrupted,
         };
         self.p
             .history
@@ -176,14 +186,14 @@ impl Turn<'_> {
         }
     }
 
-    async fn read(&self, key: &str) -> Result<Option<CallReply>, Error> {
+    pub(crate) async fn read(&self, key: &str) -> Result<Option<CallReply>, Error> {
         let bytes = self.p.calls.get(key).await.map_err(|e| Error::Calls(Box::new(e)))?;
         Ok(bytes.and_then(|b| envelope::decode::<CallReply>(&b).ok()))
     }
 
     /// Writes the reply unless something is there already; returns what is
     /// there (what the caller hears).
-    async fn write(&self, key: &str, reply: CallReply) -> Result<CallReply, Error> {
+    pub(crate) async fn write(&self, key: &str, reply: CallReply) -> Result<CallReply, Error> {
         match self.p.calls.create(key, envelope::encode(&reply)).await {
             Ok(_) => Ok(reply),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -194,7 +204,7 @@ impl Turn<'_> {
         }
     }
 
-    async fn note(&self, reason: NoteReason, detail: &str) -> Result<(), Error> {
+    pub(crate) async fn note(&self, reason: NoteReason, detail: &str) -> Result<(), Error> {
         self.p
             .history
             .note(&self.inbound.channel_id, self.peer, &self.inbound.message_sid, self.job.seq, reason, detail)

@@ -293,7 +293,7 @@ pub(crate) fn check_status(response: reqwest::Response) -> Result<reqwest::Respo
 
 /// OpenAI's chat completions request: what smsgate sends of it.
 #[derive(Debug, Serialize)]
-struct CompletionRequest<'a> {
+pub(crate) struct CompletionRequest<'a> {
     model: &'a str,
     messages: Vec<Message<'a>>,
     max_tokens: u32,
@@ -381,7 +381,7 @@ fn earlier_content(body: &str, media: &[Media]) -> MessageContent {
     MessageContent::Text(text)
 }
 
-fn openai_body<'a>(
+pub(crate) fn openai_body<'a>(
     model: &'a str,
     system_prompt: Option<&'a str>,
     max_tokens: u32,
@@ -435,7 +435,7 @@ pub(crate) fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
 /// webhook's `content_type`; a fetched one adds `size` and `data` (the bytes,
 /// base64: inline, so the agent needs no credentials and no second request),
 /// one that was not fetched adds `skipped` with the reason.
-fn webhook_body(req: &ChatRequest<'_>) -> Value {
+pub(crate) fn webhook_body(req: &ChatRequest<'_>) -> Value {
     let i = req.inbound;
     let media: Vec<Value> = if req.attachments.is_empty() {
         i.media.iter().map(|m| json!({"url": m.url, "content_type": m.content_type})).collect()
@@ -471,7 +471,7 @@ fn webhook_media(a: &Attachment) -> Value {
 
 /// `{"reply": "...", "media": ["https://..."]?}` is a reply (media alone
 /// too); `{"reply": null}`, no `reply` or an empty body is none.
-fn webhook_reply(bytes: &[u8]) -> Result<Option<Answer>, ChatError> {
+pub(crate) fn webhook_reply(bytes: &[u8]) -> Result<Option<Answer>, ChatError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

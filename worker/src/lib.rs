@@ -44,6 +44,7 @@ pub mod limiter;
 pub mod media;
 pub mod process;
 pub mod seen;
+pub mod stream;
 pub mod tools;
 
 use std::net::SocketAddr;

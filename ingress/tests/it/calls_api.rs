@@ -78,6 +78,7 @@ async fn call_history_streams_as_call_started_turn_and_ended_events() {
         heard: "when are you open".to_owned(),
         said: "From nine to five.".to_owned(),
         origin: Origin::Chat,
+        interrupted: false,
     };
     admin.history(PEER, now, turn).await;
     admin.history(PEER, now, call("no-answer", None)).await;

@@ -44,6 +44,7 @@ async fn an_operator_signs_in_reads_takes_over_answers_and_sees_live_events() {
                 heard: "what time do you close".into(),
                 said: "We close at 4.".into(),
                 origin: Origin::Chat,
+                interrupted: false,
             },
         )
         .await;

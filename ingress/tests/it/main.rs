@@ -15,5 +15,6 @@ mod hardening;
 mod helpers;
 mod mcp;
 mod outage;
+mod relay;
 mod voice;
 mod webhook;

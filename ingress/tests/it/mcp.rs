@@ -312,6 +312,7 @@ async fn a_handoff_pauses_the_agent_and_a_call_shows_its_turns() {
         heard: "when are you open".to_owned(),
         said: "From nine to five.".to_owned(),
         origin: Origin::Chat,
+        interrupted: false,
     };
     stack.history("test", PEER, turn).await;
     let (call_state, error) = call(&client, "call_state", json!({"call_sid": CALL_SID})).await;

@@ -166,7 +166,8 @@ fn quick() -> VoiceTiming {
     VoiceTiming { poll: Duration::from_millis(300), pause_secs: 1, waits: 60 }
 }
 
-async fn history(app: &TestApp) -> Vec<HistoryEntry> {
+/// The caller's conversation history (also the relay tests').
+pub(crate) async fn history(app: &TestApp) -> Vec<HistoryEntry> {
     let subject = app.topology.history_subject(&ChannelId::parse("test").unwrap(), &E164::parse(CALLER).unwrap());
     let mut s = app.js.get_stream(app.topology.history_stream()).await.unwrap();
     let state = s.info().await.unwrap().state.clone();
