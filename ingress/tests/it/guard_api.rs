@@ -25,7 +25,8 @@ fn quiet_channel() -> smsgate_shared::config::Channel {
 }
 
 async fn delete(admin: &Admin, path: &str) -> (StatusCode, Value) {
-    let r = admin.http.delete(format!("{}{path}", admin.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let r =
+        admin.http.delete(format!("{}{path}", admin.base)).bearer_auth(TOKEN).json(&json!({})).send().await.unwrap();
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }
