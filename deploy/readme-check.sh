@@ -36,9 +36,15 @@ trap finish EXIT
 fail() { echo "readme-check: $*" >&2; exit 1; }
 
 # Six free ports: NATS, its monitoring, ingress, admin, worker, sender.
+# Below the kernel's ephemeral range (ip_local_port_range, 32768 and up by
+# default): there, the services' own outgoing connections (to NATS) may take
+# a chosen port before its listener binds it.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports=()
-candidate=$((20000 + RANDOM % 30000))
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+span=$(( ephemeral_low - 10000 - 100 ))
+[ "$span" -gt 1000 ] || span=1000
+candidate=$((10000 + RANDOM % span))
 while [ ${#ports[@]} -lt 6 ]; do
   candidate=$((candidate + 1))
   if port_free "$candidate"; then ports+=("$candidate"); fi
