@@ -668,16 +668,34 @@ impl Step<'_> {
     /// so the sender (one person's messages in order) sends it first. Its
     /// id, `ack.<sid>`, keeps it to one per inbound across redeliveries.
     async fn acknowledge(&self, text: &str) -> Result<(), Error> {
+        let id = OutboundId::ack_of(self.sid());
+        self.publish_direct(id, text.to_owned(), vec![], Origin::Ack, "acknowledgement").await?;
+        info!(outcome = "acknowledged", "the chat is slow; the acknowledgement went first");
+        metrics::counter!("smsgate_worker_acks_total", "channel_id" => self.inbound.channel_id.to_string())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Publishes a direct reply to this inbound (`in_reply_to` set, no
+    /// guard) to `P.outbound.<channel>` with `id` as `Nats-Msg-Id`.
+    async fn publish_direct(
+        &self,
+        id: OutboundId,
+        body: String,
+        media_urls: Vec<String>,
+        origin: Origin,
+        what: &'static str,
+    ) -> Result<(), Error> {
         let p = self.p;
         let outbound = Outbound {
             v: envelope::VERSION,
-            id: OutboundId::ack_of(self.sid()),
+            id,
             channel_id: self.inbound.channel_id.clone(),
             to: self.peer.clone(),
-            body: text.to_owned(),
-            media_urls: vec![],
+            body,
+            media_urls,
             in_reply_to: Some(self.sid().clone()),
-            origin: Origin::Ack,
+            origin,
             created_at: OffsetDateTime::now_utc(),
             call: None,
             guard: None,
@@ -685,10 +703,7 @@ impl Step<'_> {
         let subject = p.topology.outbound_subject(&self.inbound.channel_id);
         bus::publish(&p.js, subject, MsgId::Outbound(&outbound.id), envelope::encode(&outbound))
             .await
-            .map_err(|e| Error::Publish { what: "acknowledgement", source: Box::new(e) })?;
-        info!(outcome = "acknowledged", "the chat is slow; the acknowledgement went first");
-        metrics::counter!("smsgate_worker_acks_total", "channel_id" => self.inbound.channel_id.to_string())
-            .increment(1);
+            .map_err(|e| Error::Publish { what, source: Box::new(e) })?;
         Ok(())
     }
 
@@ -731,23 +746,7 @@ impl Step<'_> {
 
     async fn finish_reply(&self, reply: StoredReply) -> Result<(Disposition, Outcome), Error> {
         let p = self.p;
-        let outbound = Outbound {
-            v: envelope::VERSION,
-            id: OutboundId::reply_to(self.sid()),
-            channel_id: self.inbound.channel_id.clone(),
-            to: self.peer.clone(),
-            body: reply.body,
-            media_urls: reply.media,
-            in_reply_to: Some(self.sid().clone()),
-            origin: reply.origin,
-            created_at: OffsetDateTime::now_utc(),
-            call: None,
-            guard: None,
-        };
-        let subject = p.topology.outbound_subject(&self.inbound.channel_id);
-        bus::publish(&p.js, subject, MsgId::Outbound(&outbound.id), envelope::encode(&outbound))
-            .await
-            .map_err(|e| Error::Publish { what: "reply", source: Box::new(e) })?;
+        self.publish_direct(OutboundId::reply_to(self.sid()), reply.body, reply.media, reply.origin, "reply").await?;
         if let Some(pause) = p.tuning.pause_after_publish {
             // Test hook (crash tests): the reply is out, nothing is marked or acked yet.
             info!(outcome = "paused", "reply published; pausing before marking it done");
