@@ -1,68 +1,152 @@
 #!/usr/bin/env bash
-# Measures ingress alone: a private nats-server (temporary store), a release
-# build of smsgate-ingress with one channel, and wrk posting distinct
-# webhooks, each signed as Twilio signs it (pre-signed by
-# deploy/bench/make-webhooks.py so signing is not measured). Also measures
-# the same HTTP stack on /api/health (no signature, no NATS) as a ceiling,
-# and samples ingress's resident memory. Usage:
-#   deploy/bench-ingress.sh [SECONDS] [CONNECTIONS]      (defaults 10 64)
-# LOADGEN=1 uses smsgate-loadgen (reqwest) instead of wrk.
+# Measures ingress alone, one build or two side by side, and optionally the
+# Python peer (FastAPI + nats-py doing the same job, deploy/bench/peer.py).
+#
+#   deploy/bench-ingress.sh [options] [BUILD_A [BUILD_B]]
+#     BUILD     an smsgate-ingress binary, or a directory holding one
+#               (default: target/release/smsgate-ingress, built first)
+#     -s SECS   seconds of load per run (10)
+#     -c CONNS  wrk connections (32)
+#     -r ROUNDS runs per build, alternating A B A B ... (3)
+#     --peer    also run the Python peer each round (installs FastAPI,
+#               uvicorn, nats-py into ~/.cache/smsgate-peer on first use)
+#     --profile perf record -g on each build's process during one extra run
+#               and print its top functions (self time)
+#
+# Each run gets a private nats-server (temporary file store) and a fresh
+# server process with one channel, then wrk posts distinct webhooks, each
+# signed as Twilio signs it (pre-signed by deploy/bench/make-webhooks.py, so
+# signing is not measured), after one second of warm-up. Per run it prints
+# throughput, p50/p99 latency, the server's CPU per accepted webhook (user +
+# system time from /proc over the load window, divided by the 2xx answers),
+# nats-server's CPU per webhook, and the server's peak RSS; then the median
+# per build and the ratios B/A (and A/peer, B/peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-10}; c=${2:-64}
+secs=10; c=32; rounds=3; peer=0; profile=0; builds=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    -s) secs=$2; shift 2 ;; -c) c=$2; shift 2 ;; -r) rounds=$2; shift 2 ;;
+    --peer) peer=1; shift ;; --profile) profile=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) builds+=("$1"); shift ;;
+  esac
+done
 need=(); command -v nats-server >/dev/null || need+=(nats-server); command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+[ "$profile" = 1 ] && ! command -v perf >/dev/null && need+=(linux-perf)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
-cargo build --release -q -p smsgate-ingress -p smsgate-e2e
+if [ ${#builds[@]} -eq 0 ]; then
+  cargo build --release -q -p smsgate-ingress
+  builds=(target/release/smsgate-ingress)
+fi
+for i in "${!builds[@]}"; do
+  [ -d "${builds[$i]}" ] && builds[$i]="${builds[$i]}/smsgate-ingress"
+  [ -x "${builds[$i]}" ] || { echo "not an executable: ${builds[$i]}" >&2; exit 2; }
+done
+venv=${SMSGATE_PEER_VENV:-$HOME/.cache/smsgate-peer}
+if [ "$peer" = 1 ] && [ ! -x "$venv/bin/uvicorn" ]; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q fastapi uvicorn uvloop httptools nats-py
+fi
 
 tmp=$(mktemp -d)
-nats_port=$(( 20000 + RANDOM % 10000 )); http_port=$(( 30000 + RANDOM % 10000 ))
-token=$(head -c 512 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 48)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$tmp/js" >"$tmp/nats.log" 2>&1 & pids+=($!)
+stop_all() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
+trap 'stop_all; rm -rf "$tmp"' EXIT
+token=$(head -c 512 /dev/urandom | tr -dc 'A-Za-z0-9' | head -c 48)
+path="/api/channels/sms/twilio/webhook/$token"
+# Enough distinct webhooks that none repeats in a run (30k/s upper bound).
+python3 deploy/bench/make-webhooks.py $(( (secs + 2) * 30000 )) 1000 "https://sms.example.com$path" \
+  bench-auth-token AC00000000000000000000000000000000 +15005550006 >"$tmp/hooks.txt"
 cat >"$tmp/channels.json" <<JSON
 {"channel_id": "bench", "config": {
   "twilio_account_sid": "AC00000000000000000000000000000000", "twilio_auth_token": "bench-auth-token",
   "twilio_from_number": "+15005550006", "webhook_path_token": "$token",
   "public_base_url": "https://sms.example.com", "delivery": "log"}}
 JSON
-SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
-SMSGATE_INGRESS_ADDR="127.0.0.1:$http_port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" RUST_LOG=warn \
-  "${INGRESS_BIN:-target/release/smsgate-ingress}" >"$tmp/ingress.log" 2>&1 & ingress=$!; pids+=($ingress)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$http_port/api/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 
-( peak=0; while kill -0 "$ingress" 2>/dev/null; do
-    rss=$(awk '/VmRSS/ {print $2}' "/proc/$ingress/status" 2>/dev/null || echo 0)
-    if [ "${rss:-0}" -gt "$peak" ]; then peak=$rss; echo "$peak" >"$tmp/peak"; fi
-    sleep 0.2
-  done ) & pids+=($!)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# CPU ticks (user + system) of a process and its children's threads.
+ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo $t; }
+hz=$(getconf CLK_TCK)
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
+wrk_load() { WEBHOOKS_FILE="$tmp/hooks.txt" WRK_THREADS=1 wrk -t1 -c"$c" -d"$1s" --latency -s deploy/bench/wrk-webhooks.lua "http://127.0.0.1:$port$path"; }
 
-path="/api/channels/sms/twilio/webhook/$token"
-# Enough distinct webhooks that none repeats during the run (25k/s upper bound).
-n=$(( (secs + 2) * 25000 ))
-python3 deploy/bench/make-webhooks.py "$n" 1000 "https://sms.example.com$path" bench-auth-token \
-  AC00000000000000000000000000000000 +15005550006 >"$tmp/hooks.txt"
-
-if [ "${LOADGEN:-0}" = 1 ]; then
-  target/release/smsgate-loadgen --url "http://127.0.0.1:$http_port" --public-base-url https://sms.example.com \
-    --path-token "$token" --auth-token bench-auth-token -n "$(( secs * 12000 ))" -c "$c"
-else
-  echo "== signed webhooks: wrk, 1 thread, $c connections, ${secs}s"
-  WEBHOOKS_FILE="$tmp/hooks.txt" WRK_THREADS=1 wrk -t1 -c"$c" -d"${secs}s" --latency \
-    -s deploy/bench/wrk-webhooks.lua "http://127.0.0.1:$http_port$path"
-  echo "== CPU split during a second run (perf, all processes)"
-  ( WEBHOOKS_FILE="$tmp/hooks.txt" WRK_THREADS=1 wrk -t1 -c"$c" -d6s -s deploy/bench/wrk-webhooks.lua "http://127.0.0.1:$http_port$path" | grep Requests/sec ) &
-  if command -v perf >/dev/null && sleep 1 && perf record -a -e cpu-clock -F 499 -o "$tmp/perf.data" -- sleep 4 >/dev/null 2>&1; then
-    perf report -i "$tmp/perf.data" --sort comm --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -6
+# start LABEL: a nats-server and the server under test; sets port, server_pids, nats_pid.
+start() {
+  local label=$1 nats_port; nats_port=$(free_port); port=$(free_port)
+  rm -rf "$tmp/js"
+  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$tmp/js" >"$tmp/nats.log" 2>&1 & nats_pid=$!; pids+=($nats_pid)
+  for _ in $(seq 50); do nc -z 127.0.0.1 "$nats_port" 2>/dev/null && break; sleep 0.1; done
+  if [ "$label" = peer ]; then
+    ( cd deploy/bench && PEER_NATS_URL="nats://127.0.0.1:$nats_port" PEER_TOKEN="$token" PEER_AUTH_TOKEN=bench-auth-token \
+        PEER_PUBLIC_BASE=https://sms.example.com exec "$venv/bin/uvicorn" --host 127.0.0.1 --port "$port" \
+        --workers "${PEER_WORKERS:-1}" --loop uvloop --http httptools --no-access-log --log-level warning peer:app ) >"$tmp/server.log" 2>&1 &
+  else
+    SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
+    SMSGATE_INGRESS_ADDR="127.0.0.1:$port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" SMSGATE_ADMIN_TOKEN=bench-admin-token-0123456789abcdef \
+    RUST_LOG=${RUST_LOG:-info} SMSGATE_LOG_FORMAT=json "${builds[$label]}" >"$tmp/server.log" 2>&1 &
   fi
-  wait $!
-  echo "== the same HTTP stack without signature or NATS: GET /api/health"
-  wrk -t1 -c"$c" -d5s --latency "http://127.0.0.1:$http_port/api/health" | grep -E "Requests/sec|50%|99%"
+  local main=$!; pids+=($main)
+  for _ in $(seq 100); do nc -z 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  server_pids=("$main" $(pgrep -P "$main" || true))
+}
+
+name() { if [ "$1" = peer ]; then echo peer; else echo "${builds[$1]}"; fi; }
+results="$tmp/results.tsv"
+run() {
+  local label=$1 out t0 n0 t1 n1 reqs non2xx ok rps p50 p99 rss
+  start "$label"
+  wrk_load 1 >/dev/null
+  t0=$(ticks "${server_pids[@]}"); n0=$(ticks "$nats_pid")
+  out=$(wrk_load "$secs")
+  t1=$(ticks "${server_pids[@]}"); n1=$(ticks "$nats_pid")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); ok=$(( reqs - ${non2xx:-0} ))
+  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")"); p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+  rss=0; for p in "${server_pids[@]}"; do rss=$(( rss + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done
+  stop_all
+  [ "$ok" -gt 0 ] || { echo "no webhook accepted by $(name "$label"); its log:" >&2; tail -5 "$tmp/server.log" >&2; exit 1; }
+  awk -v l="$label" -v n="$(name "$label")" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v ok="$ok" -v bad="${non2xx:-0}" \
+      -v cpu=$(( t1 - t0 )) -v ncpu=$(( n1 - n0 )) -v hz="$hz" -v rss="$rss" -v secs="$secs" 'BEGIN {
+    us = cpu / hz * 1e6 / ok; nus = ncpu / hz * 1e6 / ok
+    printf "%-5s %8d req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook (%3.0f%% of a core)  nats-server %5.1f us  peak RSS %4d MiB  non-2xx %d  %s\n", \
+      l, rps, p50, p99, us, 100 * cpu / hz / secs, nus, rss / 1024, bad, n > "/dev/stderr"
+    printf "%s\t%d\t%.2f\t%.2f\t%.1f\t%.1f\t%d\n", l, rps, p50, p99, us, nus, rss / 1024 }' >>"$results"
+}
+
+labels=("${!builds[@]}"); [ "$peer" = 1 ] && labels+=(peer)
+echo "== ${#builds[@]} build(s)$([ "$peer" = 1 ] && echo " + the Python peer"), $rounds round(s) of ${secs}s, wrk 1 thread, $c connections; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for i in "${!builds[@]}"; do echo "   $i = ${builds[$i]}"; done
+for _ in $(seq "$rounds"); do for l in "${labels[@]}"; do run "$l"; done; done
+
+echo "== median per build"
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+declare -A rps us
+for l in "${labels[@]}"; do
+  col() { awk -F'\t' -v l="$l" -v k="$1" '$1 == l {print $k}' "$results" | median; }
+  rps[$l]=$(col 2); us[$l]=$(col 5)
+  printf '%-5s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook  nats-server %5.1f us  peak RSS %s MiB\n' \
+    "$l" "${rps[$l]}" "$(col 3)" "$(col 4)" "${us[$l]}" "$(col 6)" "$(col 7)"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+if [ ${#builds[@]} -eq 2 ]; then
+  echo "== B/A: throughput x$(ratio "${rps[1]}" "${rps[0]}"), CPU per webhook x$(ratio "${us[1]}" "${us[0]}")"
 fi
-sleep 0.5
-curl -s "http://127.0.0.1:$http_port/metrics" | grep -E "publish_seconds_(bucket|sum|count)" | grep -E "le=\"0.00(1|2|5)\"|le=\"0.01\"|sum|count"
-echo "== in the stream: $(curl -s "http://127.0.0.1:$http_port/metrics" | awk '/smsgate_ingress_requests_total.*accepted/ {print $2}') accepted"
-echo "ingress peak RSS  $(( $(cat "$tmp/peak" 2>/dev/null || echo 0) / 1024 )) MiB"
+if [ "$peer" = 1 ]; then
+  for i in "${!builds[@]}"; do echo "== $i/peer: throughput x$(ratio "${rps[$i]}" "${rps[peer]}")"; done
+fi
+
+if [ "$profile" = 1 ]; then
+  for i in "${!builds[@]}"; do
+    echo "== top functions (self time) of build $i under load"
+    start "$i"
+    ( wrk_load $(( secs + 2 )) >/dev/null ) & load=$!
+    sleep 1
+    perf record -g -F 999 -p "${server_pids[0]}" -o "$tmp/perf.data" -- sleep "$secs" >/dev/null 2>&1 || true
+    wait $load; stop_all; [ -n "${PERF_OUT:-}" ] && cp "$tmp/perf.data" "$PERF_OUT.$i"
+    perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E "^ +[0-9]" | sed -E "s/ +/ /g" | cut -c1-150 | head -25
+  done
+fi
