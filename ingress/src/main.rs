@@ -1,11 +1,17 @@
 //! `smsgate-ingress`: see the crate docs for the layout.
 
 use smsgate_shared::config::Config;
-use smsgate_shared::{shutdown, telemetry};
+use smsgate_shared::{runtime, shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
     telemetry::init("ingress", telemetry::format_from_env());
+    runtime::block_on("ingress", run())
+}
+
+async fn run() -> std::process::ExitCode {
     let config = Config::from_env_or_exit("ingress");
     let app = match smsgate_ingress::App::build(config).await {
         Ok(app) => app,

@@ -3,11 +3,14 @@
 //! channel file); exits 64 on a bad one.
 
 use smsgate_shared::config::Config;
-use smsgate_shared::{shutdown, telemetry};
+use smsgate_shared::{runtime, shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     telemetry::init("sender", telemetry::format_from_env());
+    runtime::block_on("sender", run())
+}
+
+async fn run() -> std::process::ExitCode {
     let config = Config::from_env_or_exit("sender");
     let app = match smsgate_sender::App::build(config).await {
         Ok(app) => app,

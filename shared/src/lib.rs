@@ -33,6 +33,7 @@
 //! - [`schedule`]: texts and calls to send later (KV `P_schedule`), and the
 //!   [`schedule::Scheduler`] every sender runs to fire them once.
 //! - [`retry`]: the one `Retry-After` parser (seconds or an HTTP date).
+//! - [`runtime`]: the services' tokio runtime (one thread unless `TOKIO_WORKER_THREADS`).
 //! - [`signature`]: Twilio's `X-Twilio-Signature`, signing and validating.
 //! - [`webhook`]: a channel's webhook URLs (whole, or the token cut for
 //!   showing) and the signed request `smsgate simulate` posts.
@@ -68,6 +69,7 @@ pub mod nats;
 pub mod ops;
 pub mod redact;
 pub mod retry;
+pub mod runtime;
 pub mod schedule;
 pub mod secret_key;
 pub mod shutdown;

@@ -1,12 +1,15 @@
 //! `smsgate-worker`: see the library's documentation for what it does.
 
 use smsgate_shared::config::Config;
-use smsgate_shared::{shutdown, telemetry};
+use smsgate_shared::{runtime, shutdown, telemetry};
 use smsgate_worker::{App, Tuning};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     telemetry::init("worker", telemetry::format_from_env());
+    runtime::block_on("worker", run())
+}
+
+async fn run() -> std::process::ExitCode {
     let config = Config::from_env_or_exit("worker");
     let app = match App::build_with(config, tuning()).await {
         Ok(app) => app,
