@@ -45,6 +45,10 @@
 //!   Twilio's price, token prices, the day's spend against `limits.usd_per_day`.
 //! - [`consume`]: the consumer runtime of the worker and the sender:
 //!   per-conversation order, concurrency up to a bound, nothing stranded.
+//!   A folder by concern: the handler's vocabulary and the [`consume::Runtime`]
+//!   in `mod.rs`, then `limits`, `liveness`, `dispatch` (pulling, per-key
+//!   queues), `awaiting` (what a key waits for), `task` (one handler call),
+//!   `advisories` (max deliveries) and `shutdown` (draining).
 //! - [`nats`]: connecting to one NATS server or a cluster, with creds,
 //!   nkey, token, user/password and TLS; URLs redacted for logs.
 //! - [`ops`]: `/api/health` and `/metrics` for the worker and the sender.

@@ -11,7 +11,7 @@
 //! processes share the channel. A unit taken is never given back: a crash
 //! after taking it costs one unit, never a reply above the limit.
 //!
-//! [`Budget::check`] is the one call `process.rs` makes: country first (no
+//! [`Budget::check`] is the one call `process/steps.rs` makes: country first (no
 //! counter is touched for a number that may never get a reply), then the
 //! minute, then the day.
 //!

@@ -18,6 +18,13 @@
 //! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, marked done, and the inbound
 //! is acked. Failures go to `P_DEAD` with the fallback text sent.
 //!
+//! [`process`] keeps the orchestration in `process/mod.rs` and its steps in
+//! `steps.rs` (the decisions before the chat call), `answer.rs` (media and
+//! the chat call) and `reply.rs` (storing and publishing the reply).
+//! [`chat`] keeps the common types and the dispatch in `chat/mod.rs`, and
+//! each kind with code of its own in a file: `openai.rs`, `webhook.rs`
+//! (`static` and `echo` are one line each in the dispatch).
+//!
 //! The channels are a live [`smsgate_shared::channels::Registry`] (the
 //! file's plus those connected at run time, followed in `P_channels`), each
 //! with its chat backend built once; a message for a channel this worker
