@@ -26,12 +26,16 @@
 # NATS_SYNC=always adds `sync_interval: always` (2.10+: fsync before every ack).
 # NATS_CLUSTER=1 runs three routed nats-servers and the services with
 # SMSGATE_NATS_REPLICAS=3 (the figures of "nats" and "peak RSS" are node 1's).
+# BIN_DIR takes ingress, worker and sender from another build (an earlier
+# one, to compare; NO_BUILD=1 skips the build); the load generator is always
+# this tree's target/release/smsgate-loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-500}; secs=${2:-20}; n_max=${3:-20000}; c=${4:-32}; k=${5:-2000}
 command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p smsgate-ingress -p smsgate-worker -p smsgate-sender -p smsgate-e2e
 
+bin=${BIN_DIR:-target/release}
 tmp=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nats_port=$(port); mon_port=$(port); http_port=$(port); stub_port=$(port); worker_port=$(port); sender_port=$(port)
@@ -89,13 +93,13 @@ export SMSGATE_NATS_URL="$nats_urls" SMSGATE_CHANNELS="$tmp/channels.json" \
   SMSGATE_WORKER_ADDR="127.0.0.1:$worker_port" SMSGATE_SENDER_ADDR="127.0.0.1:$sender_port" \
   RUST_LOG="${RUST_LOG:-warn}"
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
-target/release/smsgate-ingress >"$tmp/ingress.log" 2>&1 & ingress=$!; pids+=($ingress)
+"$bin"/smsgate-ingress >"$tmp/ingress.log" 2>&1 & ingress=$!; pids+=($ingress)
 start_worker() {
-  target/release/smsgate-worker >>"$tmp/worker.log" 2>&1 & worker=$!; pids+=($worker)
+  "$bin"/smsgate-worker >>"$tmp/worker.log" 2>&1 & worker=$!; pids+=($worker)
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$worker_port/api/health" >/dev/null 2>&1 && break; sleep 0.1; done
 }
 start_worker
-target/release/smsgate-sender >"$tmp/sender.log" 2>&1 & sender=$!; pids+=($sender)
+"$bin"/smsgate-sender >"$tmp/sender.log" 2>&1 & sender=$!; pids+=($sender)
 for url in "http://127.0.0.1:$http_port/api/ready" "http://127.0.0.1:$worker_port/api/health" \
            "http://127.0.0.1:$sender_port/api/health"; do
   for _ in $(seq 200); do curl -fs "$url" >/dev/null 2>&1 && break; sleep 0.1; done

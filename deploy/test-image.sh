@@ -35,7 +35,8 @@
 #   --no-cache      build smsgate:test without podman's layer cache (the
 #                   cargo cache mounts stay)
 #   --skip-build    check the smsgate:test image that is there
-# Environment: SMSGATE_IMAGE [smsgate:test], SMSGATE_DEBIAN_MIRROR and
+# Environment: SMSGATE_IMAGE [smsgate:test], SMSGATE_IMAGE_MAX_MB [100: the
+# size bound it asserts], SMSGATE_DEBIAN_MIRROR and
 # SMSGATE_DEBIAN_SECURITY_MIRROR [what the host's apt sources use].
 # Needs root (debootstrap, podman's storage, chroot).
 set -euo pipefail
@@ -67,6 +68,7 @@ for f in "${froms[@]}"; do
   case $f in
     rust:*) rust_base=$f ;;
     debian:*) debian_base=$f ;;
+    scratch) ;;
     *) die "deploy/Dockerfile names a base image this script cannot build: $f" ;;
   esac
 done
@@ -370,8 +372,8 @@ supervise() {
   done
 }
 
-# The health endpoints, asked with the image's own curl (its healthchecks use it).
-health() { in_image curl -fsS --max-time 2 "http://127.0.0.1:$1$2" >/dev/null 2>&1; }
+# The health endpoints, asked with the image's own wget (its healthchecks use it).
+health() { in_image wget -q -T 2 -O /dev/null "http://127.0.0.1:$1$2" >/dev/null 2>&1; }
 wait_health() { # wait_health NAME PORT PATH
   for _ in $(seq 60); do
     health "$2" "$3" && { say "$1 answers on :$2$3"; return; }
@@ -418,6 +420,9 @@ t_run=$((SECONDS - t_run))
 # --- 5. report ---------------------------------------------------------------------
 size=$(podman image inspect --format '{{.Size}}' "$image")
 say "$image: $size bytes ($(numfmt --to=iec --suffix=B "$size")); $debian_base: $(podman image inspect --format '{{.Size}}' "$debian_base" | numfmt --to=iec --suffix=B)"
+# The footprint is part of the product: stripped binaries on an empty base.
+max_mb=${SMSGATE_IMAGE_MAX_MB:-100}
+[ "$size" -le $(( max_mb * 1000 * 1000 )) ] || die "$image is $size bytes, over the ${max_mb} MB bound (deploy/Dockerfile ships stripped binaries on an empty base; what grew?)"
 for svc in "${!restarts[@]}"; do
   say "WARNING: smsgate-$svc had to be started again ${restarts[$svc]} time(s) (see above)"
 done

@@ -5,6 +5,9 @@
 use smsgate_shared::config::Config;
 use smsgate_shared::{runtime, shutdown, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     telemetry::init("sender", telemetry::format_from_env());
     runtime::block_on("sender", run())

@@ -4,6 +4,9 @@ use smsgate_shared::config::Config;
 use smsgate_shared::{runtime, shutdown, telemetry};
 use smsgate_worker::{App, Tuning};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     telemetry::init("worker", telemetry::format_from_env());
     runtime::block_on("worker", run())
