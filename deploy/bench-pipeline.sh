@@ -15,7 +15,8 @@
 #       × 25 messages): with the per-conversation cache, then without
 #       (SMSGATE_WORKER_HISTORY_CACHE=0, a consumer per read as before).
 # For each phase it prints the load generator's report, the CPU seconds each
-# process used, and every process's peak resident memory (VmRSS).
+# process used, and every process's peak resident memory (VmRSS); before the
+# first, each service's resident memory at rest.
 # It also prints NATS's messages in/out per webhook (from nats-server's /varz).
 # With PROFILE=1 it records a CPU profile (perf, cpu-clock) of every service
 # during phase (a) and prints each one's top functions.
@@ -132,6 +133,10 @@ sampler() {
   done
 }
 sampler & pids+=($!)
+sleep 1
+line="idle RSS MiB "
+for name in ingress worker sender nats-server; do line+="  $name $(( $(rss_kib "${proc[$name]}") / 1024 ))"; done
+echo "$line"
 
 loadgen() {
   target/release/smsgate-loadgen --url "http://127.0.0.1:$http_port" --public-base-url https://sms.example.com \

@@ -336,20 +336,11 @@ mod tests {
 
     #[test]
     fn an_error_field_has_every_number_of_its_cause_chain_masked() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tfmt::layer()
-                .fmt_fields(SpanFields)
-                .event_format(JsonLine { service: "test" })
-                .with_writer(move || writer.clone()),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = lines_of(|| {
             let e = Outer(Inner);
             tracing::warn!(error = &e as &dyn std::error::Error, outcome = "retry", "history write failed");
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        let line = &lines[0];
         assert_eq!(
             line["error"],
             "cannot publish to smsgate.history.local.+1415***0100: Twilio says: the 'To' number +4477***0123 is not valid"
