@@ -373,7 +373,8 @@ supervise() {
 }
 
 # The health endpoints, asked with the image's own wget (its healthchecks use it).
-health() { in_image wget -q -T 2 -O /dev/null "http://127.0.0.1:$1$2" >/dev/null 2>&1; }
+# (BusyBox's wget crashes on its -T option; the time limit is timeout's.)
+health() { image_cmd wget -q -O /dev/null "http://127.0.0.1:$1$2"; timeout 3 "${cmd[@]}" >/dev/null 2>&1; }
 wait_health() { # wait_health NAME PORT PATH
   for _ in $(seq 60); do
     health "$2" "$3" && { say "$1 answers on :$2$3"; return; }
