@@ -147,6 +147,6 @@ if [ "$profile" = 1 ]; then
     sleep 1
     perf record -g -F 999 -p "${server_pids[0]}" -o "$tmp/perf.data" -- sleep "$secs" >/dev/null 2>&1 || true
     wait $load; stop_all; [ -n "${PERF_OUT:-}" ] && cp "$tmp/perf.data" "$PERF_OUT.$i"
-    perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E "^ +[0-9]" | sed -E "s/ +/ /g" | cut -c1-150 | head -25
+    perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E "^ +[0-9]" | sed -E "s/ +/ /g" | cut -c1-150 | head -25 || true
   done
 fi
