@@ -122,7 +122,6 @@ pub(crate) fn openai_body<'a>(
     CompletionRequest { model, messages, max_tokens, temperature }
 }
 
-/// `choices[0].message.content`; an empty or missing content is "no reply".
 /// The answer's `usage` ({`prompt_tokens`, `completion_tokens`}), if any.
 pub(super) fn openai_usage(answer: &[u8]) -> Option<smsgate_shared::cost::Usage> {
     #[derive(Deserialize)]
@@ -132,6 +131,7 @@ pub(super) fn openai_usage(answer: &[u8]) -> Option<smsgate_shared::cost::Usage>
     serde_json::from_slice::<WithUsage>(answer).ok().and_then(|w| w.usage)
 }
 
+/// `choices[0].message.content`; an empty or missing content is "no reply".
 pub(crate) fn openai_reply(answer: &[u8]) -> Result<Option<String>, ChatError> {
     let completion: Completion =
         serde_json::from_slice(answer).map_err(|e| ChatError::BadAnswer(third_party(&e.to_string(), 200)))?;
