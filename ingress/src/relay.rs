@@ -519,14 +519,7 @@ impl Session {
         metrics::counter!("smsgate_ingress_relay_fallbacks_total").increment(1);
         let line = self.fallback_line();
         let heard = format!("{} {line}", turn.streamed.trim());
-        let fallback = CallReply {
-            v: envelope::VERSION,
-            say: heard.trim().to_owned(),
-            end: false,
-            origin: Origin::Timeout,
-            by: "ingress".to_owned(),
-            at: OffsetDateTime::now_utc(),
-        };
+        let fallback = CallReply::new("ingress", heard.trim().to_owned(), Origin::Timeout, false);
         let key = Topology::call_key(&self.setup.call_sid, turn.n);
         match self.shared.calls().await {
             Some(store) => match store.create(&key, envelope::encode(&fallback)).await {

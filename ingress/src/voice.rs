@@ -487,14 +487,8 @@ async fn wait_reply(shared: &Shared, call: &Call<'_>, n: u32, w: u32) -> Result<
     }
     // Given up: the fallback goes into P_calls first, so that a reply
     // arriving now is not also taken as heard (the worker sees the key).
-    let fallback = CallReply {
-        v: envelope::VERSION,
-        say: format!("{} {}", voice::TOO_SLOW, call.channel.fallback_text),
-        end: true,
-        origin: Origin::Timeout,
-        by: "ingress".to_owned(),
-        at: OffsetDateTime::now_utc(),
-    };
+    let say = format!("{} {}", voice::TOO_SLOW, call.channel.fallback_text);
+    let fallback = CallReply::new("ingress", say, Origin::Timeout, true);
     match store.create(&key, envelope::encode(&fallback)).await {
         Ok(_) => {
             tracing::warn!(channel_id = %call.channel.id, turn = n, outcome = "timeout", "call turn not answered in time; fallback spoken");

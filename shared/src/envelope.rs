@@ -159,6 +159,13 @@ pub struct CallReply {
     pub at: OffsetDateTime,
 }
 
+impl CallReply {
+    /// A reply decided now by `by` (`worker` or `ingress`).
+    pub fn new(by: &str, say: String, origin: Origin, end: bool) -> Self {
+        Self { v: VERSION, say, end, origin, by: by.to_owned(), at: OffsetDateTime::now_utc() }
+    }
+}
+
 /// The same payload as [`Inbound`], written from borrowed parts: ingress
 /// serialises it straight from the request body without copying every
 /// parameter into an owned `String` first. Readers decode it as [`Inbound`].

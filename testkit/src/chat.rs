@@ -142,11 +142,7 @@ impl OpenAiStub {
     /// A channel `chat` config for this stub (JSON text), with `extra` keys
     /// (e.g. `"history_turns": 4`) merged in.
     pub fn chat_config(&self, extra: &str) -> String {
-        let comma = if extra.trim().is_empty() { "" } else { "," };
-        format!(
-            r#""chat": {{"kind": "openai", "base_url": "{}", "model": "stub-model", "api_key": "sk-test", "timeout_ms": 5000{comma} {extra}}}"#,
-            self.base_url()
-        )
+        openai_chat_config(&self.base_url(), 5000, extra)
     }
 
     /// Answer every call with `text` from now on.
@@ -435,6 +431,15 @@ async fn agent_handler(State(state): State<Arc<Mutex<AgentState>>>, headers: Hea
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
         }
     }
+}
+
+/// A channel `chat` config (JSON text) of kind `openai` for a stub at
+/// `base_url`, with `extra` keys merged in.
+pub(crate) fn openai_chat_config(base_url: &str, timeout_ms: u64, extra: &str) -> String {
+    let comma = if extra.trim().is_empty() { "" } else { "," };
+    format!(
+        r#""chat": {{"kind": "openai", "base_url": "{base_url}", "model": "stub-model", "api_key": "sk-test", "timeout_ms": {timeout_ms}{comma} {extra}}}"#
+    )
 }
 
 #[cfg(test)]

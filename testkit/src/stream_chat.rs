@@ -99,11 +99,7 @@ impl StreamingStub {
 
     /// A channel `chat` config for this stub (JSON text).
     pub fn chat_config(&self, extra: &str) -> String {
-        let comma = if extra.trim().is_empty() { "" } else { "," };
-        format!(
-            r#""chat": {{"kind": "openai", "base_url": "{}", "model": "stub-model", "api_key": "sk-test", "timeout_ms": 20000{comma} {extra}}}"#,
-            self.base_url()
-        )
+        crate::chat::openai_chat_config(&self.base_url(), 20000, extra)
     }
 
     /// Answer every call with these tokens from now on.

@@ -23,7 +23,6 @@ use smsgate_shared::domain::{CallSid, E164};
 use smsgate_shared::envelope::{self, CallPart, CallReply, HistoryEvent, Inbound, NoteReason, Origin};
 use smsgate_shared::topology::Topology;
 use smsgate_shared::twiml::speakable;
-use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 use crate::Error;
@@ -129,14 +128,7 @@ impl Turn<'_> {
     /// What to say: the chat pipeline's answer, or the fallback.
     async fn decide(&self) -> Result<CallReply, Error> {
         let channel = &self.lane.channel;
-        let reply = |say: String, origin: Origin, end: bool| CallReply {
-            v: envelope::VERSION,
-            say,
-            end,
-            origin,
-            by: "worker".to_owned(),
-            at: OffsetDateTime::now_utc(),
-        };
+        let reply = |say: String, origin: Origin, end: bool| CallReply::new("worker", say, origin, end);
         if !channel.admits(self.peer) {
             self.note(NoteReason::Blocked, "the caller is not allowed on this channel").await?;
             return Ok(reply(smsgate_shared::voice::GOODBYE.to_owned(), Origin::Chat, true));
@@ -174,13 +166,7 @@ impl Turn<'_> {
                 Ok(reply(smsgate_shared::voice::GOODBYE.to_owned(), Origin::Chat, true))
             }
             Err(e) => {
-                warn!(
-                    latency_ms,
-                    error = &e as &dyn std::error::Error,
-                    outcome = "fallback",
-                    "chat backend failed on a call turn"
-                );
-                self.note(NoteReason::ChatError, &format!("chat backend failed on call turn {}: {e}", self.n)).await?;
+                self.chat_failed(&e, latency_ms).await?;
                 Ok(reply(channel.fallback_text.clone(), Origin::Fallback, true))
             }
         }
@@ -202,6 +188,19 @@ impl Turn<'_> {
             }
             Err(e) => Err(Error::Calls(Box::new(e))),
         }
+    }
+
+    /// The chat backend failed on this turn (asked whole or streamed): one
+    /// warning and a `chat_error` note; the caller then hears the fallback.
+    pub(crate) async fn chat_failed(&self, e: &crate::chat::ChatError, latency_ms: u64) -> Result<(), Error> {
+        warn!(
+            latency_ms,
+            turn = self.n,
+            error = e as &dyn std::error::Error,
+            outcome = "fallback",
+            "chat backend failed on a call turn"
+        );
+        self.note(NoteReason::ChatError, &format!("chat backend failed on call turn {}: {e}", self.n)).await
     }
 
     pub(crate) async fn note(&self, reason: NoteReason, detail: &str) -> Result<(), Error> {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
-use smsgate_shared::envelope::{self, CallReply, NoteReason, Origin};
+use smsgate_shared::envelope::{CallReply, NoteReason, Origin};
 use smsgate_shared::sse::SseParser;
 use smsgate_shared::voice::{self, RelayCancel, RelayChunk};
 use time::OffsetDateTime;
@@ -50,10 +50,6 @@ pub const MAX_RELAY_CHARS: usize = 4000;
 type Ended = (CallReply, bool);
 
 impl Turn<'_> {
-    fn reply(say: String, origin: Origin, end: bool) -> CallReply {
-        CallReply { v: envelope::VERSION, say, end, origin, by: "worker".to_owned(), at: OffsetDateTime::now_utc() }
-    }
-
     /// Streams the answer of a relay turn to ingress and writes it to
     /// `P_calls` ([`Turn::run`] records it).
     pub(crate) async fn stream(&self, key: &str) -> Result<Ended, Error> {
@@ -69,7 +65,9 @@ impl Turn<'_> {
         if !channel.admits(self.peer) {
             self.note(NoteReason::Blocked, "the caller is not allowed on this channel").await?;
             out.send(&RelayChunk { token: voice::GOODBYE.to_owned(), last: true, handoff: None }).await;
-            return self.write_relay(key, Self::reply(voice::GOODBYE.to_owned(), Origin::Chat, true), false).await;
+            return self
+                .write_relay(key, CallReply::new("worker", voice::GOODBYE.to_owned(), Origin::Chat, true), false)
+                .await;
         }
         if self.p.paused_until(&self.inbound.channel_id, self.peer).await?.is_some() {
             self.note(NoteReason::Paused, "the bot is paused (human takeover); the relay call is handed to a person")
@@ -130,7 +128,7 @@ impl Turn<'_> {
                 if said.is_empty() {
                     self.note(NoteReason::NoReply, "the chat pipeline gave no reply to a call turn").await?;
                 }
-                let reply = Self::reply(said, Origin::Chat, false);
+                let reply = CallReply::new("worker", said, Origin::Chat, false);
                 let (there, _) = self.write_relay(key, reply.clone(), false).await?;
                 if there != reply || reply.say.is_empty() {
                     return Ok((there, false));
@@ -143,24 +141,19 @@ impl Turn<'_> {
                 info!(latency_ms, turn = self.n, reason = %cancel.reason, "relay turn cancelled; the model stream is dropped");
                 if cancel.reason == "timeout" {
                     // Ingress spoke the fallback and wrote it first.
-                    return self.write_relay(key, Self::reply(said, Origin::Timeout, false), false).await;
+                    return self.write_relay(key, CallReply::new("worker", said, Origin::Timeout, false), false).await;
                 }
                 let heard = cancel.heard.unwrap_or(said);
-                self.write_relay(key, Self::reply(heard.trim().to_owned(), Origin::Chat, false), true).await
+                self.write_relay(key, CallReply::new("worker", heard.trim().to_owned(), Origin::Chat, false), true)
+                    .await
             }
             Err(e) => {
-                warn!(
-                    latency_ms,
-                    error = &e as &dyn std::error::Error,
-                    outcome = "fallback",
-                    "chat backend failed on a relay turn"
-                );
-                self.note(NoteReason::ChatError, &format!("chat backend failed on call turn {}: {e}", self.n)).await?;
+                self.chat_failed(&e, latency_ms).await?;
                 let fallback = channel.fallback_text.clone();
                 // What was streamed already was heard; the fallback follows it.
                 out.send(&RelayChunk { token: format!(" {fallback}"), last: true, handoff: None }).await;
                 let say = if said.trim().is_empty() { fallback } else { format!("{} {fallback}", said.trim()) };
-                self.write_relay(key, Self::reply(say, Origin::Fallback, false), false).await
+                self.write_relay(key, CallReply::new("worker", say, Origin::Fallback, false), false).await
             }
         }
     }
@@ -171,7 +164,7 @@ impl Turn<'_> {
     /// tool as well.
     async fn handoff(&self, out: &Out<'_>, key: &str, reason: &str, say: &str) -> Result<Ended, Error> {
         out.send(&RelayChunk { token: say.to_owned(), last: true, handoff: Some(reason.to_owned()) }).await;
-        self.write_relay(key, Self::reply(say.to_owned(), Origin::Fallback, true), false).await
+        self.write_relay(key, CallReply::new("worker", say.to_owned(), Origin::Fallback, true), false).await
     }
 
     /// Writes the answer unless something is there already (ingress's
