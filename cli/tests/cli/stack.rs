@@ -45,10 +45,19 @@ impl Stack {
         let nats = NatsServer::start();
         let prefix = format!("cli{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let any = "127.0.0.1:0".to_owned();
+        // The example channel as shipped, with quiet hours off: the sends
+        // below would otherwise be deferred whenever it is night in
+        // California, and these tests are about the CLI, not the guard.
+        let mut channels: Value = serde_json::from_str(&std::fs::read_to_string(example_channels()).unwrap()).unwrap();
+        for channel in channels["channels"].as_array_mut().unwrap() {
+            channel["config"]["compliance"] = json!({"quiet_hours": null});
+        }
+        let channels_file = state.path().join("channels.json");
+        std::fs::write(&channels_file, channels.to_string()).unwrap();
         // The public URL differs from the address posted to, as behind a
         // tunnel: simulate must sign what Twilio would sign.
         let vars: HashMap<String, String> = [
-            ("SMSGATE_CHANNELS", example_channels()),
+            ("SMSGATE_CHANNELS", channels_file.display().to_string()),
             ("TWILIO_AUTH_TOKEN", "stack-auth-token".to_owned()),
             ("SMS_WEBHOOK_PATH_TOKEN", "stackpathtoken0123456789abcdefghijklmnop".to_owned()),
             ("SMSGATE_PUBLIC_BASE_URL", "https://sms.example.test".to_owned()),
