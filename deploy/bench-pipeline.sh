@@ -27,6 +27,10 @@
 # NATS_SYNC=always adds `sync_interval: always` (2.10+: fsync before every ack).
 # NATS_CLUSTER=1 runs three routed nats-servers and the services with
 # SMSGATE_NATS_REPLICAS=3 (the figures of "nats" and "peak RSS" are node 1's).
+# NATS_TRACE=1 turns on nats-server's trace and prints, after each phase, every
+# service's NATS operations per webhook by kind (deploy/bench/nats-ops.py):
+# use it with a small phase (a), e.g. `NATS_TRACE=1 PHASES=a … 100 3`, as
+# the trace slows nats-server down many times.
 # BIN_DIR takes ingress, worker and sender from another build (an earlier
 # one, to compare; NO_BUILD=1 skips the build); the load generator is always
 # this tree's target/release/smsgate-loadgen.
@@ -64,8 +68,8 @@ cluster { name: bench, listen: 127.0.0.1:$route1, routes: [$routes] }"
   nats_urls="$nats_urls,nats://127.0.0.1:$n2,nats://127.0.0.1:$n3"
   export SMSGATE_NATS_REPLICAS=3
 fi
-printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\n%s\n' \
-  "$nats_port" "$mon_port" "$tmp/js" "$sync" "${cluster:-}" >"$tmp/nats.conf"
+printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\n%s\n%s\n' \
+  "$nats_port" "$mon_port" "$tmp/js" "$sync" "${cluster:-}" "${NATS_TRACE:+trace: true}" >"$tmp/nats.conf"
 "${NATS_SERVER_BIN:-nats-server}" -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 & nats=$!; pids+=($nats)
 [ -z "${NATS_CLUSTER:-}" ] || sleep 3   # the cluster elects its JetStream meta leader
 echo "nats-server $("${NATS_SERVER_BIN:-nats-server}" --version | awk '{print $2}') ${sync:-(default sync)}"
@@ -154,6 +158,7 @@ phase() {
   local title=$1 profile=$2 n=$4; shift 2
   local name; declare -A before; local perfs=()
   read -r in0 out0 < <(varz)
+  local trace0; trace0=$(wc -l <"$tmp/nats.log")
   if [ "$profile" = 1 ]; then
     for name in ingress worker sender nats-server; do
       perf record -q -e cpu-clock -F 499 -p "${proc[$name]}" -o "$tmp/perf.$name" >/dev/null 2>&1 & perfs+=($!)
@@ -187,6 +192,11 @@ phase() {
     line+="  $name $(( $(cat "$tmp/peak.$name" 2>/dev/null || echo 0) / 1024 ))"
   done
   echo "$line"
+  if [ -n "${NATS_TRACE:-}" ]; then
+    sleep 1   # the last acks
+    tail -n +"$((trace0 + 1))" "$tmp/nats.log" >"$tmp/trace"
+    python3 deploy/bench/nats-ops.py "$tmp/trace" "$n"
+  fi
   if [ "$profile" = 1 ]; then
     for name in ingress worker sender nats-server; do
       echo "-- perf self time by object: $name"

@@ -18,7 +18,16 @@ use crate::Ctx;
 use crate::deliver::{self, Create, Disposition, SendFailure};
 use crate::twilio::NewCall;
 
-pub async fn place(ctx: &Ctx, d: &Delivery<()>, channel: &Channel, out: &Outbound, call: &OutboundCall) -> Disposition {
+/// `placed`: the Call SID `P_sent` already holds (a redelivery), as
+/// [`deliver::recorded`] read it.
+pub async fn place(
+    ctx: &Ctx,
+    d: &Delivery<()>,
+    channel: &Channel,
+    out: &Outbound,
+    call: &OutboundCall,
+    placed: Option<String>,
+) -> Disposition {
     if !channel.admits(&out.to) {
         tracing::info!(outcome = "blocked", "recipient on the block list; call not placed");
         return deliver::note_then_ack(ctx, out, NoteReason::Blocked, "the number may not be called on this channel")
@@ -34,19 +43,21 @@ pub async fn place(ctx: &Ctx, d: &Delivery<()>, channel: &Channel, out: &Outboun
     let key = SentKey::Piece { outbound: &out.id, index: 0 }.to_string();
     // A log-only channel never calls: its history says so, not `queued`.
     let logged = channel.delivery == config::Delivery::Log;
-    let sid = match ctx.bus.sent.get(&key).await {
-        Ok(Some(sid)) => String::from_utf8_lossy(&sid).into_owned(),
-        Ok(None) if logged => {
+    let sid = match placed {
+        Some(sid) => sid,
+        None if logged => {
             tracing::info!(body = %twiml, outcome = "logged", "call (delivery: log)");
             "logged".to_owned()
         }
-        Ok(None) => {
+        None => {
             let status_url = channel.voice_route(voice::path::STATUS);
             let request = NewCall { to: &out.to, twiml: &twiml, status_callback: status_url.as_deref() };
             match deliver::send_piece(ctx, &d.msg, channel, Create::Call(request), (0, 1)).await {
                 Ok(created) => {
                     let sid = created.sid.unwrap_or_else(|| "unknown".to_owned());
-                    deliver::remember_sent(ctx, &key, &sid).await;
+                    if !deliver::remember_sent(ctx, &key, &sid).await {
+                        return Disposition::Retry(ctx.tuning.redelivery_delay);
+                    }
                     crate::cost::fetch_call_price_later(ctx, channel, &out.to, &sid);
                     metrics::counter!("smsgate_sender_calls_total", "outcome" => "placed").increment(1);
                     sid
@@ -65,10 +76,6 @@ pub async fn place(ctx: &Ctx, d: &Delivery<()>, channel: &Channel, out: &Outboun
                     return deliver::failed(ctx, &d.msg, out, &[], &[], (0, 1), &e, reason, "call_failed").await;
                 }
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the sent bucket");
-            return Disposition::Retry(ctx.tuning.redelivery_delay);
         }
     };
     let (status, detail) = if logged {

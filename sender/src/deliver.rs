@@ -10,7 +10,9 @@
 //! 4. `delivery: "log"`: log the pieces and record them; no Twilio.
 //! 5. Each piece in order: skip it if `P_sent` has `<id>.<i>`; else pace,
 //!    create it (retrying as [`crate::twilio::ErrorKind`] says), and put its
-//!    SID under `<id>.<i>` right after Twilio's 201.
+//!    SID under `<id>.<i>` right after Twilio's 201. A piece is only sent
+//!    once the one before it is recorded, so `P_sent` is read once on a
+//!    first delivery ([`recorded`]: no `<id>.0`, nothing sent).
 //! 6. One `Outbound` history entry with every piece's SID (`Nats-Msg-Id`
 //!    `out.<id>`), `<id>.done` in `P_sent`, then ack. A redelivered message
 //!    that is done is acked at once.
@@ -125,17 +127,18 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         return dead(ctx, msg, Some(&out.channel_id), reason, None).await;
     }
 
-    match ctx.bus.sent.get(SentKey::Done(&out.id).to_string()).await {
-        Ok(Some(_)) => {
+    let started = match recorded(ctx, &out, channel.delivery == config::Delivery::Log).await {
+        Ok(Recorded::Done) => {
             tracing::info!(outcome = "already_delivered", "delivered before (a redelivery); nothing to do");
             return Disposition::Ack;
         }
-        Ok(None) => {}
+        Ok(Recorded::Fresh) => None,
+        Ok(Recorded::Started(sid)) => Some(sid),
         Err(e) => {
             tracing::warn!(error = &e as &dyn std::error::Error, "cannot read the sent bucket");
             return Disposition::Retry(ctx.tuning.redelivery_delay);
         }
-    }
+    };
 
     if let Some(guarded) = out.guard {
         // Not a direct reply: the guard (opt-out included) decides.
@@ -143,7 +146,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
             return disposition;
         }
     } else {
-        match ctx.bus.optout.get(Topology::optout_key(&out.channel_id, &out.to)).await {
+        match ctx.optout.get(&Topology::optout_key(&out.channel_id, &out.to)).await {
             Ok(Some(_)) => {
                 tracing::info!(outcome = "opted_out", "recipient opted out; not sent");
                 metrics::counter!("smsgate_sender_sends_total", "outcome" => "opted_out").increment(1);
@@ -158,7 +161,7 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     }
 
     if let Some(call) = &out.call {
-        return crate::call::place(ctx, d, channel, &out, call).await;
+        return crate::call::place(ctx, d, channel, &out, call, started).await;
     }
 
     let prepared = if out.media_urls.is_empty() {
@@ -187,14 +190,22 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
     }
 
     let n = pieces.len();
+    let resuming = started.is_some();
     let mut sids: Vec<Option<String>> = Vec::with_capacity(n);
     for (i, piece) in pieces.iter().enumerate() {
         let key = SentKey::Piece { outbound: &out.id, index: i }.to_string();
-        match ctx.bus.sent.get(&key).await {
+        // Piece 0 was read above; the others only when it was there (a
+        // piece is sent only once the one before it is recorded).
+        let sent = match i {
+            0 => Ok(started.clone()),
+            _ if resuming => read_sid(ctx, &key).await,
+            _ => Ok(None),
+        };
+        match sent {
             Ok(Some(sid)) => {
                 tracing::info!(piece = i + 1, of = n, outcome = "already_sent", "piece sent before; skipped");
                 metrics::counter!("smsgate_sender_sends_total", "outcome" => "already_sent").increment(1);
-                sids.push(Some(String::from_utf8_lossy(&sid).into_owned()));
+                sids.push(Some(sid));
                 continue;
             }
             Ok(None) => {}
@@ -211,7 +222,11 @@ async fn process(ctx: &Ctx, d: &Delivery<()>) -> Disposition {
         match send_piece(ctx, msg, channel, Create::Piece(request, piece), (i, n)).await {
             Ok(created) => {
                 let sid = created.sid.unwrap_or_else(|| "unknown".to_owned());
-                remember_sent(ctx, &key, &sid).await;
+                if !remember_sent(ctx, &key, &sid).await {
+                    // The next piece waits for a redelivery: sending on
+                    // would break the order `recorded` relies on.
+                    return Disposition::Retry(ctx.tuning.redelivery_delay);
+                }
                 metrics::counter!("smsgate_sender_sends_total", "outcome" => "sent").increment(1);
                 metrics::counter!("smsgate_sender_segments_total", "encoding" => piece.encoding.as_str())
                     .increment(u64::from(piece.segments));
@@ -408,21 +423,62 @@ async fn opt_out(ctx: &Ctx, channel: &ChannelId, peer: &E164) {
     // The worker's STOP handling writes the same key, `at` in Unix seconds.
     let at = time::OffsetDateTime::now_utc().unix_timestamp();
     let value = serde_json::json!({ "at": at, "source": "twilio_21610" }).to_string();
-    match ctx.bus.optout.put(Topology::optout_key(channel, peer), value.into()).await {
+    match ctx.optout.put(&Topology::optout_key(channel, peer), value.into()).await {
         Ok(_) => tracing::info!(outcome = "opted_out", "Twilio reports the recipient opted out; recorded"),
         Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot record the opt-out"),
     }
+}
+
+/// What `P_sent` holds for an outbound.
+pub(crate) enum Recorded {
+    /// Nothing: no piece of it was sent.
+    Fresh,
+    /// Piece 0 was sent (its SID), not all of it, or its history is not written.
+    Started(String),
+    /// Every piece sent and the history written (`<id>.done`).
+    Done,
+}
+
+/// Reads what `P_sent` holds for `out` in as few requests as the order of
+/// the writes allows, one in the common case (a first delivery). Pieces are
+/// sent in order and a piece only after the one before it is recorded
+/// ([`remember_sent`]), and `<id>.done` is written after the last; so no
+/// `<id>.0` means nothing was sent and nothing is done. A log channel
+/// records no pieces: its done mark is read directly.
+pub(crate) async fn recorded(
+    ctx: &Ctx,
+    out: &Outbound,
+    log: bool,
+) -> Result<Recorded, async_nats::jetstream::kv::EntryError> {
+    let first =
+        if log { None } else { read_sid(ctx, &SentKey::Piece { outbound: &out.id, index: 0 }.to_string()).await? };
+    if first.is_none() && !log {
+        return Ok(Recorded::Fresh);
+    }
+    Ok(match (ctx.bus.sent.get(SentKey::Done(&out.id).to_string()).await?, first) {
+        (Some(_), _) => Recorded::Done,
+        (None, Some(sid)) => Recorded::Started(sid),
+        (None, None) => Recorded::Fresh,
+    })
+}
+
+/// The SID recorded under a piece key.
+async fn read_sid(ctx: &Ctx, key: &str) -> Result<Option<String>, async_nats::jetstream::kv::EntryError> {
+    Ok(ctx.bus.sent.get(key).await?.map(|sid| String::from_utf8_lossy(&sid).into_owned()))
 }
 
 /// Records a sent piece's Twilio SID under `key` in `P_sent`. Until this
 /// put lands, a redelivery would send the piece again, so it is retried for
 /// up to [`RECORD_FOR`]: long enough for a NATS cluster to elect a new
 /// leader for the bucket after a node dies (a few seconds; the runtime
-/// keeps the message alive meanwhile).
-pub(crate) async fn remember_sent(ctx: &Ctx, key: &str, sid: &str) {
-    if !put_patiently(ctx, key, sid.to_owned().into(), "a sent piece").await {
+/// keeps the message alive meanwhile). False when it never landed: the
+/// caller sends nothing more of the message on this delivery.
+pub(crate) async fn remember_sent(ctx: &Ctx, key: &str, sid: &str) -> bool {
+    let landed = put_patiently(ctx, key, sid.to_owned().into(), "a sent piece").await;
+    if !landed {
         tracing::error!(key, outcome = "unrecorded", "sent piece not recorded: a redelivery may send it again");
     }
+    landed
 }
 
 /// How long a `P_sent` put is retried before giving up.
@@ -511,8 +567,9 @@ pub(crate) async fn send_piece(
     loop {
         let slot = ctx.pacer.reserve(&sender_key, channel.mps).await;
         wait_until(ctx, msg, slot).await?;
-        // The clock of ack_wait restarts before every call.
-        let _ = msg.ack_with(AckKind::Progress).await;
+        // No `Progress` ack here: the consumer runtime keeps every running
+        // message alive every third of `ack_wait` (60 s) while the call
+        // runs, and a Twilio call is bounded at 20 s (connect 5 + request 15).
         tracing::debug!(piece = i + 1, of = n, body = %body, "sending piece");
         let started = Instant::now();
         let result = match request {

@@ -187,6 +187,11 @@ pub struct Ctx {
     pub schedule: smsgate_shared::schedule::Schedule,
     /// The channels' spend today (`limits.usd_per_day`).
     pub spend: smsgate_shared::cost::DailySpend,
+    /// `P_optout` in memory, for the check before a direct reply: it is
+    /// there for a STOP that came since the worker looked, and reading the
+    /// bucket as it was a millisecond ago is no weaker than the STOP coming
+    /// a millisecond later (the guard reads the bucket itself).
+    pub optout: smsgate_shared::mirror::Mirror,
 }
 
 /// The sender, bound and connected, ready to run.
@@ -266,7 +271,9 @@ impl App {
             format!("sender-{}", &smsgate_shared::config::generate_token()[..12]),
         );
         let cells = Arc::new(smsgate_shared::cas::Cas::new(budget));
+        let optout = smsgate_shared::mirror::Mirror::new(self.bus.optout.clone());
         let ctx = Arc::new(Ctx {
+            optout,
             guard,
             schedule,
             bus: self.bus,
@@ -284,6 +291,7 @@ impl App {
             "sender running"
         );
         let watch = tokio::spawn(ctx.channels.clone().watch(shutdown.clone()));
+        let mirror = tokio::spawn(ctx.optout.clone().follow(shutdown.clone()));
         let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
         let (outbound_alive, status_alive) = (self.limits.liveness("sender"), self.limits.liveness("status"));
         let ops = tokio::spawn(self.ops.serve(shutdown.clone(), vec![outbound_alive.clone(), status_alive.clone()]));
@@ -306,6 +314,7 @@ impl App {
         let (outbound, status) = (outbound.run(shutdown.clone()), status.run(shutdown.clone()));
         tokio::join!(outbound, status);
         watch.abort();
+        mirror.abort();
         scheduler.abort();
         let served = ops.await;
         tracing::info!(outcome = "stopped", "sender stopped");

@@ -39,6 +39,9 @@
 //!   showing) and the signed request `smsgate simulate` posts.
 //! - [`telemetry`]: JSON logs with stable fields, the Prometheus recorder.
 //! - [`shutdown`]: the cancellation token that SIGTERM/SIGINT cancel.
+//! - [`mirror`]: a key-value bucket kept in memory by a watch, for reads
+//!   on every message that may be a moment behind (`P_conversations` in
+//!   the worker, `P_optout` in the sender).
 //! - [`cas`]: state every replica shares (reply budgets, rate limits,
 //!   pacing) in a key-value bucket, changed with compare-and-set.
 //! - [`cost`]: what messages, calls and model answers cost: the rate table,
@@ -69,6 +72,7 @@ pub mod guard;
 pub mod http;
 pub mod markdown;
 pub mod media;
+pub mod mirror;
 pub mod nats;
 pub mod ops;
 pub mod redact;

@@ -15,8 +15,7 @@
 //! (only this message's Twilio media, bounded, described when it cannot be
 //! loaded) → [`cost`] checks the channel's day budget → [`chat`] asks the channel's pipeline (openai,
 //! webhook, static, echo) → the reply is stored in `P_seen`, published to
-//! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, marked done, and the inbound
-//! is acked. Failures go to `P_DEAD` with the fallback text sent.
+//! `P_OUTBOUND` with `Nats-Msg-Id: reply.<sid>`, and the inbound is acked. Failures go to `P_DEAD` with the fallback text sent.
 //!
 //! [`process`] keeps the orchestration in `process/mod.rs` and its steps in
 //! `steps.rs` (the decisions before the chat call), `answer.rs` (media and
@@ -132,7 +131,7 @@ pub struct Tuning {
     /// How long in-flight messages may take to finish on shutdown.
     pub shutdown_grace: Duration,
     /// Test hook for crash tests: sleep after a reply is published, before
-    /// it is marked done and the inbound acked.
+    /// the inbound is acked.
     pub pause_after_publish: Option<Duration>,
 }
 
@@ -253,7 +252,7 @@ impl App {
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
             consent: bus.consent,
-            conversations: bus.conversations,
+            conversations: smsgate_shared::mirror::Mirror::new(bus.conversations),
             calls: bus.calls,
             limiter: limiter::Limiter::new(cells.clone()),
             spend,
@@ -277,6 +276,7 @@ impl App {
         let liveness = self.limits.liveness("worker");
         let ops = tokio::spawn(self.ops.serve(ops_stop.clone(), vec![liveness.clone()]));
         let watch = tokio::spawn(self.processor.channels.clone().watch(shutdown.clone()));
+        let mirror = tokio::spawn(self.processor.conversations.clone().follow(shutdown.clone()));
         let runtime = Runtime {
             name: "worker",
             handler: self.processor,
@@ -287,6 +287,7 @@ impl App {
         };
         runtime.run(shutdown).await;
         watch.abort();
+        mirror.abort();
         ops_stop.cancel();
         match ops.await {
             Ok(Ok(())) => Ok(()),

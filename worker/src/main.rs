@@ -30,7 +30,7 @@ fn tuning() -> Tuning {
 /// With the `fault-hooks` feature only (the worker's own tests and the e2e
 /// harness build it so; a release build does not): the crash tests'
 /// `SMSGATE_WORKER_TEST_PAUSE_AFTER_PUBLISH_MS` pauses after a reply is
-/// published, before it is marked done and acked (milliseconds).
+/// published, before the inbound is acked (milliseconds).
 #[cfg(feature = "fault-hooks")]
 fn tuning() -> Tuning {
     const PAUSE_HOOK: &str = "SMSGATE_WORKER_TEST_PAUSE_AFTER_PUBLISH_MS";

@@ -7,13 +7,17 @@
 //! told apart from a second copy that Twilio sent after the window:
 //!
 //! ```text
-//! create(processing) ─▶ [replied: reply text stored] ─▶ done
+//! create(processing) ─▶ replied (reply text stored; final) [─▶ dead: the fallback]
 //!                    ╰─▶ done (a skip, or no reply)
 //! ```
 //!
 //! The reply text is stored before it is published, so a worker killed
 //! between the chat call's answer and the ack republishes the same text
 //! under the same `Nats-Msg-Id` instead of asking the chat backend again.
+//! For the same reason `replied` needs no `done` after it: a redelivery of
+//! a replied message republishes the stored text, and `P_OUTBOUND`'s
+//! duplicate window (or, later, the sender's `P_sent` done mark) drops the
+//! copy. That saves one write per reply.
 
 use std::time::Duration;
 
@@ -31,7 +35,8 @@ use crate::Error;
 pub enum State {
     /// Claimed; nothing is published yet.
     Processing,
-    /// The reply is decided (`reply`), perhaps published.
+    /// The reply is decided (`reply`), perhaps published; final for a
+    /// reply without a dead letter (a redelivery publishes it again).
     Replied,
     /// Finished: the inbound may be acked.
     Done,
@@ -123,6 +128,12 @@ impl Seen {
         // Also when it ended in a dead letter: that MessageSid got its one
         // reply (the fallback text), so a replayed copy must not get another.
         Ok(Claim::Duplicate { first_seq: record.seq })
+    }
+
+    /// Remembers that this process finished `sid` (the copy at `seq`)
+    /// without writing to the bucket: a redelivery is acked at once.
+    pub async fn finished(&self, sid: &MessageSid, seq: u64) {
+        self.finished.insert(sid.clone(), seq).await;
     }
 
     pub async fn store(&self, sid: &MessageSid, record: &Record) -> Result<(), Error> {

@@ -192,6 +192,7 @@ impl ToolBox<'_> {
         let now = OffsetDateTime::now_utc();
         let record = ConversationState::pause(now, self.channel.pause_minutes);
         let key = Topology::conversation_key(&self.channel.id, self.peer);
+        // Through the mirror: this worker's next message of the conversation sees it.
         if let Err(e) = self.p.conversations.put(&key, envelope::encode(&record)).await {
             warn!(error = &e as &dyn std::error::Error, "cannot pause the conversation for the handoff");
             return json!({"error": "the handoff could not be recorded; try again"});

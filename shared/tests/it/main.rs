@@ -47,4 +47,5 @@ async fn inbound_publish_dedupes_on_message_id() {
 }
 mod channels;
 mod consume;
+mod mirror;
 mod secured;

@@ -18,8 +18,9 @@
 //!    gives the fallback text and a dead letter; with
 //!    `delete_media_after_fetch` the fetched media is deleted from Twilio
 //!    once the backend answered;
-//! 6. the reply is stored in `P_seen`, then published with `Nats-Msg-Id:
-//!    reply.<sid>`, then the entry is marked done, then the inbound is acked.
+//! 6. the reply is stored in `P_seen` (`replied`, the entry's final state),
+//!    then published with `Nats-Msg-Id: reply.<sid>`, then the inbound is
+//!    acked.
 //!
 //! # Layout
 //!
@@ -29,7 +30,7 @@
 //!   and the notes and marks they leave;
 //! - `answer`: step 5, the media and the chat call, and what its answer
 //!   (or failure) becomes;
-//! - `reply`: step 6, storing and publishing the reply, then marking it done.
+//! - `reply`: step 6, storing and publishing the reply.
 
 mod answer;
 mod reply;
@@ -139,8 +140,10 @@ pub struct Processor {
     pub guard: smsgate_shared::guard::GuardStore,
     /// `P_schedule`: the model's follow-ups wait here.
     pub schedule: smsgate_shared::schedule::Schedule,
-    /// `P_conversations`: conversations an operator has paused the bot for.
-    pub conversations: kv::Store,
+    /// `P_conversations`: conversations an operator has paused the bot for,
+    /// read from memory (a pause another process wrote may be a millisecond
+    /// late: an operator's click, not a message, is on the other side).
+    pub conversations: smsgate_shared::mirror::Mirror,
     /// `P_calls`: each call turn's reply, for ingress to speak.
     pub calls: kv::Store,
     pub history: History,

@@ -1,6 +1,7 @@
 //! Step 6 of the module comment: the reply is stored in `P_seen` before it
 //! is published (a redelivery republishes it instead of deciding again),
-//! published with `Nats-Msg-Id: reply.<sid>`, then marked done.
+//! then published with `Nats-Msg-Id: reply.<sid>`; the stored reply is the
+//! entry's final state (a fallback's also gets its dead letter and `dead`).
 
 use smsgate_shared::bus::{self, MsgId, OutboundId};
 use smsgate_shared::envelope::{self, Origin, Outbound};
@@ -65,20 +66,25 @@ impl Step<'_> {
         let p = self.p;
         self.publish_direct(OutboundId::reply_to(self.sid()), reply.body, reply.media, reply.origin, "reply").await?;
         if let Some(pause) = p.tuning.pause_after_publish {
-            // Test hook (crash tests): the reply is out, nothing is marked or acked yet.
-            info!(outcome = "paused", "reply published; pausing before marking it done");
+            // Test hook (crash tests): the reply is out, the inbound not acked yet.
+            info!(outcome = "paused", "reply published; pausing before the ack");
             tokio::time::sleep(pause).await;
         }
-        let (state, outcome) = match reply.dead_reason {
+        let outcome = match reply.dead_reason {
             Some(reason) => {
                 p.publish_dead(&self.job.msg, self.seq, reason).await?;
-                (State::Dead, Outcome::Fallback)
+                p.seen.store(self.sid(), &Record { seq: self.seq, state: State::Dead, reply: None }).await?;
+                return Ok((Disposition::Ack, Outcome::Fallback));
             }
-            None if reply.origin == Origin::Help => (State::Done, Outcome::Help),
-            None if reply.origin == Origin::RateLimitNotice => (State::Done, Outcome::RateLimited),
-            None => (State::Done, Outcome::Replied),
+            None if reply.origin == Origin::Help => Outcome::Help,
+            None if reply.origin == Origin::RateLimitNotice => Outcome::RateLimited,
+            None => Outcome::Replied,
         };
-        p.seen.store(self.sid(), &Record { seq: self.seq, state, reply: None }).await?;
+        // No `done` write: `replied` is final once the reply is published. A
+        // redelivery publishes the stored text again under the same
+        // `Nats-Msg-Id`, which `P_OUTBOUND`'s duplicate window drops and,
+        // later than that, the sender's `P_sent` done mark.
+        p.seen.finished(self.sid(), self.seq).await;
         Ok((Disposition::Ack, outcome))
     }
 }
