@@ -22,7 +22,6 @@
 //! the worker answers by SMS. `forward` mode dials `forward_to`. Status
 //! callbacks and a forwarded call's end are published for history.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,8 +139,9 @@ pub fn routes() -> [(&'static str, axum::routing::MethodRouter<Arc<Shared>>); 8]
 
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    webhook::checked(route.as_str(), shared, token, (uri, headers, body), |entry, body| async move {
-        let response = answer(route, shared, &entry, uri, headers, &body).await?;
+    webhook::checked(route.as_str(), shared, token, (uri, headers, body), started, |form| async move {
+        let response = answer(route, shared, &form, uri, headers).await?;
+        let entry = form.entry();
         metrics::counter!("smsgate_ingress_requests_total", "route" => route.as_str(), "outcome" => "accepted")
             .increment(1);
         tracing::debug!(
@@ -215,13 +215,13 @@ impl Call<'_> {
 async fn answer(
     route: Route,
     shared: &Shared,
-    entry: &Entry,
+    form: &webhook::Form,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
 ) -> Result<Response, Rejection> {
+    let entry = form.entry();
     let channel = &entry.channel;
-    let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(body).collect();
+    let params = form.params()?;
     // After the signature: a status callback of a call placed before voice
     // was switched off still counts.
     if !channel.voice.enabled && route != Route::Status {

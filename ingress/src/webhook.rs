@@ -153,8 +153,9 @@ pub async fn status(
 
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    checked(route.as_str(), shared, token, (uri, headers, body), |entry, body| async move {
-        let accepted = accept(route, shared, &entry, &body).await?;
+    checked(route.as_str(), shared, token, (uri, headers, body), started, |form| async move {
+        let accepted = accept(route, shared, &form).await?;
+        let entry = form.entry();
         shared.metrics.accepted(route == Route::Inbound).increment(1);
         // One info line per accepted webhook, flat fields only: what lets an
         // operator follow a message from its first service on by
@@ -179,25 +180,26 @@ async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: 
 
 /// Every Twilio route, SMS and voice: the checks in their order (path
 /// token 404 → channel on 404 → content type 415 → size 413 → signature 403),
-/// then `answer` with the channel and the verified body, then one log line
-/// and metric for a rejection.
+/// then `answer` with the [`Form`] (whose parameters come out only through
+/// the signature check), then one log line and metric for a rejection.
+/// `started` is when the request came in.
 pub(crate) async fn checked<F, Fut>(
     route: &'static str,
     shared: &Shared,
     token: &str,
     (uri, headers, body): (&Uri, &HeaderMap, Body),
+    started: Instant,
     answer: F,
 ) -> Response
 where
-    F: FnOnce(Arc<Entry>, Bytes) -> Fut,
+    F: FnOnce(Form) -> Fut,
     Fut: std::future::Future<Output = Result<Response, Rejection>>,
 {
-    let started = Instant::now();
     let entry = shared.channels.find_token(token);
     let result = match &entry {
         None => Err(UNKNOWN_TOKEN),
-        Some(entry) => match verify(&entry.channel, uri, headers, body).await {
-            Ok(body) => answer(entry.clone(), body).await,
+        Some(entry) => match admit(entry.clone(), uri, headers, body).await {
+            Ok(form) => answer(form).await,
             Err(rejection) => Err(rejection),
         },
     };
@@ -205,10 +207,45 @@ where
     finish(route, channel_id, started, result)
 }
 
-/// The channel is on, the body a form within [`MAX_BODY`], and Twilio's
-/// signature over the URL it requested (query included) and every posted
-/// parameter matches, unless the channel skips it on purpose.
-async fn verify(channel: &Channel, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+/// A form's parameters, in order, decoded.
+pub(crate) type Params<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// A webhook that passed every check before its signature: the channel is
+/// on, the body a form within [`MAX_BODY`], the signature header and the
+/// signed URL are there. Its parameters come out only through
+/// [`Form::params`], which checks the signature over them first, so the
+/// form is parsed once for both.
+pub(crate) struct Form {
+    entry: Arc<Entry>,
+    body: Bytes,
+    /// The URL Twilio signed and its signature; `None` when the channel
+    /// skips the check on purpose (`insecure_skip_signature`).
+    signed: Option<(String, String)>,
+}
+
+impl Form {
+    /// The channel the path token named.
+    pub(crate) fn entry(&self) -> &Arc<Entry> {
+        &self.entry
+    }
+
+    /// The posted parameters, in order, once Twilio's signature over the
+    /// URL it requested (query included) and every one of them matches.
+    /// Borrowed from the body wherever nothing needed decoding.
+    pub(crate) fn params(&self) -> Result<Params<'_>, Rejection> {
+        let params: Params<'_> = form_urlencoded::parse(&self.body).collect();
+        if let Some((url, signature)) = &self.signed
+            && !signature::validate(self.entry.channel.auth_token.expose_secret(), url, &params, signature)
+        {
+            return Err(BAD_SIGNATURE);
+        }
+        Ok(params)
+    }
+}
+
+/// The checks before the signature, in their order.
+async fn admit(entry: Arc<Entry>, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Form, Rejection> {
+    let channel = &entry.channel;
     if !channel.enabled {
         return Err(CHANNEL_DISABLED);
     }
@@ -216,19 +253,17 @@ async fn verify(channel: &Channel, uri: &Uri, headers: &HeaderMap, body: Body) -
         return Err(NOT_A_FORM);
     }
     let body = read_body(headers, body).await?;
-    if !channel.insecure_skip_signature {
-        let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(&body).collect();
+    let signed = if channel.insecure_skip_signature {
+        None
+    } else {
         let signature = headers
             .get(signature::HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .ok_or(NO_SIGNATURE)?;
-        let url = signed_url(channel, uri, headers).ok_or(NO_URL)?;
-        if !signature::validate(channel.auth_token.expose_secret(), &url, &params, signature) {
-            return Err(BAD_SIGNATURE);
-        }
-    }
-    Ok(body)
+        Some((signed_url(channel, uri, headers).ok_or(NO_URL)?, signature.to_owned()))
+    };
+    Ok(Form { entry, body, signed })
 }
 
 /// A TwiML answer (`text/xml`).
@@ -239,10 +274,10 @@ pub fn twiml_response(xml: impl IntoResponse) -> Response {
 /// Logs and counts a rejection (every one has its status code and a
 /// logged reason); an accepted answer goes out as it is.
 fn finish(route: &'static str, channel_id: &str, started: Instant, result: Result<Response, Rejection>) -> Response {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(response) => response,
         Err(rejection) => {
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             let outcome = outcome_label(rejection.status);
             metrics::counter!("smsgate_ingress_requests_total", "route" => route, "outcome" => outcome).increment(1);
             if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -288,10 +323,10 @@ struct Accepted {
     duplicate: bool,
 }
 
-async fn accept(route: Route, shared: &Shared, entry: &Entry, body: &Bytes) -> Result<Accepted, Rejection> {
+async fn accept(route: Route, shared: &Shared, form: &Form) -> Result<Accepted, Rejection> {
+    let entry = form.entry();
     let channel = &entry.channel;
-    // Borrowed from the body wherever nothing needed decoding.
-    let params: Vec<(Cow<'_, str>, Cow<'_, str>)> = form_urlencoded::parse(body).collect();
+    let params = form.params()?;
     let fields = Fields(&params);
     let message_sid = MessageSid::parse(fields.get("MessageSid").ok_or(missing("MessageSid missing"))?)
         .map_err(|_| missing("MessageSid malformed"))?;
@@ -357,7 +392,8 @@ pub(crate) async fn publish(
         if shared.client.connection_state() != async_nats::connection::State::Connected {
             return Err(NATS_DOWN);
         }
-        let budget = shared.publish_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let now = if attempt == 0 { started } else { Instant::now() };
+        let budget = shared.publish_timeout.min(deadline.saturating_duration_since(now));
         let once = bus::publish(&shared.js, subject.clone(), msg_id, payload.clone());
         let rejection = match tokio::time::timeout(budget, once).await {
             Ok(Ok(ack)) => {
