@@ -2,7 +2,9 @@
 //!
 //! 1. At send ([`estimate`]): one `cost` history entry per piece Twilio
 //!    took, segments × the rate ([`cost::sms_rate`]), under the piece's SID;
-//!    the day's spend and `smsgate_cost_usd_total` grow by it.
+//!    `smsgate_cost_usd_total` grows by it at once, the day's spend within
+//!    a second ([`cost::DailySpend::add_soon`], written by the sender's
+//!    flusher).
 //! 2. After a piece's final status ([`fetch_price_later`]): Twilio's `price`
 //!    is null at create and in callbacks (docs/TWILIO.md), so the Message is
 //!    fetched once the status is final, again on the schedule
@@ -49,7 +51,10 @@ pub(crate) async fn estimate(ctx: &Ctx, channel: &Channel, to: &E164, pieces: &[
         segments += units;
     }
     if total > 0.0 {
-        add_spend(&ctx.spend, &channel.id, Item::Sms, total).await;
+        // Written within a second with the others' (`DailySpend::add_soon`):
+        // not a request per text.
+        cost::record_metric(&channel.id, Item::Sms, total);
+        ctx.spend.add_soon(&channel.id, total, SystemTime::now());
         tracing::info!(
             event = "cost.recorded",
             channel_id = channel.id.as_str(),
@@ -90,15 +95,6 @@ async fn record(
     };
     let id = MsgId::HistoryCost { item: figure.item, basis: figure.basis, reference: figure.sid };
     bus::append_history(js, topology, (channel, peer), id, event).await
-}
-
-/// Adds to the day's spend and the metric; a NATS failure is logged (the
-/// budget then lags, the text is not held for it).
-pub(crate) async fn add_spend(spend: &DailySpend, channel: &ChannelId, item: Item, usd: f64) {
-    cost::record_metric(channel, item, usd);
-    if let Err(e) = spend.add(channel, usd, SystemTime::now()).await {
-        tracing::warn!(error = &e as &dyn std::error::Error, "cannot add to the channel's spend today");
-    }
 }
 
 /// After piece `sid`'s final status: fetches Twilio's price in the

@@ -66,6 +66,8 @@ use crate::twilio::{ClientTimeouts, TwilioClient};
 pub const OUTBOUND_CONSUMER: &str = "sender";
 /// The durable consumer on `P_STATUS`.
 pub const STATUS_CONSUMER: &str = "sender-status";
+/// How often the texts' cost estimates are written to the day's spend.
+const SPEND_EVERY: Duration = Duration::from_secs(1);
 
 /// Knobs with production defaults; tests shorten the delays. The bounds
 /// operators set (`SMSGATE_SENDER_MAX_IN_FLIGHT`,
@@ -271,7 +273,7 @@ impl App {
             format!("sender-{}", &smsgate_shared::config::generate_token()[..12]),
         );
         let cells = Arc::new(smsgate_shared::cas::Cas::new(budget));
-        let optout = smsgate_shared::mirror::Mirror::new(self.bus.optout.clone());
+        let optout = smsgate_shared::mirror::Mirror::new(self.bus.optout.clone(), self.client.clone());
         let ctx = Arc::new(Ctx {
             optout,
             guard,
@@ -292,6 +294,10 @@ impl App {
         );
         let watch = tokio::spawn(ctx.channels.clone().watch(shutdown.clone()));
         let mirror = tokio::spawn(ctx.optout.clone().follow(shutdown.clone()));
+        // The texts' estimates reach the day's spend once a second; the
+        // flusher stops after the consumers have drained, with a last write.
+        let spend_stop = CancellationToken::new();
+        let spend = tokio::spawn(ctx.spend.clone().follow(SPEND_EVERY, spend_stop.clone()));
         let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
         let (outbound_alive, status_alive) = (self.limits.liveness("sender"), self.limits.liveness("status"));
         let ops = tokio::spawn(self.ops.serve(shutdown.clone(), vec![outbound_alive.clone(), status_alive.clone()]));
@@ -313,6 +319,8 @@ impl App {
         };
         let (outbound, status) = (outbound.run(shutdown.clone()), status.run(shutdown.clone()));
         tokio::join!(outbound, status);
+        spend_stop.cancel();
+        let _ = spend.await;
         watch.abort();
         mirror.abort();
         scheduler.abort();

@@ -296,37 +296,112 @@ pub fn utc_day(now: SystemTime) -> u64 {
 
 /// A channel's spend in the current UTC day, shared by every process
 /// through the `P_budget` bucket (key [`Topology::spend_key`]).
+///
+/// The sender adds every text's estimate with [`DailySpend::add_soon`]:
+/// kept here and written once a second ([`DailySpend::follow`]) rather than
+/// with a compare-and-set per text, which was one of the NATS requests of
+/// every SMS. The budget is a soft limit, checked before a model call or an
+/// agent's text: another process sees this one's texts up to a second
+/// late, and a sender killed outright loses at most that second's
+/// estimates from the day's figure (history keeps every estimate).
 #[derive(Clone)]
 pub struct DailySpend {
     cells: Arc<Cas>,
+    /// Millionths of a USD added with `add_soon` and not written yet, per key.
+    pending: Arc<Mutex<BTreeMap<String, i64>>>,
 }
 
 impl DailySpend {
     pub fn new(cells: Arc<Cas>) -> Self {
-        Self { cells }
+        Self { cells, pending: Arc::default() }
     }
 
     /// Adds `usd` (negative for a correction down, never below 0) to the
-    /// day's spend; returns the new total in USD.
+    /// day's spend, with what `add_soon` kept for it; returns the new total
+    /// in USD.
     pub async fn add(&self, channel: &ChannelId, usd: f64, now: SystemTime) -> Result<f64, CasError> {
         let key = Topology::spend_key(channel, utc_day(now));
-        let delta = micro(usd);
-        let total = self
-            .cells
-            .update(&key, |value| {
+        let kept = self.take(&key);
+        match self.write(&key, micro(usd).saturating_add(kept)).await {
+            Ok(total) => Ok(total as f64 / 1_000_000.0),
+            Err(e) => {
+                self.keep(key, kept);
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds `usd` to the day's spend at the next write (within a second
+    /// while [`DailySpend::follow`] runs).
+    pub fn add_soon(&self, channel: &ChannelId, usd: f64, now: SystemTime) {
+        self.keep(Topology::spend_key(channel, utc_day(now)), micro(usd));
+    }
+
+    /// Writes what `add_soon` kept, key by key; what cannot be written now
+    /// is kept for the next time.
+    pub async fn flush(&self) -> Result<(), CasError> {
+        let kept = std::mem::take(&mut *self.lock());
+        let mut failed = None;
+        for (key, delta) in kept {
+            if let Err(e) = self.write(&key, delta).await {
+                self.keep(key, delta);
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Writes what `add_soon` keeps every `every` until `stop`, then once more.
+    pub async fn follow(self, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let stopped = tokio::select! {
+                _ = stop.cancelled() => true,
+                _ = tokio::time::sleep(every) => false,
+            };
+            if let Err(e) = self.flush().await {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot write the channels' spend today; kept for the next try"
+                );
+            }
+            if stopped {
+                return;
+            }
+        }
+    }
+
+    /// The day's spend so far, in USD (with what this process has not written yet).
+    pub async fn today(&self, channel: &ChannelId, now: SystemTime) -> Result<f64, CasError> {
+        let key = Topology::spend_key(channel, utc_day(now));
+        let value = self.cells.get(&key).await?;
+        let kept = self.lock().get(&key).copied().unwrap_or(0);
+        let stored = i64::try_from(value.as_deref().map_or(0, parse_u64)).unwrap_or(i64::MAX);
+        Ok(stored.saturating_add(kept).max(0) as f64 / 1_000_000.0)
+    }
+
+    /// Adds `delta` millionths to the stored figure (never below 0).
+    async fn write(&self, key: &str, delta: i64) -> Result<i64, CasError> {
+        self.cells
+            .update(key, |value| {
                 let current = i64::try_from(value.map_or(0, parse_u64)).unwrap_or(i64::MAX);
                 let next = current.saturating_add(delta).max(0);
                 (Write::Put(Bytes::from(next.to_string())), next)
             })
-            .await?;
-        Ok(total as f64 / 1_000_000.0)
+            .await
     }
 
-    /// The day's spend so far, in USD.
-    pub async fn today(&self, channel: &ChannelId, now: SystemTime) -> Result<f64, CasError> {
-        let key = Topology::spend_key(channel, utc_day(now));
-        let value = self.cells.get(&key).await?;
-        Ok(value.as_deref().map_or(0, parse_u64) as f64 / 1_000_000.0)
+    fn take(&self, key: &str) -> i64 {
+        self.lock().remove(key).unwrap_or(0)
+    }
+
+    fn keep(&self, key: String, delta: i64) {
+        let mut pending = self.lock();
+        let held = pending.entry(key).or_insert(0);
+        *held = held.saturating_add(delta);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, i64>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether `channel` has reached its `limits.usd_per_day` (false when it

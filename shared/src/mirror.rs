@@ -6,9 +6,10 @@
 //!
 //! - A watch delivers every key's last value, then every change. Until it
 //!   has caught up, reads go to the bucket.
-//! - A NATS disconnect since the watch was opened makes reads go to the
-//!   bucket again until a new watch has caught up: changes made meanwhile
-//!   may reach the old watch only after messages that depend on them.
+//! - While the client is not connected, and after it has reconnected
+//!   (its `connects` count moved since the watch was opened), reads go to
+//!   the bucket until a new watch has caught up: changes made meanwhile may
+//!   reach the old watch only after messages that depend on them.
 //! - What this process writes through [`Mirror::put`] is applied at once,
 //!   so its own next read sees it; the watch's copy of the same write is
 //!   then ignored (entries only move to a newer revision).
@@ -32,13 +33,16 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Mirror {
     store: kv::Store,
+    /// The client the watch runs on: its connection state and how often it
+    /// has connected.
+    client: async_nats::Client,
     inner: Arc<RwLock<State>>,
 }
 
 #[derive(Default)]
 struct State {
-    /// The disconnect count ([`crate::nats::disconnects`]) when the current
-    /// watch caught up; `None` while it has not.
+    /// The client's connect count when the current watch was opened, once
+    /// that watch has caught up; `None` while it has not.
     current_as_of: Option<u64>,
     /// Key → (revision, value); a deleted key keeps its revision, so a
     /// late older write cannot bring it back.
@@ -46,10 +50,22 @@ struct State {
 }
 
 impl Mirror {
-    /// A mirror of `store`, empty and not yet caught up: reads go to the
-    /// bucket until [`Mirror::follow`] has caught up.
-    pub fn new(store: kv::Store) -> Self {
-        Self { store, inner: Arc::default() }
+    /// A mirror of `store` (opened on `client`), empty and not yet caught
+    /// up: reads go to the bucket until [`Mirror::follow`] has caught up.
+    pub fn new(store: kv::Store, client: async_nats::Client) -> Self {
+        Self { store, client, inner: Arc::default() }
+    }
+
+    /// How often the client has connected (the first time included).
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether memory answers now: the watch caught up, and the client is
+    /// connected on the connection the watch was opened on.
+    fn answers(&self, state: &State) -> bool {
+        state.current_as_of == Some(self.connects())
+            && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The bucket itself, for what the mirror does not do.
@@ -59,7 +75,7 @@ impl Mirror {
 
     /// Whether reads are answered from memory now.
     pub fn is_current(&self) -> bool {
-        self.read().current_as_of == Some(crate::nats::disconnects())
+        self.answers(&self.read())
     }
 
     /// The value of `key`: from memory while the watch is current, else
@@ -67,7 +83,7 @@ impl Mirror {
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, kv::EntryError> {
         {
             let state = self.read();
-            if state.current_as_of == Some(crate::nats::disconnects()) {
+            if self.answers(&state) {
                 return Ok(state.entries.get(key).and_then(|(_, v)| v.clone()));
             }
         }
@@ -93,7 +109,7 @@ impl Mirror {
                 state.current_as_of = None;
                 state.entries.clear();
             }
-            let epoch = crate::nats::disconnects();
+            let epoch = self.connects();
             let opened = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 w = self.store.watch_with_history(">") => w,
@@ -127,7 +143,7 @@ impl Mirror {
                                 None => break,
                             },
                             _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                                if crate::nats::disconnects() != epoch {
+                                if self.connects() != epoch {
                                     tracing::info!(bucket, "NATS reconnected; watching the mirrored bucket again");
                                     break;
                                 }

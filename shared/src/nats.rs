@@ -158,16 +158,6 @@ pub enum ConnectError {
     },
 }
 
-/// How often a client of this process lost its NATS connection.
-static DISCONNECTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How often a client of this process has lost its NATS connection: what
-/// was watched before a disconnect may have missed changes
-/// ([`crate::mirror`]).
-pub fn disconnects() -> u64 {
-    DISCONNECTS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Connects for `service`, retrying forever in the background (a service
 /// starts, and answers health checks, while NATS is still down) and
 /// reconnecting to any of the listed servers.
@@ -183,7 +173,6 @@ pub async fn connect(options: &NatsOptions, service: &str) -> Result<async_nats:
                 match event {
                     async_nats::Event::Connected => tracing::info!(service, outcome = "connected", "NATS connected"),
                     async_nats::Event::Disconnected => {
-                        DISCONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(service, outcome = "disconnected", "NATS disconnected")
                     }
                     other => tracing::info!(service, event = %other, "NATS event"),

@@ -252,7 +252,7 @@ impl App {
             seen: seen::Seen::new(bus.seen),
             optout: bus.optout,
             consent: bus.consent,
-            conversations: smsgate_shared::mirror::Mirror::new(bus.conversations),
+            conversations: smsgate_shared::mirror::Mirror::new(bus.conversations, client.clone()),
             calls: bus.calls,
             limiter: limiter::Limiter::new(cells.clone()),
             spend,

@@ -49,3 +49,4 @@ mod channels;
 mod consume;
 mod mirror;
 mod secured;
+mod spend;

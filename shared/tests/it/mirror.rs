@@ -14,8 +14,15 @@ use smsgate_testkit::{self as testkit, nats::NatsServer};
 use tokio_util::sync::CancellationToken;
 
 async fn bucket(nats: &NatsServer, prefix: &str) -> jetstream::kv::Store {
-    let js = jetstream::new(connect(&nats.url(), "test").await.unwrap());
-    Topology::new(prefix).ensure(&js).await.unwrap().conversations
+    mirrored(nats, prefix).await.0.store().clone()
+}
+
+/// A mirror of `prefix`'s `P_conversations` on a client of its own (not yet following).
+async fn mirrored(nats: &NatsServer, prefix: &str) -> (Mirror, async_nats::Client) {
+    let client = connect(&nats.url(), "test").await.unwrap();
+    let js = jetstream::new(client.clone());
+    let store = Topology::new(prefix).ensure(&js).await.unwrap().conversations;
+    (Mirror::new(store, client.clone()), client)
 }
 
 async fn current(mirror: &Mirror) {
@@ -33,7 +40,7 @@ async fn a_mirror_follows_the_bucket_and_its_own_writes() {
     theirs.put("gone", "x".into()).await.unwrap();
     theirs.delete("gone").await.unwrap();
 
-    let mirror = Mirror::new(bucket(&nats, "mirror1").await);
+    let (mirror, _client) = mirrored(&nats, "mirror1").await;
     // Not following yet: the bucket answers.
     assert!(!mirror.is_current());
     assert_eq!(mirror.get("before").await.unwrap().as_deref(), Some(&b"1"[..]));
@@ -74,7 +81,7 @@ async fn a_mirror_follows_the_bucket_and_its_own_writes() {
 #[tokio::test]
 async fn after_a_disconnect_the_mirror_reads_the_bucket_until_it_has_caught_up_again() {
     let mut nats = NatsServer::start();
-    let mirror = Mirror::new(bucket(&nats, "mirror2").await);
+    let (mirror, _client) = mirrored(&nats, "mirror2").await;
     let stop = CancellationToken::new();
     tokio::spawn(mirror.clone().follow(stop.clone()));
     current(&mirror).await;
