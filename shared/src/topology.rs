@@ -343,6 +343,22 @@ impl Topology {
         ]
     }
 
+    /// Every key-value bucket with its max age, in the order of [`Bus`]'s
+    /// fields: what `ensure` creates and `present` looks for.
+    fn buckets(&self) -> [(String, Duration); 9] {
+        [
+            (self.seen_bucket(), SEEN_TTL),
+            (self.optout_bucket(), Duration::ZERO),
+            (self.sent_bucket(), SENT_TTL),
+            (self.budget_bucket(), BUDGET_TTL),
+            (self.conversations_bucket(), Duration::ZERO),
+            (self.channels_bucket(), Duration::ZERO),
+            (self.calls_bucket(), CALLS_TTL),
+            (self.consent_bucket(), Duration::ZERO),
+            (self.schedule_bucket(), Duration::ZERO),
+        ]
+    }
+
     fn kv_config(&self, bucket: &str, max_age: Duration) -> stream::Config {
         stream::Config {
             num_replicas: self.replicas,
@@ -378,17 +394,7 @@ impl Topology {
             self.ensure_stream(js, config).await?;
         }
         let mut stores = Vec::new();
-        for (bucket, ttl) in [
-            (self.seen_bucket(), SEEN_TTL),
-            (self.optout_bucket(), Duration::ZERO),
-            (self.sent_bucket(), SENT_TTL),
-            (self.budget_bucket(), BUDGET_TTL),
-            (self.conversations_bucket(), Duration::ZERO),
-            (self.channels_bucket(), Duration::ZERO),
-            (self.calls_bucket(), CALLS_TTL),
-            (self.consent_bucket(), Duration::ZERO),
-            (self.schedule_bucket(), Duration::ZERO),
-        ] {
+        for (bucket, ttl) in self.buckets() {
             self.ensure_stream(js, self.kv_config(&bucket, ttl)).await?;
             let store = js
                 .get_key_value(bucket.clone())
@@ -468,18 +474,9 @@ impl Topology {
     /// Whether every stream exists (for readiness checks).
     pub async fn present(&self, js: &jetstream::Context) -> bool {
         let mut names: Vec<String> = self.stream_configs().into_iter().map(|c| c.name).collect();
-        names.extend(
-            [
-                self.seen_bucket(),
-                self.optout_bucket(),
-                self.sent_bucket(),
-                self.budget_bucket(),
-                self.conversations_bucket(),
-                self.channels_bucket(),
-                self.calls_bucket(),
-            ]
-            .map(|b| format!("KV_{b}")),
-        );
+        // Every bucket `ensure` makes: ready must not be said while the
+        // last ones (consent, schedule) are still being created.
+        names.extend(self.buckets().map(|(b, _)| format!("KV_{b}")));
         for name in names {
             if js.get_stream(&name).await.is_err() {
                 return false;
