@@ -1,5 +1,7 @@
 //! The guard at send time and the scheduler: scheduled texts fire once
-//! across two real sender processes with one killed mid-way; a STOP between
+//! across two real sender processes with one killed mid-way (a text the
+//! killed one had asked Twilio for and not yet recorded goes again, the
+//! documented exception, and nothing else does); a STOP between
 //! scheduling and sending wins; the recipient's cap; quiet hours defer a
 //! text to the window and it goes out when the window opens, not before.
 
@@ -91,18 +93,38 @@ async fn fifty_texts_due_in_one_second_go_out_once_with_a_scheduler_killed_mid_w
     // Kill one scheduler as the entries come due.
     let due_instant = base_instant + Duration::try_from(due - base_time).unwrap();
     tokio::time::sleep_until(due_instant + Duration::from_millis(30)).await;
+    let killed_at = Instant::now();
     doomed.0.kill().unwrap();
     doomed.0.wait().unwrap();
 
     twilio.wait_for_calls(50, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // anything doubled would show by now
     let calls = twilio.calls();
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<String, Vec<Instant>> = HashMap::new();
     for c in &calls {
-        *seen.entry(c.get("Body").unwrap_or_default().to_owned()).or_default() += 1;
+        seen.entry(c.get("Body").unwrap_or_default().to_owned()).or_default().push(c.at);
     }
-    assert_eq!(seen.len(), 50, "every text once: {seen:?}");
-    assert!(seen.values().all(|n| *n == 1), "none twice: {seen:?}");
+    assert_eq!(seen.len(), 50, "every text: {seen:?}");
+    // None twice, except the one documented way (sender/src/deliver.rs,
+    // docs/ARCHITECTURE.md §4): the killed process had asked Twilio for the
+    // text and died before its SID was recorded in `P_sent`, so the
+    // survivor sends it again after the ack wait. Such a text's first copy
+    // reached Twilio about when the process was killed (the stub notes a
+    // request when it handles it, a moment after the bytes were sent), its
+    // second well after it.
+    let twice: Vec<(&String, &Vec<Instant>)> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
+    for (body, at) in &twice {
+        let gap = at[0].max(killed_at) - at[0].min(killed_at);
+        let in_flight = gap < Duration::from_millis(100);
+        let redelivered = at[1].saturating_duration_since(killed_at) >= Duration::from_secs(2);
+        assert!(
+            at.len() == 2 && in_flight && redelivered,
+            "{body:?} sent {} times, not by the killed process's unrecorded send: {:?} (killed at {killed_at:?})",
+            at.len(),
+            at
+        );
+    }
+    assert!(twice.len() <= 2, "more texts doubled than one process had in flight at its death: {twice:?}");
     let mut late: Vec<Duration> = calls.iter().map(|c| c.at.saturating_duration_since(due_instant)).collect();
     late.sort();
     assert!(calls.iter().all(|c| c.at >= due_instant), "none before its time");
