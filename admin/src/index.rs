@@ -168,6 +168,9 @@ impl ConversationIndex {
     /// An empty index that keeps conversations active within `retention`,
     /// at most `max_entries` of them.
     pub fn new(retention: Duration, max_entries: usize) -> Self {
+        // The gauge is there from the start, not from the first prune: a
+        // scrape right after start sees the (empty) index, not no gauge.
+        metrics::gauge!(ENTRIES_GAUGE).set(0.0);
         Self {
             inner: RwLock::new(Inner::default()),
             loaded: watch::Sender::new(false),

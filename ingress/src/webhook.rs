@@ -163,8 +163,8 @@ async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: 
         tracing::info!(
             stage = "webhook",
             route = route.as_str(),
-            channel_id = %entry.channel.id,
-            message_sid = %accepted.message_sid,
+            channel_id = entry.channel.id.as_str(),
+            message_sid = accepted.message_sid.as_str(),
             duplicate = accepted.duplicate,
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             outcome = "accepted",
@@ -233,7 +233,7 @@ impl Form {
     /// URL it requested (query included) and every one of them matches.
     /// Borrowed from the body wherever nothing needed decoding.
     pub(crate) fn params(&self) -> Result<Params<'_>, Rejection> {
-        let params: Params<'_> = form_urlencoded::parse(&self.body).collect();
+        let params: Params<'_> = smsgate_shared::http::parse_form(&self.body);
         if let Some((url, signature)) = &self.signed
             && !signature::validate(self.entry.channel.auth_token.expose_secret(), url, &params, signature)
         {
@@ -348,7 +348,9 @@ async fn accept(route: Route, shared: &Shared, form: &Form) -> Result<Accepted, 
                 received_at: now,
                 params: &params,
             };
-            (entry.local.inbound.clone(), MsgId::Inbound(&message_sid), envelope::encode(&inbound))
+            // The envelope holds every parameter and a few of them twice.
+            let payload = envelope::encode_within(&inbound, 2 * form.body.len() + 256);
+            (entry.local.inbound.clone(), MsgId::Inbound(&message_sid), payload)
         }
         Route::Status => {
             status = fields.get("MessageStatus").ok_or(missing("MessageStatus missing"))?.to_owned();

@@ -36,7 +36,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 
 /// Writes a payload. Serialising these plain structs cannot fail.
 pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
-    bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_else(|e| unreachable!("payloads always serialise: {e}")))
+    encode_within(value, 0)
+}
+
+/// [`encode`] into a buffer of `capacity` bytes from the start, for a
+/// payload whose size is known roughly (a webhook's envelope, about twice
+/// its form), instead of growing from nothing by doubling.
+pub fn encode_within<T: Serialize>(value: &T, capacity: usize) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value).unwrap_or_else(|e| unreachable!("payloads always serialise: {e}"));
+    bytes::Bytes::from(out)
 }
 
 fn v1() -> u32 {
