@@ -18,7 +18,8 @@
 # signed as Twilio signs it (pre-signed by deploy/bench/make-webhooks.py, so
 # signing is not measured), after one second of warm-up. Per run it prints
 # throughput, p50/p99 latency, the server's CPU per accepted webhook (user +
-# system time from /proc over the load window, divided by the 2xx answers),
+# system time from /proc over the load window, divided by the 2xx answers,
+# and the system part alone),
 # nats-server's CPU per webhook, and the server's peak RSS; then the median
 # per build and the ratios B/A (and A/peer, B/peer).
 set -euo pipefail
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     -s) secs=$2; shift 2 ;; -c) c=$2; shift 2 ;; -r) rounds=$2; shift 2 ;;
     --peer) peer=1; shift ;; --profile) profile=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) builds+=("$1"); shift ;;
   esac
 done
@@ -68,6 +69,8 @@ JSON
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # CPU ticks (user + system) of a process and its children's threads.
 ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo $t; }
+# The system (kernel) part alone.
+sys_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo $t; }
 hz=$(getconf CLK_TCK)
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
 wrk_load() { WEBHOOKS_FILE="$tmp/hooks.txt" WRK_THREADS=1 wrk -t1 -c"$c" -d"$1s" --latency -s deploy/bench/wrk-webhooks.lua "http://127.0.0.1:$port$path"; }
@@ -99,9 +102,9 @@ run() {
   local label=$1 out t0 n0 t1 n1 reqs non2xx ok rps p50 p99 rss
   start "$label"
   wrk_load 1 >/dev/null
-  t0=$(ticks "${server_pids[@]}"); n0=$(ticks "$nats_pid")
+  t0=$(ticks "${server_pids[@]}"); k0=$(sys_ticks "${server_pids[@]}"); n0=$(ticks "$nats_pid")
   out=$(wrk_load "$secs")
-  t1=$(ticks "${server_pids[@]}"); n1=$(ticks "$nats_pid")
+  t1=$(ticks "${server_pids[@]}"); k1=$(sys_ticks "${server_pids[@]}"); n1=$(ticks "$nats_pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); ok=$(( reqs - ${non2xx:-0} ))
   rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
@@ -110,11 +113,11 @@ run() {
   stop_all
   [ "$ok" -gt 0 ] || { echo "no webhook accepted by $(name "$label"); its log:" >&2; tail -5 "$tmp/server.log" >&2; exit 1; }
   awk -v l="$label" -v n="$(name "$label")" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v ok="$ok" -v bad="${non2xx:-0}" \
-      -v cpu=$(( t1 - t0 )) -v ncpu=$(( n1 - n0 )) -v hz="$hz" -v rss="$rss" -v secs="$secs" 'BEGIN {
-    us = cpu / hz * 1e6 / ok; nus = ncpu / hz * 1e6 / ok
-    printf "%-5s %8d req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook (%3.0f%% of a core)  nats-server %5.1f us  peak RSS %4d MiB  non-2xx %d  %s\n", \
-      l, rps, p50, p99, us, 100 * cpu / hz / secs, nus, rss / 1024, bad, n > "/dev/stderr"
-    printf "%s\t%d\t%.2f\t%.2f\t%.1f\t%.1f\t%d\n", l, rps, p50, p99, us, nus, rss / 1024 }' >>"$results"
+      -v cpu=$(( t1 - t0 )) -v kcpu=$(( k1 - k0 )) -v ncpu=$(( n1 - n0 )) -v hz="$hz" -v rss="$rss" -v secs="$secs" 'BEGIN {
+    us = cpu / hz * 1e6 / ok; kus = kcpu / hz * 1e6 / ok; nus = ncpu / hz * 1e6 / ok
+    printf "%-5s %8d req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook (user %.1f + system %.1f; %3.0f%% of a core)  nats-server %5.1f us  peak RSS %4d MiB  non-2xx %d  %s\n", \
+      l, rps, p50, p99, us, us - kus, kus, 100 * cpu / hz / secs, nus, rss / 1024, bad, n > "/dev/stderr"
+    printf "%s\t%d\t%.2f\t%.2f\t%.1f\t%.1f\t%d\t%.1f\n", l, rps, p50, p99, us, nus, rss / 1024, kus }' >>"$results"
 }
 
 labels=("${!builds[@]}"); [ "$peer" = 1 ] && labels+=(peer)
@@ -128,8 +131,8 @@ declare -A rps us
 for l in "${labels[@]}"; do
   col() { awk -F'\t' -v l="$l" -v k="$1" '$1 == l {print $k}' "$results" | median; }
   rps[$l]=$(col 2); us[$l]=$(col 5)
-  printf '%-5s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook  nats-server %5.1f us  peak RSS %s MiB\n' \
-    "$l" "${rps[$l]}" "$(col 3)" "$(col 4)" "${us[$l]}" "$(col 6)" "$(col 7)"
+  printf '%-5s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook (system %s)  nats-server %5.1f us  peak RSS %s MiB\n' \
+    "$l" "${rps[$l]}" "$(col 3)" "$(col 4)" "${us[$l]}" "$(col 8)" "$(col 6)" "$(col 7)"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 if [ ${#builds[@]} -eq 2 ]; then
