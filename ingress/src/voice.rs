@@ -104,11 +104,10 @@ macro_rules! route {
         pub async fn $name(
             State(shared): State<Arc<Shared>>,
             Path(token): Path<String>,
-            uri: Uri,
-            headers: HeaderMap,
-            body: Body,
+            request: axum::extract::Request,
         ) -> Response {
-            handle($route, &shared, &token, &uri, &headers, body).await
+            let (parts, body) = request.into_parts();
+            handle($route, &shared, &token, &parts.uri, &parts.headers, body).await
         }
     };
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
@@ -130,25 +130,19 @@ impl Route {
 }
 
 /// `POST /api/channels/sms/twilio/webhook/{path_token}`.
-pub async fn inbound(
-    State(shared): State<Arc<Shared>>,
-    Path(token): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(Route::Inbound, &shared, &token, &uri, &headers, body).await
+pub async fn inbound(State(shared): State<Arc<Shared>>, Path(token): Path<String>, request: Request) -> Response {
+    // The request taken apart, not its `Uri` and `HeaderMap` extracted:
+    // those extractors clone them.
+    let (parts, body) = request.into_parts();
+    handle(Route::Inbound, &shared, &token, &parts.uri, &parts.headers, body).await
 }
 
 /// `POST /api/channels/sms/twilio/status/{path_token}`.
-pub async fn status(
-    State(shared): State<Arc<Shared>>,
-    Path(token): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(Route::Status, &shared, &token, &uri, &headers, body).await
+pub async fn status(State(shared): State<Arc<Shared>>, Path(token): Path<String>, request: Request) -> Response {
+    // The request taken apart, not its `Uri` and `HeaderMap` extracted:
+    // those extractors clone them.
+    let (parts, body) = request.into_parts();
+    handle(Route::Status, &shared, &token, &parts.uri, &parts.headers, body).await
 }
 
 async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
@@ -444,7 +438,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> 
 /// without one, the URL rebuilt from the proxy headers and Host.
 fn signed_url(channel: &Channel, uri: &Uri, headers: &HeaderMap) -> Option<String> {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Some(format!("{}{path_and_query}", public_base(channel, headers)?))
+    let mut url = public_base(channel, headers)?;
+    url.push_str(path_and_query);
+    Some(url)
 }
 
 /// Where Twilio reaches us: the channel's public base URL, or the one the

@@ -253,8 +253,13 @@ struct Escaped<'a, W: fmt::Write>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        // Most text has nothing to escape: skip it eight bytes at a time.
+        let skip = plain_prefix(text.as_bytes());
+        if skip == text.len() {
+            return self.0.write_str(text);
+        }
         let mut plain = 0;
-        for (i, b) in text.bytes().enumerate() {
+        for (i, b) in text.bytes().enumerate().skip(skip) {
             let escape = match b {
                 b'"' => "\\\"",
                 b'\\' => "\\\\",
@@ -274,6 +279,28 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
         }
         self.0.write_str(&text[plain..])
     }
+}
+
+/// How many leading bytes of `bytes` need no JSON escaping, give or take
+/// the last eight-byte word (at most that many: a word holding a byte to
+/// escape ends the count at its start).
+fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `v` is zero ⇔ its high bit is set in (v - 1) & !v; a byte of
+    // `x` is below 0x20 ⇔ the same with 0x20 for 1 (exact for the whole word
+    // being clean, which is all that is asked).
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    let mut at = 0;
+    for word in bytes.chunks_exact(8) {
+        let x = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        if (control | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')))) & HIGH != 0 {
+            return at;
+        }
+        at += 8;
+    }
+    at + bytes[at..].iter().take_while(|&&b| b >= 0x20 && b != b'"' && b != b'\\').count()
 }
 
 /// The process's Prometheus recorder, installed on first use. Every service
@@ -324,6 +351,35 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    #[test]
+    fn escaping_skips_plain_words_and_escapes_the_rest() {
+        let escape = |text: &str| {
+            let mut out = String::new();
+            fmt::Write::write_str(&mut Escaped(&mut out), text).unwrap();
+            out
+        };
+        // Against serde_json's escaping, every special byte at every offset
+        // of a word, and text with non-ASCII bytes (high bits set).
+        let mut cases = vec![String::new(), "plain ascii text, long enough".to_owned(), "héllo wörld ✓ 🙂".to_owned()];
+        for special in ['"', '\\', '\n', '\r', '\t', '\u{1}', '\u{1f}'] {
+            for at in 0..17 {
+                let mut text: String = "abcdefghijklmnopq".chars().take(at).collect();
+                text.push(special);
+                text.push_str("éxyz");
+                cases.push(text);
+            }
+        }
+        for text in cases {
+            let json = serde_json::to_string(&text).unwrap();
+            let decoded: String = serde_json::from_str(&format!("\"{}\"", escape(&text))).unwrap();
+            assert_eq!(decoded, text, "{json}");
+        }
+        assert_eq!(plain_prefix(b"0123456789abcdef"), 16);
+        assert_eq!(plain_prefix(b"01234567\"9abcdef"), 8);
+        assert_eq!(plain_prefix(b"0\n"), 1);
+        assert_eq!(plain_prefix("\u{7f}é".as_bytes()), 3);
+    }
 
     #[test]
     fn the_timestamp_is_rfc3339_with_microseconds() {
