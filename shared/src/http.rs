@@ -30,14 +30,8 @@ pub fn has_media_type(headers: &HeaderMap, mime: &str) -> bool {
 /// check (deploy/BENCHMARKS.md).
 pub fn parse_form(body: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let mut out = Vec::with_capacity(24);
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'&', body).chain([body.len()]) {
-        let pair = &body[start..end];
-        start = end + 1;
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = match memchr::memchr(b'=', pair) {
+    for pair in body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &[][..]),
         };
@@ -51,8 +45,13 @@ fn decode_form_part(raw: &[u8]) -> Cow<'_, str> {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(raw),
     };
-    if memchr::memchr2(b'+', b'%', raw).is_none() {
-        return borrowed();
+    // Parts are short (a name, a phone number, a SID): one plain pass
+    // tells whether anything needs decoding or checking as UTF-8.
+    match raw.iter().position(|&b| b == b'+' || b == b'%' || !b.is_ascii()) {
+        // ASCII with nothing to decode: valid UTF-8 as it is.
+        None => return Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default()),
+        Some(at) if raw[at..].iter().all(|&b| b != b'+' && b != b'%') => return borrowed(),
+        Some(_) => {}
     }
     let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16)).map(|d| d as u8);
     let mut bytes = Vec::with_capacity(raw.len());
