@@ -26,8 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use smsgate_shared::bus::MsgId;
@@ -101,13 +100,8 @@ impl Route {
 
 macro_rules! route {
     ($name:ident, $route:expr) => {
-        pub async fn $name(
-            State(shared): State<Arc<Shared>>,
-            Path(token): Path<String>,
-            request: axum::extract::Request,
-        ) -> Response {
-            let (parts, body) = request.into_parts();
-            handle($route, &shared, &token, &parts.uri, &parts.headers, body).await
+        pub async fn $name(State(shared): State<Arc<Shared>>, Path(token): Path<String>, request: Request) -> Response {
+            handle($route, &shared, &token, request).await
         }
     };
 }
@@ -136,8 +130,10 @@ pub fn routes() -> [(&'static str, axum::routing::MethodRouter<Arc<Shared>>); 8]
     ]
 }
 
-async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
+async fn handle(route: Route, shared: &Shared, token: &str, request: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let (uri, headers) = (&parts.uri, &parts.headers);
     webhook::checked(route.as_str(), shared, token, (uri, headers, body), started, |form| async move {
         let response = answer(route, shared, &form, uri, headers).await?;
         let entry = form.entry();

@@ -131,23 +131,18 @@ impl Route {
 
 /// `POST /api/channels/sms/twilio/webhook/{path_token}`.
 pub async fn inbound(State(shared): State<Arc<Shared>>, Path(token): Path<String>, request: Request) -> Response {
-    // The request taken apart, not its `Uri` and `HeaderMap` extracted:
-    // those extractors clone them.
-    let (parts, body) = request.into_parts();
-    handle(Route::Inbound, &shared, &token, &parts.uri, &parts.headers, body).await
+    handle(Route::Inbound, &shared, &token, request).await
 }
 
 /// `POST /api/channels/sms/twilio/status/{path_token}`.
 pub async fn status(State(shared): State<Arc<Shared>>, Path(token): Path<String>, request: Request) -> Response {
-    // The request taken apart, not its `Uri` and `HeaderMap` extracted:
-    // those extractors clone them.
-    let (parts, body) = request.into_parts();
-    handle(Route::Status, &shared, &token, &parts.uri, &parts.headers, body).await
+    handle(Route::Status, &shared, &token, request).await
 }
 
-async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> Response {
+async fn handle(route: Route, shared: &Shared, token: &str, request: Request) -> Response {
     let started = Instant::now();
-    checked(route.as_str(), shared, token, (uri, headers, body), started, |form| async move {
+    let (parts, body) = request.into_parts();
+    checked(route.as_str(), shared, token, (&parts.uri, &parts.headers, body), started, |form| async move {
         let accepted = accept(route, shared, &form).await?;
         let entry = form.entry();
         shared.metrics.accepted(route == Route::Inbound).increment(1);
@@ -176,7 +171,9 @@ async fn handle(route: Route, shared: &Shared, token: &str, uri: &Uri, headers: 
 /// token 404 → channel on 404 → content type 415 → size 413 → signature 403),
 /// then `answer` with the [`Form`] (whose parameters come out only through
 /// the signature check), then one log line and metric for a rejection.
-/// `started` is when the request came in.
+/// `started` is when the request came in. The handlers take the whole
+/// `Request` and lend its parts here: axum's `Uri` and `HeaderMap`
+/// extractors would clone them on every webhook.
 pub(crate) async fn checked<F, Fut>(
     route: &'static str,
     shared: &Shared,

@@ -25,9 +25,9 @@ pub fn has_media_type(headers: &HeaderMap, mime: &str) -> bool {
 /// `%` without two hex digits stays, bytes that are not UTF-8 become U+FFFD,
 /// empty pairs are skipped), in one pass: a value with nothing to decode is
 /// borrowed from the body. Every Twilio webhook goes through this before its
-/// signature is checked, and `form_urlencoded`'s three passes per value
-/// (plus signs, percent signs, then UTF-8) were the largest part of that
-/// check (deploy/BENCHMARKS.md).
+/// signature is checked; `form_urlencoded` makes three passes per value
+/// (plus signs, percent signs, then UTF-8) and cost ingress about 60 % more
+/// instructions here (deploy/BENCHMARKS.md).
 pub fn parse_form(body: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let mut out = Vec::with_capacity(24);
     for pair in body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
@@ -45,13 +45,8 @@ fn decode_form_part(raw: &[u8]) -> Cow<'_, str> {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(raw),
     };
-    // Parts are short (a name, a phone number, a SID): one plain pass
-    // tells whether anything needs decoding or checking as UTF-8.
-    match raw.iter().position(|&b| b == b'+' || b == b'%' || !b.is_ascii()) {
-        // ASCII with nothing to decode: valid UTF-8 as it is.
-        None => return Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default()),
-        Some(at) if raw[at..].iter().all(|&b| b != b'+' && b != b'%') => return borrowed(),
-        Some(_) => {}
+    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+        return borrowed();
     }
     let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16)).map(|d| d as u8);
     let mut bytes = Vec::with_capacity(raw.len());

@@ -69,7 +69,7 @@ where
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
         writer.write_str("{\"ts\":\"")?;
-        writer.write_str(&timestamp(time::OffsetDateTime::now_utc()))?;
+        write_timestamp(&mut writer, time::OffsetDateTime::now_utc())?;
         writer.write_str("\",\"level\":\"")?;
         writer.write_str(meta.level().as_str())?;
         writer.write_str("\",\"service\":")?;
@@ -104,24 +104,28 @@ where
 }
 
 /// `now` as the line's `ts`: RFC 3339 in UTC with microseconds
-/// (`2026-12-07T11:45:03.123456Z`), its digits written by hand (through
-/// `write!` the seven padded numbers were about a quarter of a line's cost).
-fn timestamp(now: time::OffsetDateTime) -> String {
-    let mut out = String::with_capacity(27);
-    let mut digits = |value: u32, width: u32, then: char| {
-        for place in (0..width).rev() {
-            out.push(char::from(b'0' + (value / 10u32.pow(place) % 10) as u8));
+/// (`2026-12-07T11:45:03.123456Z`), its digits put in place by hand and
+/// written at once (through `write!` the seven padded numbers were about a
+/// quarter of a line's cost).
+fn write_timestamp(out: &mut impl fmt::Write, now: time::OffsetDateTime) -> fmt::Result {
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    let fields = [
+        (0, 4, now.year().clamp(0, 9999) as u32),
+        (5, 2, u8::from(now.month()).into()),
+        (8, 2, now.day().into()),
+        (11, 2, now.hour().into()),
+        (14, 2, now.minute().into()),
+        (17, 2, now.second().into()),
+        (20, 6, now.microsecond()),
+    ];
+    for (start, width, mut value) in fields {
+        for digit in text[start..start + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
         }
-        out.push(then);
-    };
-    digits(now.year().clamp(0, 9999) as u32, 4, '-');
-    digits(u8::from(now.month()).into(), 2, '-');
-    digits(now.day().into(), 2, 'T');
-    digits(now.hour().into(), 2, ':');
-    digits(now.minute().into(), 2, ':');
-    digits(now.second().into(), 2, '.');
-    digits(now.microsecond(), 6, 'Z');
-    out
+    }
+    // Only ASCII digits went in.
+    out.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
 }
 
 /// A span's fields as `"key":value` pairs separated by [`PAIR_SEP`], kept
@@ -281,9 +285,9 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     }
 }
 
-/// How many leading bytes of `bytes` need no JSON escaping, give or take
-/// the last eight-byte word (at most that many: a word holding a byte to
-/// escape ends the count at its start).
+/// A count of leading bytes of `bytes` that need no JSON escaping: all of
+/// them when none does, otherwise up to the start of the first eight-byte
+/// word holding one (the caller looks at the rest byte by byte).
 fn plain_prefix(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -390,9 +394,11 @@ mod tests {
             (4_102_444_800_000_001_000, "2100-01-01T00:00:00.000001Z"),
         ] {
             let at = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns).unwrap();
-            assert_eq!(timestamp(at), expected);
+            let mut written = String::new();
+            write_timestamp(&mut written, at).unwrap();
+            assert_eq!(written, expected);
             assert_eq!(
-                time::OffsetDateTime::parse(&timestamp(at), &time::format_description::well_known::Rfc3339).unwrap(),
+                time::OffsetDateTime::parse(&written, &time::format_description::well_known::Rfc3339).unwrap(),
                 at.replace_nanosecond(at.microsecond() * 1000).unwrap()
             );
         }
