@@ -7,11 +7,18 @@
 #               (default: target/release/smsgate-ingress, built first)
 #     -s SECS   seconds of load per run (10)
 #     -c CONNS  wrk connections (32)
-#     -r ROUNDS runs per build, alternating A B A B ... (3)
+#     -r ROUNDS runs per build, alternating A B A B ... (3; 0: none, only
+#               the extra runs below)
 #     --peer    also run the Python peer each round (installs FastAPI,
 #               uvicorn, nats-py into ~/.cache/smsgate-peer on first use)
 #     --profile perf record -g on each build's process during one extra run
 #               and print its top functions (self time)
+#     --syscalls  count each build's system calls (perf's syscall
+#               tracepoints) during one extra run, per webhook
+#     --callgrind run each build once more under valgrind's callgrind (8
+#               connections; counters zeroed after the warm-up) and print
+#               the instructions per webhook: the same for the same binary
+#               and input whatever else the machine does
 #
 # Each run gets a private nats-server (temporary file store) and a fresh
 # server process with one channel, then wrk posts distinct webhooks, each
@@ -24,18 +31,20 @@
 # per build and the ratios B/A (and A/peer, B/peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=10; c=32; rounds=3; peer=0; profile=0; builds=()
+secs=10; c=32; rounds=3; peer=0; profile=0; syscalls=0; callgrind=0; builds=()
 while [ $# -gt 0 ]; do
   case $1 in
     -s) secs=$2; shift 2 ;; -c) c=$2; shift 2 ;; -r) rounds=$2; shift 2 ;;
     --peer) peer=1; shift ;; --profile) profile=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --syscalls) syscalls=1; shift ;; --callgrind) callgrind=1; shift ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
     *) builds+=("$1"); shift ;;
   esac
 done
 need=(); command -v nats-server >/dev/null || need+=(nats-server); command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
-[ "$profile" = 1 ] && ! command -v perf >/dev/null && need+=(linux-perf)
+[ "$profile$syscalls" != 00 ] && ! command -v perf >/dev/null && need+=(linux-perf)
+[ "$callgrind" = 1 ] && ! command -v valgrind >/dev/null && need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
 if [ ${#builds[@]} -eq 0 ]; then
   cargo build --release -q -p smsgate-ingress
@@ -67,10 +76,10 @@ cat >"$tmp/channels.json" <<JSON
 JSON
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# CPU ticks (user + system) of a process and its children's threads.
-ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo $t; }
-# The system (kernel) part alone.
-sys_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo $t; }
+# CPU ticks of processes: FIELDS is '$14 + $15' (user + system) or '$15'
+# (system alone), from /proc/PID/stat.
+ticks_of() { local fields=$1 t=0 p; shift; for p in "$@"; do t=$(( t + $(awk "{print $fields}" "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo $t; }
+ticks() { ticks_of '$14 + $15' "$@"; }
 hz=$(getconf CLK_TCK)
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
 wrk_load() { WEBHOOKS_FILE="$tmp/hooks.txt" WRK_THREADS=1 wrk -t1 -c"$c" -d"$1s" --latency -s deploy/bench/wrk-webhooks.lua "http://127.0.0.1:$port$path"; }
@@ -88,10 +97,10 @@ start() {
   else
     SMSGATE_NATS_URL="nats://127.0.0.1:$nats_port" SMSGATE_CHANNELS="$tmp/channels.json" \
     SMSGATE_INGRESS_ADDR="127.0.0.1:$port" SMSGATE_ADMIN_ADDR="127.0.0.1:0" SMSGATE_ADMIN_TOKEN=bench-admin-token-0123456789abcdef \
-    RUST_LOG=${RUST_LOG:-info} SMSGATE_LOG_FORMAT=json "${builds[$label]}" >"$tmp/server.log" 2>&1 &
+    RUST_LOG=${RUST_LOG:-info} SMSGATE_LOG_FORMAT=json ${wrap:-} "${builds[$label]}" >"$tmp/server.log" 2>&1 &
   fi
   local main=$!; pids+=($main)
-  for _ in $(seq 100); do nc -z 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do nc -z 127.0.0.1 "$port" 2>/dev/null && break; sleep 0.1; done
   sleep 1
   server_pids=("$main" $(pgrep -P "$main" || true))
 }
@@ -102,9 +111,9 @@ run() {
   local label=$1 out t0 n0 t1 n1 reqs non2xx ok rps p50 p99 rss
   start "$label"
   wrk_load 1 >/dev/null
-  t0=$(ticks "${server_pids[@]}"); k0=$(sys_ticks "${server_pids[@]}"); n0=$(ticks "$nats_pid")
+  t0=$(ticks "${server_pids[@]}"); k0=$(ticks_of '$15' "${server_pids[@]}"); n0=$(ticks "$nats_pid")
   out=$(wrk_load "$secs")
-  t1=$(ticks "${server_pids[@]}"); k1=$(sys_ticks "${server_pids[@]}"); n1=$(ticks "$nats_pid")
+  t1=$(ticks "${server_pids[@]}"); k1=$(ticks_of '$15' "${server_pids[@]}"); n1=$(ticks "$nats_pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); ok=$(( reqs - ${non2xx:-0} ))
   rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
@@ -125,21 +134,24 @@ echo "== ${#builds[@]} build(s)$([ "$peer" = 1 ] && echo " + the Python peer"), 
 for i in "${!builds[@]}"; do echo "   $i = ${builds[$i]}"; done
 for _ in $(seq "$rounds"); do for l in "${labels[@]}"; do run "$l"; done; done
 
-echo "== median per build"
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-declare -A rps us
-for l in "${labels[@]}"; do
-  col() { awk -F'\t' -v l="$l" -v k="$1" '$1 == l {print $k}' "$results" | median; }
-  rps[$l]=$(col 2); us[$l]=$(col 5)
-  printf '%-5s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook (system %s)  nats-server %5.1f us  peak RSS %s MiB\n' \
-    "$l" "${rps[$l]}" "$(col 3)" "$(col 4)" "${us[$l]}" "$(col 8)" "$(col 6)" "$(col 7)"
-done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-if [ ${#builds[@]} -eq 2 ]; then
-  echo "== B/A: throughput x$(ratio "${rps[1]}" "${rps[0]}"), CPU per webhook x$(ratio "${us[1]}" "${us[0]}")"
-fi
-if [ "$peer" = 1 ]; then
-  for i in "${!builds[@]}"; do echo "== $i/peer: throughput x$(ratio "${rps[$i]}" "${rps[peer]}")"; done
+# -r 0: only the extra runs asked for (--profile, --syscalls, --callgrind).
+if [ "$rounds" -gt 0 ]; then
+  echo "== median per build"
+  median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+  declare -A rps us
+  for l in "${labels[@]}"; do
+    col() { awk -F'\t' -v l="$l" -v k="$1" '$1 == l {print $k}' "$results" | median; }
+    rps[$l]=$(col 2); us[$l]=$(col 5)
+    printf '%-5s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  server %5.1f us/webhook (system %s)  nats-server %5.1f us  peak RSS %s MiB\n' \
+      "$l" "${rps[$l]}" "$(col 3)" "$(col 4)" "${us[$l]}" "$(col 8)" "$(col 6)" "$(col 7)"
+  done
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+  if [ ${#builds[@]} -eq 2 ]; then
+    echo "== B/A: throughput x$(ratio "${rps[1]}" "${rps[0]}"), CPU per webhook x$(ratio "${us[1]}" "${us[0]}")"
+  fi
+  if [ "$peer" = 1 ]; then
+    for i in "${!builds[@]}"; do echo "== $i/peer: throughput x$(ratio "${rps[$i]}" "${rps[peer]}")"; done
+  fi
 fi
 
 if [ "$profile" = 1 ]; then
@@ -151,5 +163,28 @@ if [ "$profile" = 1 ]; then
     perf record -g -F 999 -p "${server_pids[0]}" -o "$tmp/perf.data" -- sleep "$secs" >/dev/null 2>&1 || true
     wait $load; stop_all; [ -n "${PERF_OUT:-}" ] && cp "$tmp/perf.data" "$PERF_OUT.$i"
     perf report -i "$tmp/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E "^ +[0-9]" | sed -E "s/ +/ /g" | cut -c1-150 | head -25 || true
+  done
+fi
+
+accepted() { local reqs bad; reqs=$(awk '/requests in/ {print $1}' <<<"$1"); bad=$(awk '/Non-2xx/ {print $NF}' <<<"$1"); echo $(( reqs - ${bad:-0} )); }
+
+if [ "$syscalls" = 1 ]; then
+  events=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait
+  for i in "${!builds[@]}"; do
+    echo "== system calls per webhook of build $i under load"
+    start "$i"
+    perf stat -x, -e "$events" -p "${server_pids[0]}" -o "$tmp/syscalls.csv" -- sleep $(( secs + 1 )) & counting=$!
+    out=$(wrk_load "$secs"); wait $counting || true; stop_all
+    awk -F, -v n="$(accepted "$out")" '$3 ~ /sys_enter/ { $3 = ($3 ~ /^raw/) ? "all" : substr($3, index($3, "sys_enter_") + 10); printf "   %-12s %5.2f\n", $3, $1 / n }' "$tmp/syscalls.csv"
+  done
+fi
+
+if [ "$callgrind" = 1 ]; then
+  for i in "${!builds[@]}"; do
+    echo "== instructions per webhook of build $i (callgrind, 8 connections, ${secs}s)"
+    wrap="valgrind --tool=callgrind --callgrind-out-file=$tmp/callgrind.out" start "$i"
+    c=8 wrk_load 2 >/dev/null; callgrind_control --zero "${server_pids[0]}" >/dev/null 2>&1
+    out=$(c=8 wrk_load "$secs"); stop_all
+    callgrind_annotate "$tmp/callgrind.out" 2>/dev/null | awk -v n="$(accepted "$out")" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "   %.1fk instructions per webhook (%d webhooks)\n", $1 / n / 1000, n }'
   done
 fi
